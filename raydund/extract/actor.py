@@ -1,0 +1,172 @@
+"""The Ray Data actor: loads the model once, turns shards of sentences into Parquet files.
+
+Each call gets one shard (a contiguous run of length-sorted sentences) and writes one
+file per layer straight to the warehouse, in the activation table's schema. Only
+file paths and counts travel back through Ray's object store; the vectors never do.
+A small ``_done/shard-N.json`` marker is written last, so a re-run of an interrupted
+job skips the shards that finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from raydund.extract.encoder import Encoder, ModelSpec, default_threads, load_model
+from raydund.lake import ACTIVATION_SCHEMA, encode_half
+
+log = logging.getLogger(__name__)
+
+#: Rows buffered per layer before a Parquet row group is written.
+ROW_GROUP_ROWS = 8192
+
+#: Parquet settings for float vectors: no dictionary (useless on floats), byte-stream-split + zstd-1.
+PARQUET_OPTIONS = dict(
+    compression="zstd",
+    compression_level=1,
+    use_dictionary=["model", "corpus", "split", "unit", "dtype", "word"],
+    use_byte_stream_split=["vector.list.element"],
+    write_statistics=True,
+)
+
+
+def split_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and path for a ``file://`` or ``s3://`` URI."""
+    return pafs.FileSystem.from_uri(uri)
+
+
+def done_marker(shard: int) -> str:
+    """Name of the marker a finished shard leaves behind."""
+    return f"_done/shard-{shard:06d}.json"
+
+
+def _constant(value, n: int, type_: pa.DataType) -> pa.Array:
+    return pa.array([value], type_).take(pa.array(np.zeros(n, dtype=np.int32)))
+
+
+def vectors_column(matrix: np.ndarray, dtype: str) -> tuple[pa.Array, pa.Array]:
+    """(``vector``, ``vector_bits``) columns for a ``[rows x hidden]`` float32 matrix."""
+    n, dim = matrix.shape
+    if dtype == "float32":
+        values = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
+        offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, values), pa.nulls(n, pa.binary())
+    return pa.nulls(n, pa.list_(pa.float32())), encode_half(matrix, dtype)
+
+
+class ExtractActor:
+    """Callable class for ``Dataset.map_batches``: one model per actor, one shard per call.
+
+    Parameters
+    ----------
+    model : ModelSpec
+        What to load.
+    job : dict
+        ``model_name, corpus, split, unit, aggregation, dtype, batch_size, max_tokens,
+        files_uri`` (absolute URI of this job's staging folder).
+    threads : int, optional
+        Torch threads (Ray sets one thread per declared CPU; extraction wants more).
+    """
+
+    def __init__(self, model: ModelSpec, job: dict, threads: int | None = None):
+        torch.set_num_threads(threads or default_threads())
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.job = job
+        model_obj, tokenizer = load_model(model, device=device)
+        self.encoder = Encoder(model_obj, tokenizer, aggregation=job["aggregation"],
+                               batch_size=job["batch_size"], max_tokens=job.get("max_tokens"))
+        self.fs, self.root = split_uri(job["files_uri"])
+        self.fs.create_dir(f"{self.root}/_done", recursive=True)
+        log.info("extract actor ready on %s with %d threads", device, torch.get_num_threads())
+
+    def __call__(self, batch: pa.Table) -> dict:
+        out = {k: [] for k in ("shard", "files", "words", "bytes", "seconds", "dropped")}
+        for shard in batch.to_pylist():
+            result = self.write_shard(shard)
+            for k in out:
+                out[k].append(result[k])
+        return out
+
+    def write_shard(self, shard: dict) -> dict:
+        """Encode one shard and write one Parquet file per layer; return what was written."""
+        start = time.perf_counter()
+        job, enc = self.job, self.encoder
+        sentence_ids = np.asarray(shard["sentence_id"], dtype=np.int64)
+        sentences = [list(w) for w in shard["words"]]
+        dropped_before = enc.dropped_words
+        if job["unit"] == "word":
+            chunks = enc.encode_words(sentences)
+        else:
+            pair = shard.get("words_b")
+            chunks = enc.encode_cls(sentences, [list(w) for w in pair] if pair is not None else None)
+        folder = f"{self.root}/shard-{int(shard['shard']):06d}"
+        self.fs.create_dir(folder, recursive=True)
+        paths = [f"{folder}/layer-{layer:03d}.parquet" for layer in range(enc.num_layers)]
+        writers = [pq.ParquetWriter(p, ACTIVATION_SCHEMA, filesystem=self.fs, **PARQUET_OPTIONS) for p in paths]
+        buffers: list[list[pa.Table]] = [[] for _ in paths]
+        words = 0
+        try:
+            for chunk in chunks:
+                n = len(chunk.word_ids)
+                words += n
+                keys = {
+                    "sentence_id": pa.array(sentence_ids[chunk.sentence_pos]),
+                    "word_id": pa.array(chunk.word_ids, pa.int32()),
+                    "word": self._word_strings(sentences, chunk),
+                }
+                for layer, writer in enumerate(writers):
+                    buffers[layer].append(self._layer_table(layer, keys, chunk.layers[layer]))
+                    if sum(t.num_rows for t in buffers[layer]) >= ROW_GROUP_ROWS:
+                        writer.write_table(pa.concat_tables(buffers[layer]), row_group_size=1 << 20)
+                        buffers[layer] = []
+            for layer, writer in enumerate(writers):
+                if buffers[layer]:
+                    writer.write_table(pa.concat_tables(buffers[layer]), row_group_size=1 << 20)
+        finally:
+            for writer in writers:
+                writer.close()
+        size = sum(self.fs.get_file_info(p).size for p in paths)
+        result = {
+            "shard": int(shard["shard"]),
+            "files": [self._uri(p) for p in paths],
+            "words": words,
+            "bytes": int(size),
+            "seconds": time.perf_counter() - start,
+            "dropped": enc.dropped_words - dropped_before,
+        }
+        with self.fs.open_output_stream(f"{self.root}/{done_marker(result['shard'])}") as fh:
+            fh.write(json.dumps(result).encode())
+        return result
+
+    def _word_strings(self, sentences, chunk) -> pa.Array:
+        if self.job["unit"] != "word":
+            return pa.array([self.encoder.tokenizer.cls_token] * len(chunk.word_ids), pa.string())
+        return pa.array([sentences[p][w] for p, w in zip(chunk.sentence_pos, chunk.word_ids)], pa.string())
+
+    def _layer_table(self, layer: int, keys: dict, matrix: np.ndarray) -> pa.Table:
+        job = self.job
+        n = len(matrix)
+        vector, bits = vectors_column(matrix, job["dtype"])
+        columns = {
+            "model": _constant(job["model_name"], n, pa.string()),
+            "corpus": _constant(job["corpus"], n, pa.string()),
+            "split": _constant(job["split"], n, pa.string()),
+            "unit": _constant(job["unit"], n, pa.string()),
+            "layer": pa.array(np.full(n, layer, dtype=np.int32)),
+            **keys,
+            "dtype": _constant(job["dtype"], n, pa.string()),
+            "vector": vector,
+            "vector_bits": bits,
+        }
+        return pa.Table.from_pydict(columns, schema=ACTIVATION_SCHEMA)
+
+    def _uri(self, path: str) -> str:
+        scheme = self.job["files_uri"].split("://", 1)[0]
+        return f"{scheme}://{path}" if scheme != "file" else f"file://{path}"

@@ -1,0 +1,280 @@
+"""A Hugging Face encoder that turns sentences into per-word vectors of every layer.
+
+No Ray here: :class:`Encoder` works in a notebook as well as inside an actor.
+Output convention: for each layer ``l`` a matrix ``[words x hidden]``; layer 0 is
+the embedding layer, layers 1..L the transformer blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raydund.config import load_yaml
+from raydund.errors import UserError
+from raydund.extract.align import check_aggregation, plan_windows, word_spans, word_token_counts
+
+log = logging.getLogger(__name__)
+
+UNITS = ("word", "cls")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model to load: its lake name, where its weights are, and which revision.
+
+    Attributes
+    ----------
+    name : str
+        Name used in the lake's ``model`` column (``minilm``, ``bert-base-cased``).
+    source : str
+        Local folder or Hugging Face hub id.
+    revision : str or None
+        Hub revision (commit or tag); ``None`` for local folders.
+    """
+
+    name: str
+    source: str
+    revision: str | None = None
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Find a model by catalog name (``catalog/models/<name>.yaml``), local folder or hub id."""
+    if Path(name).is_dir():
+        return ModelSpec(name=Path(name).name, source=str(Path(name).resolve()))
+    try:
+        entry = load_yaml("models", name)
+    except UserError:
+        if "/" in name or "-" in name:  # a hub id such as bert-base-cased or org/model
+            return ModelSpec(name=name.replace("/", "--"), source=name)
+        raise
+    source = entry["source"]
+    if "package" in source:
+        try:
+            root = importlib.resources.files(source["package"])
+        except ModuleNotFoundError:
+            raise UserError(
+                f"model {name!r} ships in the Python package {source['package']!r}, which is not installed"
+            ) from None
+        path = str(Path(str(root)) / source.get("path", ""))
+        return ModelSpec(name=entry["name"], source=path, revision=entry.get("revision"))
+    return ModelSpec(name=entry["name"], source=source["hub"], revision=entry.get("revision"))
+
+
+def load_model(spec: ModelSpec, device: str = "cpu"):
+    """Load ``AutoModel`` (all hidden states) and its fast tokenizer.
+
+    Byte-level BPE tokenizers (RoBERTa, GPT-2) get ``add_prefix_space=True`` so that
+    pre-split words can be encoded; GPT-2 style tokenizers without a pad token pad
+    with their end-of-text token.
+    """
+    from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415  (heavy import)
+
+    kwargs = {"revision": spec.revision} if spec.revision else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.source, use_fast=True, **kwargs)
+        model = AutoModel.from_pretrained(spec.source, output_hidden_states=True, **kwargs)
+    except OSError as exc:
+        raise UserError(f"cannot load model {spec.source!r}: {str(exc).splitlines()[0]}") from None
+    if not tokenizer.is_fast:
+        raise UserError(f"model {spec.source!r} has no fast tokenizer; word alignment needs word_ids()")
+    try:
+        tokenizer(["a", "b"], is_split_into_words=True)
+    except (ValueError, AssertionError):
+        tokenizer = AutoTokenizer.from_pretrained(spec.source, use_fast=True, add_prefix_space=True, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval().to(device)
+    return model, tokenizer
+
+
+def max_word_tokens(model, tokenizer, pair: bool = False) -> int:
+    """Room for word tokens in one input: the model's length limit minus special tokens."""
+    limit = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions:
+        offset = 2 if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+        limit = min(limit, positions - offset)
+    return limit - tokenizer.num_special_tokens_to_add(pair=pair)
+
+
+@dataclasses.dataclass
+class Chunk:
+    """Vectors for a set of words: ``layers[l, i]`` belongs to word ``word_ids[i]`` of sentence ``sentence_pos[i]``.
+
+    ``sentence_pos`` indexes the list of sentences given to the encoder; ``word_ids``
+    is -1 for sentence-level (cls) vectors.
+    """
+
+    sentence_pos: np.ndarray
+    word_ids: np.ndarray
+    layers: np.ndarray  # float32 [layers x n x hidden]
+
+
+class Encoder:
+    """Batched extraction of per-word (or [CLS]) vectors from every layer.
+
+    Parameters
+    ----------
+    model, tokenizer
+        From :func:`load_model`.
+    aggregation : {"last", "first", "mean"}
+        How a word's subword vectors become one vector (NeuroX's default is ``last``).
+    batch_size : int
+        Sequences per forward pass. Give sentences sorted by length to cut padding.
+    max_tokens : int, optional
+        Override the room for word tokens per input (tests use it to force windows).
+    """
+
+    def __init__(self, model, tokenizer, aggregation: str = "last", batch_size: int = 32,
+                 max_tokens: int | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.aggregation = check_aggregation(aggregation)
+        self.batch_size = int(batch_size)
+        self.max_tokens = max_tokens or max_word_tokens(model, tokenizer)
+        self.device = next(model.parameters()).device
+        self.dropped_words = 0
+        self.truncated_sentences = 0
+
+    @property
+    def num_layers(self) -> int:
+        """Hidden states returned: the embedding layer plus every transformer block."""
+        return int(self.model.config.num_hidden_layers) + 1
+
+    # -- forward ------------------------------------------------------------------
+    def _forward(self, input_ids: list[list[int]]) -> tuple[torch.Tensor, int]:
+        """Pad, run the model, return stacked hidden states ``[layers, batch, seq, hidden]``."""
+        batch = self.tokenizer.pad({"input_ids": input_ids}, return_tensors="pt", padding=True)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            out = self.model(**batch, output_hidden_states=True)
+        hidden = torch.stack(out.hidden_states)
+        return hidden, batch["input_ids"].shape[1]
+
+    def _left_pad(self, length: int, seq_len: int) -> int:
+        return seq_len - length if self.tokenizer.padding_side == "left" else 0
+
+    # -- words --------------------------------------------------------------------
+    def encode_words(self, sentences: list[list[str]]):
+        """Yield :class:`Chunk` s of per-word vectors, one per forward batch.
+
+        Every word of every sentence appears in exactly one chunk. Sentences longer
+        than the model's limit are split into overlapping windows
+        (:func:`~raydund.extract.align.plan_windows`); words the tokenizer drops
+        get a zero vector and are counted in ``dropped_words``.
+        """
+        segments = self._segments(sentences)
+        segments.sort(key=lambda seg: len(seg["input_ids"]))
+        for start in range(0, len(segments), self.batch_size):
+            yield self._words_batch(segments[start : start + self.batch_size])
+
+    def _segments(self, sentences):
+        """Model inputs: one per sentence, or one per window of a long sentence."""
+        if any(len(words) == 0 for words in sentences):
+            raise UserError("an empty sentence cannot be encoded")
+        enc = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=True)
+        segments = []
+        for pos, words in enumerate(sentences):
+            wids = enc.word_ids(pos)
+            counts = word_token_counts(wids, len(words))
+            self.dropped_words += int((counts == 0).sum())
+            windows, owner = plan_windows(counts, self.max_tokens)
+            if len(windows) == 1:
+                segments.append({"pos": pos, "offset": 0, "input_ids": enc["input_ids"][pos],
+                                 "word_ids": wids, "own": np.arange(len(words))})
+                continue
+            for i, (s, e) in enumerate(windows):
+                sub = self.tokenizer(words[s:e], is_split_into_words=True, add_special_tokens=True)
+                segments.append({"pos": pos, "offset": s, "input_ids": sub["input_ids"],
+                                 "word_ids": sub.word_ids(), "own": np.flatnonzero(owner == i)})
+        return segments
+
+    def _words_batch(self, segments) -> Chunk:
+        hidden, seq_len = self._forward([seg["input_ids"] for seg in segments])
+        n_layers, _, _, dim = hidden.shape
+        flat = hidden.reshape(n_layers, -1, dim)
+        rows_b, rows_t, out_pos, out_word, mean_rows = [], [], [], [], []
+        n_out = 0
+        for b, seg in enumerate(segments):
+            pad = self._left_pad(len(seg["input_ids"]), seq_len)
+            local = seg["own"] - seg["offset"]
+            first, last = word_spans(seg["word_ids"], max(len(seg["word_ids"]), 1))
+            first, last = first[local], last[local]
+            for j, (f, l) in enumerate(zip(first, last)):
+                if f < 0:
+                    continue
+                if self.aggregation == "mean":
+                    for t in range(f, l + 1):
+                        rows_b.append(b * seq_len + t + pad)
+                        mean_rows.append(n_out + j)
+                else:
+                    rows_b.append(b * seq_len + (l if self.aggregation == "last" else f) + pad)
+                    rows_t.append(n_out + j)
+            out_pos.append(np.full(len(local), seg["pos"]))
+            out_word.append(seg["own"])
+            n_out += len(local)
+        out = torch.zeros((n_layers, n_out, dim), dtype=hidden.dtype, device=hidden.device)
+        src = torch.as_tensor(rows_b, dtype=torch.long, device=hidden.device)
+        if self.aggregation == "mean":
+            dst = torch.as_tensor(mean_rows, dtype=torch.long, device=hidden.device)
+            out.index_add_(1, dst, flat[:, src])
+            counts = torch.zeros(n_out, device=hidden.device).index_add_(
+                0, dst, torch.ones(len(mean_rows), device=hidden.device))
+            out /= counts.clamp(min=1)[None, :, None]
+        else:
+            out[:, torch.as_tensor(rows_t, dtype=torch.long, device=hidden.device)] = flat[:, src]
+        return Chunk(np.concatenate(out_pos), np.concatenate(out_word).astype(np.int32),
+                     out.float().cpu().numpy())
+
+    # -- sentences ----------------------------------------------------------------
+    def encode_cls(self, sentences: list[list[str]], sentences_b: list[list[str]] | None = None):
+        """Yield :class:`Chunk` s with one sentence vector per input: the [CLS] token.
+
+        BERT-style models have [CLS] first, XLNet ``<cls>`` last; models with no CLS
+        token (GPT-2) use their last real token. Pairs are encoded as pairs.
+        Inputs over the model's limit are truncated, counted in
+        ``truncated_sentences`` and logged: one vector per sentence cannot be windowed.
+        """
+        if any(len(w) == 0 for w in sentences) or (sentences_b and any(len(w) == 0 for w in sentences_b)):
+            raise UserError("an empty sentence cannot be encoded")
+        order = np.argsort([len(w) + (len(sentences_b[i]) if sentences_b else 0) for i, w in enumerate(sentences)])
+        limit = max_word_tokens(self.model, self.tokenizer, pair=sentences_b is not None)
+        limit += self.tokenizer.num_special_tokens_to_add(pair=sentences_b is not None)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            a = [sentences[i] for i in idx]
+            b = [sentences_b[i] for i in idx] if sentences_b else None
+            enc = self.tokenizer(a, b, is_split_into_words=True, truncation=True, max_length=limit,
+                                 return_overflowing_tokens=False, return_length=True)
+            full = self.tokenizer(a, b, is_split_into_words=True)
+            cut = sum(len(x) > limit for x in full["input_ids"])
+            if cut:
+                self.truncated_sentences += cut
+                log.warning("%d sentence(s) longer than %d tokens truncated for their [CLS] vector", cut, limit)
+            hidden, seq_len = self._forward(enc["input_ids"])
+            ids = self.tokenizer.pad({"input_ids": enc["input_ids"]}, return_tensors="pt")["input_ids"]
+            positions = self._cls_positions(ids, [len(x) for x in enc["input_ids"]], seq_len)
+            vecs = hidden[:, torch.arange(len(idx)), torch.as_tensor(positions)]
+            yield Chunk(idx.astype(np.int64), np.full(len(idx), -1, dtype=np.int32), vecs.float().cpu().numpy())
+
+    def _cls_positions(self, ids: torch.Tensor, lengths: list[int], seq_len: int) -> list[int]:
+        cls_id = self.tokenizer.cls_token_id
+        positions = []
+        for row, length in enumerate(lengths):
+            pad = self._left_pad(length, seq_len)
+            if cls_id is not None and (ids[row] == cls_id).any():
+                positions.append(int((ids[row] == cls_id).nonzero()[0]))
+            else:
+                positions.append(pad + length - 1)
+        return positions
+
+
+def default_threads(pool_size: int = 1) -> int:
+    """Torch threads for one of ``pool_size`` extraction actors sharing this machine."""
+    return max(1, (os.cpu_count() or 1) // max(1, pool_size))

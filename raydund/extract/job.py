@@ -1,0 +1,256 @@
+"""The extraction job: corpus table -> Ray Data actor pool -> activation table, one commit.
+
+Driver side only. Sentences are sorted by length (less padding), cut into shards of
+about ``shard_words`` words, and handed to a fixed pool of :class:`ExtractActor` s.
+Workers write Parquet files; the driver registers all of them in one Iceberg commit
+that replaces the same (model, corpus, split, unit). The job's key (a fingerprint of
+the model, the corpus snapshot and the settings) names its staging folder, so an
+interrupted job re-run with the same inputs resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from raydund import tracking
+from raydund.config import Settings
+from raydund.errors import UserError
+from raydund.extract.actor import ExtractActor, done_marker, split_uri
+from raydund.extract.align import check_aggregation
+from raydund.extract.encoder import UNITS, resolve_model
+from raydund.lake import STORAGE_DTYPES, Lake
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ExtractConfig:
+    """What to extract and how.
+
+    Attributes
+    ----------
+    model : str
+        Catalog name (``minilm``), local folder or hub id.
+    corpus, split : str
+        A corpus already ingested into the lake, and one of its splits.
+    unit : {"word", "cls"}
+        Per-word vectors (sequence labelling) or one [CLS] vector per sentence.
+    aggregation : {"last", "first", "mean"}
+        Subword -> word (``last`` is the paper's choice).
+    dtype : {"float32", "float16", "bfloat16"}
+        Storage precision.
+    batch_size : int
+        Sentences per forward pass.
+    shard_words : int
+        Words per shard (one actor call, one file per layer).
+    pool_size : int
+        Actors in the pool (one model copy each).
+    num_gpus : float
+        GPUs per actor; 0 runs on CPU.
+    num_cpus : float
+        CPUs Ray reserves per actor.
+    threads : int, optional
+        Torch threads per actor (default: CPUs of the node / pool size).
+    limit : int, optional
+        Only the first ``limit`` sentences (by sentence_id).
+    max_tokens : int, optional
+        Override the model's room for word tokens (forces windowing; for tests).
+    """
+
+    model: str
+    corpus: str
+    split: str
+    unit: str = "word"
+    aggregation: str = "last"
+    dtype: str = "float32"
+    batch_size: int = 32
+    shard_words: int = 20_000
+    pool_size: int = 1
+    num_gpus: float = 0
+    num_cpus: float = 1
+    threads: int | None = None
+    limit: int | None = None
+    max_tokens: int | None = None
+
+    def check(self) -> "ExtractConfig":
+        """Validate choices a user typed."""
+        check_aggregation(self.aggregation)
+        if self.unit not in UNITS:
+            raise UserError(f"unknown unit {self.unit!r}; use one of {', '.join(UNITS)}")
+        if self.dtype not in STORAGE_DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}; use one of {', '.join(STORAGE_DTYPES)}")
+        for name in ("batch_size", "shard_words", "pool_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1")
+        return self
+
+
+@dataclasses.dataclass
+class ExtractResult:
+    """What a job wrote: counts, timing, the Iceberg snapshot and the MLflow run."""
+
+    snapshot_id: int
+    run_id: str
+    words: int
+    sentences: int
+    files: int
+    bytes: int
+    seconds: float
+    layers: int
+
+    @property
+    def words_per_second(self) -> float:
+        return self.words / self.seconds if self.seconds else float("nan")
+
+
+def make_shards(corpus: pa.Table, shard_words: int, unit: str) -> list[dict]:
+    """Sort sentences by length and cut them into shards of about ``shard_words`` words."""
+    words = corpus.column("words").to_pylist()
+    ids = corpus.column("sentence_id").to_pylist()
+    pairs = corpus.column("words_b").to_pylist() if "words_b" in corpus.column_names else None
+    lengths = np.array([len(w) + (len(pairs[i]) if pairs else 0) for i, w in enumerate(words)])
+    order = np.argsort(lengths, kind="stable")
+    shards, current, budget = [], [], 0
+    for i in order:
+        current.append(i)
+        budget += lengths[i] if unit == "word" else 1
+        if budget >= shard_words:
+            shards.append(current)
+            current, budget = [], 0
+    if current:
+        shards.append(current)
+    out = []
+    for n, members in enumerate(shards):
+        row = {"shard": n, "sentence_id": [ids[i] for i in members], "words": [words[i] for i in members]}
+        if pairs:
+            row["words_b"] = [pairs[i] for i in members]
+        out.append(row)
+    return out
+
+
+def job_key(cfg: ExtractConfig, model_source: str, corpus_snapshot: int) -> str:
+    """Fingerprint of everything that determines the output."""
+    fields = dataclasses.asdict(cfg)
+    for name in ("pool_size", "num_gpus", "num_cpus", "threads", "shard_words"):
+        fields.pop(name)  # how the work is spread does not change the result
+    fields.update(model_source=model_source, corpus_snapshot=corpus_snapshot)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_ray():
+    """Connect to ``RAY_ADDRESS`` if set, else start (or reuse) a local Ray."""
+    import ray  # noqa: PLC0415
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, include_dashboard=False
+                 if not os.environ.get("RAY_ADDRESS") else None)
+    return ray
+
+
+def _finished(fs, root: str) -> dict[int, dict]:
+    from pyarrow.fs import FileSelector, FileType  # noqa: PLC0415
+
+    done = {}
+    infos = fs.get_file_info(FileSelector(f"{root}/_done", allow_not_found=True))
+    for info in infos:
+        if info.type == FileType.File and info.path.endswith(".json"):
+            with fs.open_input_stream(info.path) as fh:
+                record = json.loads(fh.read())
+            done[record["shard"]] = record
+    return done
+
+
+def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True) -> ExtractResult:
+    """Extract activations of one (model, corpus, split) into the lake, tracked in MLflow."""
+    cfg.check()
+    lake = Lake(settings)
+    corpus = lake.read_corpus(cfg.corpus, cfg.split)
+    corpus_snapshot = lake.table(f"corpus_{cfg.corpus}").current_snapshot().snapshot_id
+    if cfg.limit:
+        corpus = corpus.slice(0, cfg.limit)
+    if cfg.unit == "word" and "words_b" in corpus.column_names:
+        raise UserError(f"corpus {cfg.corpus!r} holds sentence pairs: extract it with --unit cls")
+    spec = resolve_model(cfg.model)
+    key = job_key(cfg, f"{spec.source}@{spec.revision}", corpus_snapshot)
+    table = lake.activations()
+    files_uri = f"{table.location()}/data/staging/{key}"
+    fs, root = split_uri(files_uri)
+    fs.create_dir(f"{root}/_done", recursive=True)
+
+    shards = make_shards(corpus, cfg.shard_words, cfg.unit)
+    done = _finished(fs, root)
+    pending = [s for s in shards if s["shard"] not in done]
+    if done:
+        log.info("resuming job %s: %d of %d shards already written", key, len(done), len(shards))
+
+    params = {
+        "model": spec.name, "model_source": spec.source, "revision": spec.revision, "corpus": cfg.corpus,
+        "split": cfg.split, "unit": cfg.unit, "aggregation": cfg.aggregation, "dtype": cfg.dtype,
+        "batch_size": cfg.batch_size, "pool_size": cfg.pool_size, "num_gpus": cfg.num_gpus,
+        "limit": cfg.limit, "corpus_snapshot_id": corpus_snapshot, "job_key": key,
+    }
+    experiment = tracking.experiment_name(spec.name, cfg.corpus)
+    start = time.perf_counter()
+    with tracking.job_run(settings, experiment, f"extract {cfg.split} {cfg.unit}", params,
+                          tags={"raydund.stage": "extract"}) as run:
+        if pending:
+            _run_pool(cfg, spec, key, files_uri, pending, done, progress)
+        records = [done[s["shard"]] for s in shards]
+        files = [f for r in records for f in r["files"]]
+        snapshot = lake.commit_activation_files(
+            files, spec.name, cfg.corpus, cfg.split, cfg.unit,
+            properties={"raydund.job_key": key, "mlflow.run_id": run.info.run_id},
+        )
+        seconds = time.perf_counter() - start
+        result = ExtractResult(
+            snapshot_id=snapshot, run_id=run.info.run_id, words=sum(r["words"] for r in records),
+            sentences=corpus.num_rows, files=len(files), bytes=sum(r["bytes"] for r in records),
+            seconds=seconds, layers=len(records[0]["files"]) if records else 0,
+        )
+        mlflow = tracking.configure(settings)
+        mlflow.log_metrics({
+            "words": result.words, "sentences": result.sentences, "words_per_s": result.words_per_second,
+            "bytes": result.bytes, "files": result.files, "layers": result.layers, "seconds": seconds,
+            "dropped_words": sum(r["dropped"] for r in records), "resumed_shards": len(shards) - len(pending),
+        })
+        mlflow.set_tag("iceberg.snapshot_id", str(snapshot))
+        mlflow.set_tag("iceberg.table", "raydund.activations")
+    return result
+
+
+def _run_pool(cfg, spec, key, files_uri, pending, done, progress):
+    """Push pending shards through the actor pool; record each finished shard in ``done``."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    ray = ensure_ray()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_rich_progress_bars = False
+    job = {
+        "model_name": spec.name, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit,
+        "aggregation": cfg.aggregation, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
+        "max_tokens": cfg.max_tokens, "files_uri": files_uri,
+    }
+    ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
+        ExtractActor,
+        fn_constructor_kwargs={"model": spec, "job": job, "threads": cfg.threads},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=cfg.pool_size),
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
+    )
+    shard_words = {s["shard"]: sum(len(w) for w in s["words"]) for s in pending}
+    with tqdm(total=sum(shard_words.values()), unit="word", desc=f"extract {cfg.corpus}/{cfg.split}",
+              disable=not progress, dynamic_ncols=True) as bar:
+        for row in ds.iter_rows():
+            done[row["shard"]] = {k: row[k] for k in ("shard", "files", "words", "bytes", "seconds", "dropped")}
+            bar.update(shard_words[row["shard"]])

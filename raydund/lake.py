@@ -1,0 +1,289 @@
+"""The lakehouse: Iceberg tables in a SQL catalog, read with polars.
+
+Tables (namespace ``raydund``):
+
+``corpus_<name>``
+    one row per sentence: ``split, sentence_id, words, <one list column per label kind>``
+    (GLUE: ``words_b`` and a scalar ``label``); partitioned by ``split``.
+``activations``
+    long layout, one row per (sentence, word, layer)::
+
+        model, corpus, split, unit ("word" | "cls"), layer, sentence_id, word_id, word,
+        dtype, vector list<float32> (float32 storage) | vector_bits binary (float16/bfloat16)
+
+    partitioned by ``model, corpus, split, unit, layer``.
+
+Writers produce Parquet files (Ray workers, in parallel) and the driver registers
+them in ONE commit that also deletes what the same (model, corpus, split, unit)
+held before: a re-run replaces, never duplicates, and a failed job commits nothing.
+
+Readers: :meth:`Lake.scan` gives a polars ``LazyFrame``; :meth:`Lake.layer_matrix`
+gives one layer as a ``float32`` matrix ``X [tokens x neurons]``, the convention every
+analysis uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import And, EqualTo, In
+
+from raydund.config import Settings
+from raydund.errors import UserError
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "raydund"
+ACTIVATIONS = f"{NAMESPACE}.activations"
+
+#: Schema of the activation table; files written by extraction workers follow it exactly.
+ACTIVATION_SCHEMA = pa.schema(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("corpus", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("unit", pa.string(), nullable=False),
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("sentence_id", pa.int64(), nullable=False),
+        pa.field("word_id", pa.int32(), nullable=False),
+        pa.field("word", pa.string()),
+        pa.field("dtype", pa.string(), nullable=False),
+        pa.field("vector", pa.list_(pa.float32())),
+        pa.field("vector_bits", pa.binary()),
+    ]
+)
+ACTIVATION_PARTITIONS = ("model", "corpus", "split", "unit", "layer")
+
+#: Storage dtypes: float32 in ``vector``, the two half types as bit patterns in ``vector_bits``.
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+
+#: Iceberg/Parquet properties for float-heavy tables: no dictionary on floats, cheap codec.
+TABLE_PROPERTIES = {
+    "write.parquet.compression-codec": "zstd",
+    "write.parquet.compression-level": "1",
+}
+
+
+def corpus_table_name(corpus: str) -> str:
+    """Iceberg identifier of a corpus table."""
+    return f"{NAMESPACE}.corpus_{corpus.replace('-', '_').lower()}"
+
+
+def encode_half(matrix: np.ndarray, dtype: str) -> pa.Array:
+    """Pack rows of a float32 matrix as float16/bfloat16 bit patterns, one binary value per row.
+
+    bfloat16 keeps the upper 16 bits of each float32 with round-to-nearest-even.
+    """
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    if dtype == "float16":
+        bits = matrix.astype(np.float16).view(np.uint16)
+    elif dtype == "bfloat16":
+        u = matrix.view(np.uint32).astype(np.uint64)
+        bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    else:
+        raise ValueError(f"not a half dtype: {dtype}")
+    width = bits.shape[1] * 2
+    offsets = np.arange(0, (bits.shape[0] + 1) * width, width, dtype=np.int32)
+    return pa.BinaryArray.from_buffers(pa.binary(), bits.shape[0], [None, pa.py_buffer(offsets), pa.py_buffer(bits.tobytes())])
+
+
+def decode_half(values: pa.Array, dtype: str, dim: int) -> np.ndarray:
+    """Inverse of :func:`encode_half`: a float32 matrix ``[rows x dim]``."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint16)
+    start = values.offset * dim
+    bits = data[start : start + len(values) * dim].reshape(len(values), dim)
+    if dtype == "float16":
+        return bits.view(np.float16).astype(np.float32)
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def vectors_to_matrix(table: pa.Table) -> np.ndarray:
+    """Turn the vector column(s) of activation rows into a float32 matrix ``[rows x dim]``."""
+    if table.num_rows == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    dtype = table.column("dtype")[0].as_py()
+    if dtype == "float32":
+        col = table.column("vector").combine_chunks()
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(table.num_rows, -1).astype(np.float32, copy=False)
+    bits = table.column("vector_bits").combine_chunks()
+    dim = len(bits[0].as_py()) // 2
+    return decode_half(bits, dtype, dim)
+
+
+class Lake:
+    """Catalog and warehouse of one raydund installation.
+
+    Parameters
+    ----------
+    settings : Settings
+        Where the catalog and warehouse live.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @cached_property
+    def catalog(self) -> SqlCatalog:
+        """The Iceberg SQL catalog (created on first use)."""
+        if self.settings.warehouse.startswith("file://"):
+            self.settings.prepare()
+        catalog = SqlCatalog("raydund", uri=self.settings.catalog_uri, warehouse=self.settings.warehouse)
+        catalog.create_namespace_if_not_exists(NAMESPACE)
+        return catalog
+
+    # -- tables -----------------------------------------------------------------
+    def table(self, identifier: str):
+        """Load a table by identifier; a clear error when it does not exist."""
+        if "." not in identifier:
+            identifier = f"{NAMESPACE}.{identifier}"
+        try:
+            return self.catalog.load_table(identifier)
+        except NoSuchTableError:
+            known = ", ".join(self.table_names()) or "none yet"
+            raise UserError(f"no table {identifier!r} in the lake (tables: {known})") from None
+
+    def table_names(self) -> list[str]:
+        """Identifiers of every raydund table."""
+        return sorted(f"{NAMESPACE}.{name}" for _, name in self.catalog.list_tables(NAMESPACE))
+
+    def activations(self):
+        """The activation table, created with its partition spec on first use."""
+        return self._create_if_missing(ACTIVATIONS, ACTIVATION_SCHEMA, ACTIVATION_PARTITIONS)
+
+    def _create_if_missing(self, identifier: str, schema: pa.Schema, partitions):
+        try:
+            return self.catalog.load_table(identifier)
+        except NoSuchTableError:
+            pass
+        tbl = self.catalog.create_table_if_not_exists(identifier, schema=schema, properties=TABLE_PROPERTIES)
+        if tbl.spec().is_unpartitioned():
+            with tbl.update_spec() as update:
+                for column in partitions:
+                    update.add_identity(column)
+        return tbl
+
+    # -- corpora ----------------------------------------------------------------
+    def write_corpus(self, corpus: str, splits: dict[str, pa.Table], properties: dict | None = None) -> int:
+        """Replace the given splits of ``corpus_<corpus>`` in one commit; return the snapshot id.
+
+        Splits not named are left as they are. Every split is validated by the
+        reader before this is called, so a bad file never reaches the lake.
+        """
+        if not splits:
+            raise UserError(f"nothing to ingest for corpus {corpus!r}")
+        parts = []
+        for split, table in splits.items():
+            parts.append(table.add_column(0, "split", pa.array([split] * table.num_rows, pa.string())))
+        data = pa.concat_tables(parts, promote_options="permissive")
+        ident = corpus_table_name(corpus)
+        tbl = self._create_if_missing(ident, data.schema, ("split",))
+        if not _same_columns(tbl.schema().as_arrow(), data.schema):
+            with tbl.update_schema() as update:
+                update.union_by_name(data.schema)
+        tbl.overwrite(
+            data.cast(tbl.schema().as_arrow()),
+            overwrite_filter=In("split", list(splits)),
+            snapshot_properties={k: str(v) for k, v in (properties or {}).items()},
+        )
+        return tbl.current_snapshot().snapshot_id
+
+    def read_corpus(self, corpus: str, split: str) -> pa.Table:
+        """The sentences of one split, ordered by ``sentence_id``."""
+        tbl = self.table(corpus_table_name(corpus))
+        data = tbl.scan(row_filter=EqualTo("split", split)).to_arrow()
+        if data.num_rows == 0:
+            have = sorted(set(tbl.scan(selected_fields=("split",)).to_arrow().column("split").to_pylist()))
+            raise UserError(f"corpus {corpus!r} has no split {split!r} in the lake (splits: {', '.join(have)})")
+        return data.sort_by("sentence_id")
+
+    # -- activations ------------------------------------------------------------
+    def commit_activation_files(self, files: list[str], model: str, corpus: str, split: str, unit: str,
+                                properties: dict | None = None) -> int:
+        """Register worker-written files, replacing the same (model, corpus, split, unit), in one commit.
+
+        Returns the new snapshot id.
+        """
+        tbl = self.activations()
+        where = And(EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split), EqualTo("unit", unit))
+        props = {k: str(v) for k, v in (properties or {}).items()}
+        with tbl.transaction() as tx:
+            tx.delete(where, snapshot_properties=props)
+            tx.add_files(files, snapshot_properties=props)
+        snap = self.activations().current_snapshot()
+        log.info("committed %d files to %s (snapshot %s)", len(files), ACTIVATIONS, snap.snapshot_id)
+        return snap.snapshot_id
+
+    def layer_matrix(self, model: str, corpus: str, split: str, layer: int, unit: str = "word",
+                     snapshot_id: int | None = None) -> tuple[np.ndarray, pa.Table]:
+        """One layer as ``X [tokens x neurons]`` (float32) plus its row keys.
+
+        Rows are ordered by (sentence_id, word_id), the same order for every layer,
+        so matrices of different layers line up row by row.
+
+        Returns
+        -------
+        X : numpy.ndarray
+        keys : pyarrow.Table with ``sentence_id, word_id, word``
+        """
+        where = And(
+            EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split),
+            EqualTo("unit", unit), EqualTo("layer", int(layer)),
+        )
+        data = self.activations().scan(row_filter=where, snapshot_id=snapshot_id).to_arrow()
+        if data.num_rows == 0:
+            raise UserError(f"no activations for model={model} corpus={corpus} split={split} unit={unit} layer={layer}")
+        data = data.sort_by([("sentence_id", "ascending"), ("word_id", "ascending")])
+        return vectors_to_matrix(data), data.select(["sentence_id", "word_id", "word"])
+
+    def scan(self, name: str, snapshot_id: int | None = None) -> pl.LazyFrame:
+        """A polars LazyFrame over a table (``activations``, ``corpus_conll2000``, ...).
+
+        Filters on partition columns (model, corpus, split, unit, layer) prune files.
+        """
+        return pl.scan_iceberg(self.table(name), snapshot_id=snapshot_id)
+
+    def summary(self) -> pl.DataFrame:
+        """One row per table: rows, files, current snapshot id."""
+        rows = []
+        for ident in self.table_names():
+            tbl = self.catalog.load_table(ident)
+            snap = tbl.current_snapshot()
+            summary = snap.summary if snap else None
+            rows.append({
+                "table": ident,
+                "rows": int(summary["total-records"]) if summary else 0,
+                "files": int(summary["total-data-files"]) if summary else 0,
+                "bytes": int(summary["total-files-size"]) if summary else 0,
+                "snapshot_id": snap.snapshot_id if snap else None,
+            })
+        return pl.DataFrame(rows, schema={"table": pl.String, "rows": pl.Int64, "files": pl.Int64,
+                                          "bytes": pl.Int64, "snapshot_id": pl.Int64})
+
+
+def _same_columns(a: pa.Schema, b: pa.Schema) -> bool:
+    return set(a.names) >= set(b.names)
+
+
+def partition_counts(lake: Lake) -> pl.DataFrame:
+    """Rows per (model, corpus, split, unit, layer) of the activation table, from metadata only."""
+    return (
+        lake.scan("activations")
+        .group_by(list(ACTIVATION_PARTITIONS))
+        .agg(pl.len().alias("rows"))
+        .sort(list(ACTIVATION_PARTITIONS))
+        .collect()
+    )
+
+
+__all__ = [
+    "ACTIVATION_SCHEMA", "ACTIVATIONS", "Lake", "corpus_table_name", "decode_half", "encode_half",
+    "partition_counts", "vectors_to_matrix",
+]
