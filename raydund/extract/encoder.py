@@ -98,7 +98,7 @@ def max_word_tokens(model, tokenizer, pair: bool = False) -> int:
     """Room for word tokens in one input: the model's length limit minus special tokens."""
     limit = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
     positions = getattr(model.config, "max_position_embeddings", None)
-    if positions:
+    if positions and positions > 0:  # XLNet (relative positions) reports -1
         offset = 2 if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
         limit = min(limit, positions - offset)
     return limit - tokenizer.num_special_tokens_to_add(pair=pair)
@@ -148,14 +148,13 @@ class Encoder:
         return int(self.model.config.num_hidden_layers) + 1
 
     # -- forward ------------------------------------------------------------------
-    def _forward(self, input_ids: list[list[int]]) -> tuple[torch.Tensor, int]:
-        """Pad, run the model, return stacked hidden states ``[layers, batch, seq, hidden]``."""
-        batch = self.tokenizer.pad({"input_ids": input_ids}, return_tensors="pt", padding=True)
+    def _forward(self, features: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad, run the model; return hidden states ``[layers, batch, seq, hidden]`` and padded ids."""
+        batch = self.tokenizer.pad(features, return_tensors="pt", padding=True)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.inference_mode():
             out = self.model(**batch, output_hidden_states=True)
-        hidden = torch.stack(out.hidden_states)
-        return hidden, batch["input_ids"].shape[1]
+        return torch.stack(out.hidden_states), batch["input_ids"].cpu()
 
     def _left_pad(self, length: int, seq_len: int) -> int:
         return seq_len - length if self.tokenizer.padding_side == "left" else 0
@@ -196,7 +195,8 @@ class Encoder:
         return segments
 
     def _words_batch(self, segments) -> Chunk:
-        hidden, seq_len = self._forward([seg["input_ids"] for seg in segments])
+        hidden, ids = self._forward({"input_ids": [seg["input_ids"] for seg in segments]})
+        seq_len = ids.shape[1]
         n_layers, _, _, dim = hidden.shape
         flat = hidden.reshape(n_layers, -1, dim)
         rows_b, rows_t, out_pos, out_word, mean_rows = [], [], [], [], []
@@ -250,16 +250,16 @@ class Encoder:
             idx = order[start : start + self.batch_size]
             a = [sentences[i] for i in idx]
             b = [sentences_b[i] for i in idx] if sentences_b else None
-            enc = self.tokenizer(a, b, is_split_into_words=True, truncation=True, max_length=limit,
-                                 return_overflowing_tokens=False, return_length=True)
-            full = self.tokenizer(a, b, is_split_into_words=True)
-            cut = sum(len(x) > limit for x in full["input_ids"])
+            enc = self.tokenizer(a, b, is_split_into_words=True)
+            lengths = [len(x) for x in enc["input_ids"]]
+            cut = sum(n > limit for n in lengths)
             if cut:
                 self.truncated_sentences += cut
                 log.warning("%d sentence(s) longer than %d tokens truncated for their [CLS] vector", cut, limit)
-            hidden, seq_len = self._forward(enc["input_ids"])
-            ids = self.tokenizer.pad({"input_ids": enc["input_ids"]}, return_tensors="pt")["input_ids"]
-            positions = self._cls_positions(ids, [len(x) for x in enc["input_ids"]], seq_len)
+                enc = self.tokenizer(a, b, is_split_into_words=True, truncation=True, max_length=limit)
+                lengths = [len(x) for x in enc["input_ids"]]
+            hidden, ids = self._forward(dict(enc))
+            positions = self._cls_positions(ids, lengths, ids.shape[1])
             vecs = hidden[:, torch.arange(len(idx)), torch.as_tensor(positions)]
             yield Chunk(idx.astype(np.int64), np.full(len(idx), -1, dtype=np.int32), vecs.float().cpu().numpy())
 

@@ -1,0 +1,182 @@
+"""``raydund`` command line: one subcommand per stage, plus ``demo`` and ``bench``.
+
+User mistakes (:class:`~raydund.errors.UserError`) end in one line on stderr and exit
+status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from raydund.errors import UserError
+
+log = logging.getLogger("raydund")
+
+
+def _settings():
+    from raydund.config import Settings  # noqa: PLC0415
+
+    return Settings.from_env().prepare()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("raydund").setLevel(logging.INFO)
+    logging.getLogger("pyiceberg.io.pyarrow").setLevel(logging.ERROR)  # "statistics missing" for vectors
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("POLARS_ICEBERG_PLANNER", "pyiceberg")
+
+
+# -- subcommands ----------------------------------------------------------------------
+def cmd_ingest(args) -> None:
+    from raydund.ingest import ingest  # noqa: PLC0415
+
+    result = ingest(args.corpus, _settings(), args.split or None)
+    for split, n in result.sentences.items():
+        print(f"{result.corpus}/{split}: {n} sentences, {result.tokens[split]} tokens")
+    print(f"snapshot {result.snapshot_id}, MLflow run {result.run_id}")
+
+
+def extract_config(args):
+    from raydund.extract.job import ExtractConfig  # noqa: PLC0415
+
+    return [
+        ExtractConfig(
+            model=args.model, corpus=args.corpus, split=split, unit=args.unit, aggregation=args.aggregation,
+            dtype=args.dtype, batch_size=args.batch_size, shard_words=args.shard_words,
+            pool_size=args.pool_size, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
+            threads=args.threads, limit=args.limit,
+        ).check()
+        for split in args.split
+    ]
+
+
+def cmd_extract(args) -> None:
+    from raydund.extract.job import run_extraction  # noqa: PLC0415
+
+    settings = _settings()
+    for cfg in extract_config(args):
+        r = run_extraction(cfg, settings, progress=not args.no_progress)
+        print(f"{cfg.model} {cfg.corpus}/{cfg.split} ({cfg.unit}): {r.words} vectors x {r.layers} layers, "
+              f"{r.bytes / 1e6:.1f} MB in {r.files} files, {r.words_per_second:,.0f} words/s; "
+              f"snapshot {r.snapshot_id}, MLflow run {r.run_id}")
+
+
+def cmd_tables(args) -> None:
+    import polars as pl  # noqa: PLC0415
+
+    from raydund.lake import Lake, partition_counts  # noqa: PLC0415
+
+    lake = Lake(_settings())
+    with pl.Config(tbl_rows=200, tbl_width_chars=160):
+        print(lake.summary())
+        if args.partitions and "raydund.activations" in lake.table_names():
+            print(partition_counts(lake))
+
+
+def cmd_catalog(args) -> None:
+    from raydund.config import CATALOG_DIR, load_yaml  # noqa: PLC0415
+
+    for kind in ("corpora", "models"):
+        print(f"{kind}:")
+        for path in sorted((CATALOG_DIR / kind).glob("*.yaml")):
+            entry = load_yaml(kind, path.stem)
+            print(f"  {path.stem:<20} {entry.get('description', entry.get('hf_name', ''))}")
+
+
+def cmd_demo(args) -> None:
+    from raydund.demo import run_demo  # noqa: PLC0415
+
+    run_demo(_settings(), limit=args.limit)
+
+
+def cmd_bench(args) -> None:
+    from raydund.bench import bench_extract  # noqa: PLC0415
+
+    bench_extract(_settings(), model=args.model, corpus=args.corpus, split=args.split, limit=args.limit,
+                  neurox_limit=args.neurox_limit, batch_size=args.batch_size, out=args.out)
+
+
+# -- parser ---------------------------------------------------------------------------
+def add_extract_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``raydund extract`` (also used by ``jobs/extract.py``)."""
+    p.add_argument("--model", default="minilm", help="catalog name, local folder or hub id (default: minilm)")
+    p.add_argument("--corpus", required=True, help="an ingested corpus (see `raydund tables`)")
+    p.add_argument("--split", action="append", required=True, help="split to extract; repeat for several")
+    p.add_argument("--unit", choices=["word", "cls"], default="word", help="per-word vectors or one [CLS] per sentence")
+    p.add_argument("--aggregation", choices=["last", "first", "mean"], default="last", help="subwords -> word")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="storage dtype")
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass")
+    p.add_argument("--shard-words", type=int, default=20_000, help="words per shard (one file per layer)")
+    p.add_argument("--pool-size", type=int, default=1, help="extraction actors (model copies)")
+    p.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor (0: CPU)")
+    p.add_argument("--num-cpus", type=float, default=1, help="CPUs Ray reserves per actor")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per actor (default: CPUs / pool size)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N sentences")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raydund",
+        description="Redundancy analysis of pretrained transformers on Ray, Iceberg and MLflow. "
+        "Locations come from RAYDUND_HOME (default ~/.raydund), RAYDUND_CATALOG_URI, RAYDUND_WAREHOUSE, "
+        "MLFLOW_TRACKING_URI, RAYDUND_DATA_MIRROR and RAY_ADDRESS.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="read a catalog corpus into the lake")
+    p.add_argument("corpus", help="catalog name (see `raydund catalog`) or a YAML file")
+    p.add_argument("--split", action="append", help="only these splits (repeatable; default: all)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("extract", help="extract activations of every layer into the lake (Ray actors)")
+    add_extract_arguments(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("tables", help="list lake tables (rows, files, snapshot)")
+    p.add_argument("--partitions", action="store_true", help="also rows per activation partition")
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("catalog", help="list the corpora and models the catalog declares")
+    p.set_defaults(func=cmd_catalog)
+
+    p = sub.add_parser("demo", help="ingest CoNLL-2000 and extract MiniLM activations for train/dev/test")
+    p.add_argument("--limit", type=int, default=None, help="only the first N sentences of each split")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks (see BENCHMARKS.md)")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    b = bench.add_parser("extract", help="words/s: raydund job vs a bare transformers loop vs NeuroX 1.0.9")
+    b.add_argument("--model", default="minilm")
+    b.add_argument("--corpus", default="conll2000")
+    b.add_argument("--split", default="train")
+    b.add_argument("--limit", type=int, default=None, help="sentences (default: the whole split)")
+    b.add_argument("--neurox-limit", type=int, default=200, help="sentences for NeuroX (it is slow)")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--out", default=None, help="write the figures as JSON here")
+    b.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"raydund: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raydund: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

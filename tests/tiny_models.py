@@ -1,0 +1,106 @@
+"""Tiny random-initialised transformers with small trained tokenizers, built offline.
+
+Each builder writes a Hugging Face model folder (config, weights, fast tokenizer) that
+``AutoModel``/``AutoTokenizer`` load like any hub model. Vocabularies are small, so
+ordinary words split into several subwords: alignment and aggregation get exercised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+TEXT = [
+    "the quick brown fox jumped over the lazy dog",
+    "unbelievable tokenization works , really !",
+    "stocks fell sharply in heavy trading on monday",
+] * 10
+
+ARCHITECTURES = ("bert", "roberta", "xlnet", "gpt2")
+
+
+def _wordpiece():
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(TEXT, trainers.WordPieceTrainer(
+        vocab_size=60, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]")
+
+
+def _byte_bpe(roberta: bool):
+    from transformers import GPT2TokenizerFast, RobertaTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TEXT, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if roberta:
+        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                          ("<s>", tok.token_to_id("<s>")))
+        return RobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                    cls_token="<s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+    return GPT2TokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def _unigram():
+    from transformers import XLNetTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(TEXT, trainers.UnigramTrainer(
+        vocab_size=80, unk_token="<unk>",
+        special_tokens=["<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>"]))
+    sep, cls = tok.token_to_id("<sep>"), tok.token_to_id("<cls>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A <sep> <cls>", pair="$A <sep> $B:1 <sep>:1 <cls>:2",
+        special_tokens=[("<sep>", sep), ("<cls>", cls)])
+    return XLNetTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                              sep_token="<sep>", cls_token="<cls>", pad_token="<pad>", mask_token="<mask>")
+
+
+def build(arch: str, folder: Path, layers: int = 2, hidden: int = 16, max_positions: int = 64) -> Path:
+    """Write a tiny random ``arch`` model plus tokenizer to ``folder``; return it."""
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, RobertaConfig, RobertaModel
+    from transformers import XLNetConfig, XLNetModel
+
+    torch.manual_seed(0)
+    if arch == "bert":
+        tok = _wordpiece()
+        model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=2, intermediate_size=32,
+                                     max_position_embeddings=max_positions))
+    elif arch == "roberta":
+        tok = _byte_bpe(roberta=True)
+        model = RobertaModel(RobertaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+                                           num_attention_heads=2, intermediate_size=32,
+                                           max_position_embeddings=max_positions + 2,
+                                           pad_token_id=tok.pad_token_id))
+    elif arch == "xlnet":
+        tok = _unigram()
+        model = XLNetModel(XLNetConfig(vocab_size=len(tok), d_model=hidden, n_layer=layers, n_head=2,
+                                       d_inner=32, pad_token_id=tok.pad_token_id))
+    elif arch == "gpt2":
+        tok = _byte_bpe(roberta=False)
+        model = GPT2Model(GPT2Config(vocab_size=len(tok), n_embd=hidden, n_layer=layers, n_head=2,
+                                     n_positions=max_positions, bos_token_id=tok.bos_token_id,
+                                     eos_token_id=tok.eos_token_id))
+    else:
+        raise ValueError(arch)
+    tok.model_max_length = max_positions
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
