@@ -25,6 +25,7 @@ analysis uses.
 from __future__ import annotations
 
 import logging
+import warnings
 from functools import cached_property
 
 import numpy as np
@@ -188,11 +189,13 @@ class Lake:
         if not _same_columns(tbl.schema().as_arrow(), data.schema):
             with tbl.update_schema() as update:
                 update.union_by_name(data.schema)
-        tbl.overwrite(
-            data.cast(tbl.schema().as_arrow()),
-            overwrite_filter=In("split", list(splits)),
-            snapshot_properties={k: str(v) for k, v in (properties or {}).items()},
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+            tbl.overwrite(
+                data.cast(tbl.schema().as_arrow()),
+                overwrite_filter=In("split", list(splits)),
+                snapshot_properties={k: str(v) for k, v in (properties or {}).items()},
+            )
         return tbl.current_snapshot().snapshot_id
 
     def read_corpus(self, corpus: str, split: str) -> pa.Table:
@@ -214,7 +217,8 @@ class Lake:
         tbl = self.activations()
         where = And(EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split), EqualTo("unit", unit))
         props = {k: str(v) for k, v in (properties or {}).items()}
-        with tbl.transaction() as tx:
+        with tbl.transaction() as tx, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
             tx.delete(where, snapshot_properties=props)
             tx.add_files(files, snapshot_properties=props)
         snap = self.activations().current_snapshot()

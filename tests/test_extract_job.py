@@ -6,6 +6,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from raydund.errors import UserError
 from raydund.extract.encoder import Encoder, ModelSpec, load_model
 from raydund.extract.job import ExtractConfig, make_shards, run_extraction
 from raydund.lake import Lake
@@ -137,7 +138,7 @@ def test_failed_job_commits_nothing(settings, lake_with_corpus, tiny_model_dir):
     model_dir = tiny_model_dir("bert")
     first = run_extraction(ExtractConfig(model=model_dir, corpus="toy", split="train"), settings, progress=False)
     # a budget of 2 tokens per window cannot hold the words that split into 3+ subwords
-    with pytest.raises(Exception, match="subword tokens"):
+    with pytest.raises(UserError, match="subword tokens"):
         run_extraction(ExtractConfig(model=model_dir, corpus="toy", split="train", max_tokens=2),
                        settings, progress=False)
     assert lake.activations().current_snapshot().snapshot_id == first.snapshot_id

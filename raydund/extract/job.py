@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 
 import numpy as np
@@ -251,6 +252,15 @@ def _run_pool(cfg, spec, key, files_uri, pending, done, progress):
     shard_words = {s["shard"]: sum(len(w) for w in s["words"]) for s in pending}
     with tqdm(total=sum(shard_words.values()), unit="word", desc=f"extract {cfg.corpus}/{cfg.split}",
               disable=not progress, dynamic_ncols=True) as bar:
-        for row in ds.iter_rows():
-            done[row["shard"]] = {k: row[k] for k in ("shard", "files", "words", "bytes", "seconds", "dropped")}
-            bar.update(shard_words[row["shard"]])
+        try:
+            for row in ds.iter_rows():
+                done[row["shard"]] = {k: row[k] for k in ("shard", "files", "words", "bytes", "seconds", "dropped")}
+                bar.update(shard_words[row["shard"]])
+        except ray.exceptions.RayError as exc:
+            raise _user_error_from(exc) or exc
+
+
+def _user_error_from(exc: Exception) -> UserError | None:
+    """A worker's UserError reaches the driver only as text inside Ray's error: recover it."""
+    found = re.search(r"raydund\.errors\.(?:UserError|CorpusError): (.+)", str(exc))
+    return UserError(found.group(1)) if found else None
