@@ -1,0 +1,161 @@
+"""Streaming sufficient statistics of stacked layer activations, in float64.
+
+For activations ``Z [tokens x N]`` (all layers side by side, ``N = sum of layer widths``)
+and a fixed per-neuron shift ``k`` (the first chunk's mean), accumulate over chunks of
+rows, with ``d_t = z_t - k``:
+
+======  ====================================  ==========================================
+``n``   number of tokens
+``s``   ``sum_t d_t``                           shifted sums (N)
+``G``   ``sum_t d_t d_t^T``                     co-moments (N x N), by layer-pair blocks
+``Q``   ``sum_t q_t q_t^T``                     ``q_t^l = ||d_t^l||^2`` (L x L)
+``U``   ``sum_t q_t d_t^T``                     (L x N)
+======  ====================================  ==========================================
+
+States with the same shift simply add; states with different shifts merge exactly by
+Chan's formula (:meth:`Moments.merge`). Everything downstream (Pearson r for every
+neuron pair, biased and debiased CKA for every layer pair) is a function of these.
+The shift is subtracted before any product: a raw float32 product on uncentred data
+loses the correlation of a neuron with a large mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Moments:
+    """Sufficient statistics of ``Z [tokens x N]`` whose columns are grouped into layers.
+
+    Attributes
+    ----------
+    widths : tuple of int
+        Neurons per layer, in column order (layer 0 first).
+    shift : numpy.ndarray
+        Per-neuron shift ``k`` subtracted before every product (float64, N).
+    n : int
+    s, G, Q, U : numpy.ndarray
+        See the module docstring. ``G`` may hold only the upper block triangle
+        (``blocks_upper=True``) when it was computed block by block; use :meth:`full_G`.
+    """
+
+    widths: tuple[int, ...]
+    shift: np.ndarray
+    n: int = 0
+    s: np.ndarray | None = None
+    G: np.ndarray | None = None
+    Q: np.ndarray | None = None
+    U: np.ndarray | None = None
+
+    def __post_init__(self):
+        N, L = sum(self.widths), len(self.widths)
+        self.shift = np.asarray(self.shift, dtype=np.float64)
+        if self.shift.shape != (N,):
+            raise ValueError(f"shift has shape {self.shift.shape}, expected ({N},)")
+        for name, shape in (("s", (N,)), ("G", (N, N)), ("Q", (L, L)), ("U", (L, N))):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(shape, dtype=np.float64))
+
+    # -- layout ---------------------------------------------------------------------
+    @property
+    def offsets(self) -> np.ndarray:
+        """Column where each layer starts (length L + 1)."""
+        return np.concatenate([[0], np.cumsum(self.widths)]).astype(np.int64)
+
+    def layer_slice(self, layer: int) -> slice:
+        """Columns of one layer."""
+        off = self.offsets
+        return slice(int(off[layer]), int(off[layer + 1]))
+
+    @classmethod
+    def empty(cls, widths, shift) -> "Moments":
+        """A zero state for layers of the given widths and a shared shift."""
+        return cls(widths=tuple(int(w) for w in widths), shift=shift)
+
+    # -- accumulation -----------------------------------------------------------------
+    def centred(self, Z: np.ndarray) -> np.ndarray:
+        """``Z - shift`` in float64 (a new array; ``Z`` is not modified)."""
+        return np.asarray(Z, dtype=np.float64) - self.shift
+
+    def update(self, Z: np.ndarray, blocks: list[int] | None = None, extras: bool = True) -> "Moments":
+        """Add a chunk of rows ``Z [rows x N]``; returns ``self``.
+
+        Parameters
+        ----------
+        blocks : list of int, optional
+            Only these block rows of ``G`` (layer ``l`` against layers ``m >= l``);
+            default all. Lets several tasks share the products of one token slice.
+        extras : bool
+            Also accumulate ``n, s, Q, U`` (exactly one task per token slice does).
+        """
+        D = self.centred(Z)
+        off = self.offsets
+        L = len(self.widths)
+        for l in range(L) if blocks is None else blocks:
+            a = D[:, off[l] : off[l + 1]]
+            self.G[off[l] : off[l + 1], off[l] :] += a.T @ D[:, off[l] :]
+        if extras:
+            self.n += D.shape[0]
+            self.s += D.sum(axis=0)
+            q = np.stack([np.einsum("ij,ij->i", D[:, off[l] : off[l + 1]], D[:, off[l] : off[l + 1]])
+                          for l in range(L)], axis=1)
+            self.Q += q.T @ q
+            self.U += q.T @ D
+        return self
+
+    def add(self, other: "Moments") -> "Moments":
+        """Sum of two states with the same shift (a new state)."""
+        if not np.array_equal(self.shift, other.shift) or self.widths != other.widths:
+            raise ValueError("add() needs states with the same layers and shift; use merge()")
+        return Moments(self.widths, self.shift, self.n + other.n, self.s + other.s, self.G + other.G,
+                       self.Q + other.Q, self.U + other.U)
+
+    def full_G(self) -> np.ndarray:
+        """``G`` with the lower block triangle filled from the upper one (a new array)."""
+        G = np.triu(self.G)
+        return G + np.triu(G, 1).T
+
+    # -- results --------------------------------------------------------------------
+    @property
+    def mean(self) -> np.ndarray:
+        return self.shift + self.s / self.n
+
+    def covariance(self) -> np.ndarray:
+        """Centred co-moment ``C = G - s s^T / n`` (sum of products about the mean; N x N)."""
+        return self.full_G() - np.outer(self.s, self.s) / self.n
+
+    def merge(self, other: "Moments") -> "Moments":
+        """Exact combination of two states with any shifts (Chan et al.), in ``self``'s shift."""
+        if self.widths != other.widths:
+            raise ValueError("cannot merge states of different layer widths")
+        if other.n == 0:
+            return dataclasses.replace(self)
+        moved = other.reshift(self.shift)
+        return self.add(moved)
+
+    def reshift(self, shift: np.ndarray) -> "Moments":
+        """The same statistics expressed about another shift (exact)."""
+        shift = np.asarray(shift, dtype=np.float64)
+        delta = self.shift - shift  # d_new = d_old + delta
+        n, s, G = self.n, self.s, self.full_G()
+        s_new = s + n * delta
+        G_new = G + np.outer(s, delta) + np.outer(delta, s) + n * np.outer(delta, delta)
+        off, L = self.offsets, len(self.widths)
+        # q_new^l = q^l + 2 delta_l . d^l + ||delta_l||^2 per token: expand Q and U
+        dn = np.array([delta[off[l] : off[l + 1]] @ delta[off[l] : off[l + 1]] for l in range(L)])
+        # per-layer linear forms of d: sum_t (delta_l . d_t^l) x_t  comes from G and s
+        P = np.stack([delta[off[l] : off[l + 1]] @ G[off[l] : off[l + 1], :] for l in range(L)])  # sum (delta_l.d^l) d^T
+        ps = np.array([delta[off[l] : off[l + 1]] @ s[off[l] : off[l + 1]] for l in range(L)])  # sum delta_l.d^l
+        qsum = np.array([np.trace(G[off[l] : off[l + 1], off[l] : off[l + 1]]) for l in range(L)])  # sum q^l
+        # U_new = sum q_new d_new^T, q_new = q + 2 P_lin + dn, d_new = d + delta
+        U_new = (self.U + 2 * P + np.outer(dn, s)
+                 + np.outer(qsum + 2 * ps + n * dn, delta))
+        # Q_new = sum q_new q_new^T
+        Pq = np.stack([P[:, off[m] : off[m + 1]] @ delta[off[m] : off[m + 1]] for m in range(L)], axis=1)
+        Uq = np.stack([self.U[:, off[m] : off[m + 1]] @ delta[off[m] : off[m + 1]] for m in range(L)], axis=1)
+        Q_new = (self.Q + 2 * Uq + 2 * Uq.T + 4 * Pq + np.outer(qsum, dn) + np.outer(dn, qsum)
+                 + 2 * np.outer(ps, dn) + 2 * np.outer(dn, ps) + n * np.outer(dn, dn))
+        return Moments(self.widths, shift, n, s_new, G_new, Q_new, U_new)

@@ -1,0 +1,118 @@
+"""From :class:`~raydund.stats.moments.Moments` to Pearson r and linear CKA.
+
+* Pearson r for every neuron pair: ``r_ij = C_ij / sqrt(C_ii C_jj)``.
+* Linear CKA for every layer pair (Kornblith et al. 2019, feature space):
+  ``||C_lm||_F^2 / (||C_ll||_F ||C_mm||_F)``.
+* Debiased linear CKA (unbiased HSIC of Song et al. 2007 in feature space, as in the
+  google-research CKA notebook), streamed through ``Q`` and ``U``: biased CKA has a
+  floor near ``width / tokens`` on unrelated data, the debiased one does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from raydund.stats.moments import Moments
+
+#: Relative variance below which a neuron counts as constant (of the median variance).
+CONSTANT_TOL = 1e-12
+
+
+def constant_neurons(C: np.ndarray, tol: float = CONSTANT_TOL) -> np.ndarray:
+    """Boolean mask of neurons whose variance is (numerically) zero."""
+    var = np.diag(C)
+    scale = np.median(var[var > 0]) if np.any(var > 0) else 1.0
+    return var <= tol * scale
+
+
+def pearson(C: np.ndarray, constant: np.ndarray | None = None) -> np.ndarray:
+    """Pearson correlation from a centred co-moment matrix.
+
+    Rows and columns of constant neurons are NaN (their correlation is undefined);
+    the diagonal is exactly 1 elsewhere and values are clipped to [-1, 1].
+    """
+    constant = constant_neurons(C) if constant is None else constant
+    sd = np.sqrt(np.where(constant, np.nan, np.diag(C)))
+    R = C / sd[:, None] / sd[None, :]
+    np.clip(R, -1.0, 1.0, out=R)
+    idx = np.flatnonzero(~constant)
+    R[idx, idx] = 1.0
+    return R
+
+
+def _blocks(C: np.ndarray, m: Moments):
+    off = m.offsets
+    return [[C[off[a] : off[a + 1], off[b] : off[b + 1]] for b in range(len(m.widths))] for a in range(len(m.widths))]
+
+
+def cka(C: np.ndarray, m: Moments) -> np.ndarray:
+    """Biased linear CKA between every pair of layers (L x L)."""
+    B = _blocks(C, m)
+    L = len(m.widths)
+    hsic = np.array([[np.sum(B[a][b] ** 2) for b in range(L)] for a in range(L)])
+    norm = np.sqrt(np.diag(hsic))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return hsic / norm[:, None] / norm[None, :]
+
+
+def debiased_cka(C: np.ndarray, m: Moments) -> np.ndarray:
+    """Debiased linear CKA between every pair of layers (L x L), from streamed ``Q`` and ``U``."""
+    n, L, off = m.n, len(m.widths), m.offsets
+    if n < 4:
+        raise ValueError("debiased CKA needs at least 4 tokens")
+    v = m.s / n  # mean of the shifted data
+    G = m.full_G()
+    B = _blocks(C, m)
+    tr = np.array([np.trace(B[a][a]) for a in range(L)])
+    vv = np.array([v[off[a] : off[a + 1]] @ v[off[a] : off[a + 1]] for a in range(L)])
+    trG = np.array([np.trace(G[off[a] : off[a + 1], off[a] : off[a + 1]]) for a in range(L)])
+    h = np.zeros((L, L))
+    for a in range(L):
+        sa = slice(off[a], off[a + 1])
+        for b in range(a, L):
+            sb = slice(off[b], off[b + 1])
+            # S_ab = sum_t ||x_t^a - mu_a||^2 ||x_t^b - mu_b||^2, expanded into streamed terms
+            S = (m.Q[a, b] - 2 * m.U[a, sb] @ v[sb] - 2 * m.U[b, sa] @ v[sa]
+                 + 4 * v[sa] @ G[sa, sb] @ v[sb] + vv[b] * trG[a] + vv[a] * trG[b] - 3 * n * vv[a] * vv[b])
+            h[a, b] = h[b, a] = (np.sum(B[a][b] ** 2) - n / (n - 2) * S + tr[a] * tr[b] / ((n - 1) * (n - 2)))
+    norm = np.sqrt(np.clip(np.diag(h), 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return h / norm[:, None] / norm[None, :]
+
+
+@dataclasses.dataclass
+class Similarity:
+    """Everything the general-redundancy analysis reads from one pass.
+
+    Attributes
+    ----------
+    r : numpy.ndarray
+        Pearson r (N x N), NaN rows/columns for constant neurons.
+    cka, cka_debiased : numpy.ndarray
+        L x L.
+    constant : numpy.ndarray
+        Boolean mask (N) of constant neurons.
+    mean, std : numpy.ndarray
+        Per-neuron mean and standard deviation.
+    """
+
+    r: np.ndarray
+    cka: np.ndarray
+    cka_debiased: np.ndarray
+    constant: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    n: int
+    widths: tuple[int, ...]
+
+
+def similarity(m: Moments) -> Similarity:
+    """Pearson r, biased and debiased CKA, constant neurons, from one set of moments."""
+    C = m.covariance()
+    constant = constant_neurons(C)
+    return Similarity(
+        r=pearson(C, constant), cka=cka(C, m), cka_debiased=debiased_cka(C, m), constant=constant,
+        mean=m.mean, std=np.sqrt(np.clip(np.diag(C), 0, None) / max(m.n - 1, 1)), n=m.n, widths=m.widths,
+    )
