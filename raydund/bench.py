@@ -49,8 +49,11 @@ def bare_loop(sentences: list[list[str]], model, tokenizer, batch_size: int = 32
     return words / (time.perf_counter() - start)
 
 
-def neurox_loop(sentences: list[list[str]], model_path: str) -> float | None:
-    """Words/s of NeuroX 1.0.9's ``extract_representations`` (None if NeuroX is missing)."""
+def neurox_loop(sentences: list[list[str]], model_path: str, output_type: str = "hdf5") -> float | None:
+    """Words/s of NeuroX 1.0.9's ``extract_representations`` (None if NeuroX is missing).
+
+    ``output_type`` is NeuroX's writer: ``hdf5``, or ``json`` (its default).
+    """
     try:
         from neurox.data.extraction import transformers_extractor  # noqa: PLC0415
     except ImportError:
@@ -63,7 +66,8 @@ def neurox_loop(sentences: list[list[str]], model_path: str) -> float | None:
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):  # NeuroX prints every token list
             transformers_extractor.extract_representations(
-                model_path, src, os.path.join(tmp, "out.hdf5"), aggregation="last", device="cpu")
+                model_path, src, os.path.join(tmp, f"out.{output_type}"), aggregation="last", device="cpu",
+                output_type=output_type)
         seconds = time.perf_counter() - start
     return sum(len(s) for s in sentences) / seconds
 
@@ -92,7 +96,7 @@ def bench_extract(settings: Settings, model: str = "minilm", corpus: str = "conl
 
     ensure_ray()  # start-up is not part of the job's throughput; reported separately below
     cfg = ExtractConfig(model=model, corpus=corpus, split=split, limit=limit, batch_size=batch_size,
-                        threads=os.cpu_count())
+                        threads=os.cpu_count(), fresh=True)
     start = time.perf_counter()
     result = run_extraction(cfg, settings, progress=False)
     job_wps = n_words / (time.perf_counter() - start)
@@ -101,13 +105,15 @@ def bench_extract(settings: Settings, model: str = "minilm", corpus: str = "conl
     hf_model, tokenizer = load_model(spec)
     bare_wps = bare_loop(sentences, hf_model, tokenizer, batch_size)
     nx_sentences = sentences[:neurox_limit]
-    neurox_wps = neurox_loop(nx_sentences, spec.source) if neurox_limit else None
+    neurox_wps = neurox_loop(nx_sentences, spec.source, "hdf5") if neurox_limit else None
+    neurox_json_wps = neurox_loop(nx_sentences, spec.source, "json") if neurox_limit else None
 
     figures = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "model": model, "corpus": f"{corpus}/{split}", "sentences": len(sentences), "words": n_words,
         "raydund_words_per_s": round(job_wps, 1), "bare_loop_words_per_s": round(bare_wps, 1),
         "neurox_words_per_s": round(neurox_wps, 1) if neurox_wps else None,
+        "neurox_json_words_per_s": round(neurox_json_wps, 1) if neurox_json_wps else None,
         "neurox_sentences": len(nx_sentences),
         "ratio_vs_bare": round(job_wps / bare_wps, 3),
         "ratio_vs_neurox": round(job_wps / neurox_wps, 1) if neurox_wps else None,
@@ -117,7 +123,8 @@ def bench_extract(settings: Settings, model: str = "minilm", corpus: str = "conl
     print(f"{'raydund extract (Ray actor -> Iceberg)':<42}{job_wps:>12,.0f}")
     print(f"{'bare transformers loop (no writing)':<42}{bare_wps:>12,.0f}")
     if neurox_wps:
-        print(f"{'NeuroX 1.0.9 extract_representations':<42}{neurox_wps:>12,.0f}  ({len(nx_sentences)} sentences)")
+        print(f"{'NeuroX 1.0.9, HDF5 output':<42}{neurox_wps:>12,.0f}  ({len(nx_sentences)} sentences)")
+        print(f"{'NeuroX 1.0.9, JSON output (its default)':<42}{neurox_json_wps:>12,.0f}")
     print(f"ratio vs bare loop: {figures['ratio_vs_bare']:.2f}x"
           + (f", vs NeuroX: {figures['ratio_vs_neurox']:.0f}x" if neurox_wps else ""))
     if out:

@@ -27,6 +27,15 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("raydund").setLevel(logging.INFO)
     logging.getLogger("pyiceberg.io.pyarrow").setLevel(logging.ERROR)  # "statistics missing" for vectors
+    if not verbose:
+        logging.getLogger("ray").setLevel(logging.WARNING)  # Ray Data's per-dataset INFO lines
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        try:
+            from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+            hf_logging.disable_progress_bar()  # "Loading weights" bars
+        except ImportError:
+            pass
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("POLARS_ICEBERG_PLANNER", "pyiceberg")
 
@@ -49,7 +58,7 @@ def extract_config(args):
             model=args.model, corpus=args.corpus, split=split, unit=args.unit, aggregation=args.aggregation,
             dtype=args.dtype, batch_size=args.batch_size, shard_words=args.shard_words,
             pool_size=args.pool_size, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
-            threads=args.threads, limit=args.limit,
+            threads=args.threads, limit=args.limit, fresh=args.fresh,
         ).check()
         for split in args.split
     ]
@@ -117,6 +126,7 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=float, default=1, help="CPUs Ray reserves per actor")
     p.add_argument("--threads", type=int, default=None, help="torch threads per actor (default: CPUs / pool size)")
     p.add_argument("--limit", type=int, default=None, help="only the first N sentences")
+    p.add_argument("--fresh", action="store_true", help="recompute shards an interrupted run already finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -171,6 +171,27 @@ class Lake:
                     update.add_identity(column)
         return tbl
 
+    # -- generic result tables --------------------------------------------------------
+    def replace(self, name: str, data: pa.Table, partitions: tuple[str, ...], where: dict,
+                properties: dict | None = None) -> int:
+        """Replace the rows matching ``where`` (column -> value or list of values) in one commit.
+
+        Creates the table (partitioned by ``partitions``) on first use and widens its
+        schema when ``data`` brings new columns. Returns the new snapshot id.
+        """
+        ident = name if "." in name else f"{NAMESPACE}.{name}"
+        tbl = self._create_if_missing(ident, data.schema, partitions)
+        if not set(tbl.schema().as_arrow().names) >= set(data.schema.names):
+            with tbl.update_schema() as update:
+                update.union_by_name(data.schema)
+        conditions = [In(k, list(v)) if isinstance(v, (list, tuple)) else EqualTo(k, v) for k, v in where.items()]
+        condition = conditions[0] if len(conditions) == 1 else And(*conditions)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+            tbl.overwrite(_conform(data, tbl.schema().as_arrow()), overwrite_filter=condition,
+                          snapshot_properties={k: str(v) for k, v in (properties or {}).items()})
+        return tbl.current_snapshot().snapshot_id
+
     # -- corpora ----------------------------------------------------------------
     def write_corpus(self, corpus: str, splits: dict[str, pa.Table], properties: dict | None = None) -> int:
         """Replace the given splits of ``corpus_<corpus>`` in one commit; return the snapshot id.
@@ -180,23 +201,9 @@ class Lake:
         """
         if not splits:
             raise UserError(f"nothing to ingest for corpus {corpus!r}")
-        parts = []
-        for split, table in splits.items():
-            parts.append(table.add_column(0, "split", pa.array([split] * table.num_rows, pa.string())))
+        parts = [t.add_column(0, "split", pa.array([split] * t.num_rows, pa.string())) for split, t in splits.items()]
         data = pa.concat_tables(parts, promote_options="permissive")
-        ident = corpus_table_name(corpus)
-        tbl = self._create_if_missing(ident, data.schema, ("split",))
-        if not _same_columns(tbl.schema().as_arrow(), data.schema):
-            with tbl.update_schema() as update:
-                update.union_by_name(data.schema)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-            tbl.overwrite(
-                data.cast(tbl.schema().as_arrow()),
-                overwrite_filter=In("split", list(splits)),
-                snapshot_properties={k: str(v) for k, v in (properties or {}).items()},
-            )
-        return tbl.current_snapshot().snapshot_id
+        return self.replace(corpus_table_name(corpus), data, ("split",), {"split": list(splits)}, properties)
 
     def read_corpus(self, corpus: str, split: str) -> pa.Table:
         """The sentences of one split, ordered by ``sentence_id``."""
@@ -224,6 +231,17 @@ class Lake:
         snap = self.activations().current_snapshot()
         log.info("committed %d files to %s (snapshot %s)", len(files), ACTIVATIONS, snap.snapshot_id)
         return snap.snapshot_id
+
+    def activation_files(self, model: str, corpus: str, split: str, unit: str = "word",
+                         snapshot_id: int | None = None) -> list[tuple[int, str]]:
+        """(layer, file URI) of every data file of one (model, corpus, split, unit)."""
+        where = And(EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split), EqualTo("unit", unit))
+        tasks = self.activations().scan(row_filter=where, snapshot_id=snapshot_id).plan_files()
+        files = sorted((int(t.file.partition[4]), t.file.file_path) for t in tasks)
+        if not files:
+            raise UserError(f"no activations for model={model} corpus={corpus} split={split} unit={unit}; "
+                            "run `raydund extract` first")
+        return files
 
     def layer_matrix(self, model: str, corpus: str, split: str, layer: int, unit: str = "word",
                      snapshot_id: int | None = None) -> tuple[np.ndarray, pa.Table]:
@@ -272,8 +290,11 @@ class Lake:
                                           "bytes": pl.Int64, "snapshot_id": pl.Int64})
 
 
-def _same_columns(a: pa.Schema, b: pa.Schema) -> bool:
-    return set(a.names) >= set(b.names)
+def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``data`` in the table's column order and types; columns it lacks become nulls."""
+    columns = [data.column(f.name).cast(f.type) if f.name in data.column_names else pa.nulls(data.num_rows, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def partition_counts(lake: Lake) -> pl.DataFrame:

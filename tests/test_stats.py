@@ -114,9 +114,9 @@ def test_block_rows_split_across_tasks_add_up():
     full = stream(Z)
     parts = [Moments.empty(WIDTHS, full.shift) for _ in range(3)]
     for s in range(0, len(Z), 50):
-        parts[0].update(Z[s : s + 50], blocks=[0], extras=True)
-        parts[1].update(Z[s : s + 50], blocks=[1], extras=False)
-        parts[2].update(Z[s : s + 50], blocks=[2], extras=False)
+        parts[0].update(Z[s : s + 50], blocks=[0], with_extras=True)
+        parts[1].update(Z[s : s + 50], blocks=[1], with_extras=False)
+        parts[2].update(Z[s : s + 50], blocks=[2], with_extras=False)
     total = parts[0].add(parts[1]).add(parts[2])
     np.testing.assert_allclose(total.covariance(), full.covariance(), atol=1e-8)
     np.testing.assert_allclose(total.U, full.U, rtol=1e-12)

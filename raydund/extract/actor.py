@@ -10,6 +10,7 @@ job skips the shards that finished.
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 import logging
 import time
 
@@ -83,6 +84,7 @@ class ExtractActor:
         self.encoder = Encoder(model_obj, tokenizer, aggregation=job["aggregation"],
                                batch_size=job["batch_size"], max_tokens=job.get("max_tokens"))
         self.fs, self.root = split_uri(job["files_uri"])
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
         self.fs.create_dir(f"{self.root}/_done", recursive=True)
         log.info("extract actor ready on %s with %d threads", device, torch.get_num_threads())
 
@@ -111,9 +113,10 @@ class ExtractActor:
         paths = [f"{folder}/layer-{layer:03d}.parquet" for layer in range(enc.num_layers)]
         writers = [pq.ParquetWriter(p, ACTIVATION_SCHEMA, filesystem=self.fs, **PARQUET_OPTIONS) for p in paths]
         buffers: list[list[pa.Table]] = [[] for _ in paths]
+        pending: list[Future] = []
         words = 0
         try:
-            for chunk in chunks:
+            for chunk in chunks:  # the next forward pass runs while the writer thread encodes Parquet
                 n = len(chunk.word_ids)
                 words += n
                 keys = {
@@ -121,15 +124,18 @@ class ExtractActor:
                     "word_id": pa.array(chunk.word_ids, pa.int32()),
                     "word": self._word_strings(sentences, chunk),
                 }
-                for layer, writer in enumerate(writers):
+                for layer in range(len(writers)):
                     buffers[layer].append(self._layer_table(layer, keys, chunk.layers[layer]))
-                    if sum(t.num_rows for t in buffers[layer]) >= ROW_GROUP_ROWS:
-                        writer.write_table(pa.concat_tables(buffers[layer]), row_group_size=1 << 20)
-                        buffers[layer] = []
-            for layer, writer in enumerate(writers):
-                if buffers[layer]:
-                    writer.write_table(pa.concat_tables(buffers[layer]), row_group_size=1 << 20)
+                if sum(t.num_rows for t in buffers[0]) >= ROW_GROUP_ROWS:
+                    pending.append(self._flush(writers, buffers))
+                    buffers = [[] for _ in paths]
+            if buffers[0]:
+                pending.append(self._flush(writers, buffers))
+            for future in pending:
+                future.result()
         finally:
+            for future in pending:
+                future.exception()  # wait for the writer before closing files
             for writer in writers:
                 writer.close()
         size = sum(self.fs.get_file_info(p).size for p in paths)
@@ -144,6 +150,16 @@ class ExtractActor:
         with self.fs.open_output_stream(f"{self.root}/{done_marker(result['shard'])}") as fh:
             fh.write(json.dumps(result).encode())
         return result
+
+    def _flush(self, writers, buffers) -> Future:
+        """Write one row group per layer on the writer thread (one flush at a time, in order)."""
+        tables = [pa.concat_tables(b) for b in buffers]
+
+        def write():
+            for writer, table in zip(writers, tables):
+                writer.write_table(table, row_group_size=1 << 20)
+
+        return self._writer.submit(write)
 
     def _word_strings(self, sentences, chunk) -> pa.Array:
         if self.job["unit"] != "word":

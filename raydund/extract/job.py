@@ -20,11 +20,12 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from raydund import tracking
 from raydund.config import Settings
 from raydund.errors import UserError
-from raydund.extract.actor import ExtractActor, done_marker, split_uri
+from raydund.extract.actor import ExtractActor, split_uri
 from raydund.extract.align import check_aggregation
 from raydund.extract.encoder import UNITS, resolve_model
 from raydund.lake import STORAGE_DTYPES, Lake
@@ -64,6 +65,8 @@ class ExtractConfig:
         Only the first ``limit`` sentences (by sentence_id).
     max_tokens : int, optional
         Override the model's room for word tokens (forces windowing; for tests).
+    fresh : bool
+        Ignore shards an earlier run of the same job left finished (recompute all).
     """
 
     model: str
@@ -80,6 +83,7 @@ class ExtractConfig:
     threads: int | None = None
     limit: int | None = None
     max_tokens: int | None = None
+    fresh: bool = False
 
     def check(self) -> "ExtractConfig":
         """Validate choices a user typed."""
@@ -140,7 +144,7 @@ def make_shards(corpus: pa.Table, shard_words: int, unit: str) -> list[dict]:
 def job_key(cfg: ExtractConfig, model_source: str, corpus_snapshot: int) -> str:
     """Fingerprint of everything that determines the output."""
     fields = dataclasses.asdict(cfg)
-    for name in ("pool_size", "num_gpus", "num_cpus", "threads", "shard_words"):
+    for name in ("pool_size", "num_gpus", "num_cpus", "threads", "shard_words", "fresh"):
         fields.pop(name)  # how the work is spread does not change the result
     fields.update(model_source=model_source, corpus_snapshot=corpus_snapshot)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
@@ -151,8 +155,10 @@ def ensure_ray():
     import ray  # noqa: PLC0415
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, include_dashboard=False
-                 if not os.environ.get("RAY_ADDRESS") else None)
+        address = os.environ.get("RAY_ADDRESS")
+        # worker output (model loading bars) stays in Ray's logs unless asked for
+        ray.init(address=address, log_to_driver=log.isEnabledFor(logging.DEBUG),
+                 include_dashboard=False if not address else None)
     return ray
 
 
@@ -184,6 +190,8 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
     table = lake.activations()
     files_uri = f"{table.location()}/data/staging/{key}"
     fs, root = split_uri(files_uri)
+    if cfg.fresh and fs.get_file_info(root).type != pafs.FileType.NotFound:
+        fs.delete_dir_contents(root)
     fs.create_dir(f"{root}/_done", recursive=True)
 
     shards = make_shards(corpus, cfg.shard_words, cfg.unit)

@@ -80,7 +80,7 @@ class Moments:
         """``Z - shift`` in float64 (a new array; ``Z`` is not modified)."""
         return np.asarray(Z, dtype=np.float64) - self.shift
 
-    def update(self, Z: np.ndarray, blocks: list[int] | None = None, extras: bool = True) -> "Moments":
+    def update(self, Z: np.ndarray, blocks: list[int] | None = None, with_extras: bool = True) -> "Moments":
         """Add a chunk of rows ``Z [rows x N]``; returns ``self``.
 
         Parameters
@@ -88,22 +88,15 @@ class Moments:
         blocks : list of int, optional
             Only these block rows of ``G`` (layer ``l`` against layers ``m >= l``);
             default all. Lets several tasks share the products of one token slice.
-        extras : bool
+        with_extras : bool
             Also accumulate ``n, s, Q, U`` (exactly one task per token slice does).
         """
         D = self.centred(Z)
         off = self.offsets
-        L = len(self.widths)
-        for l in range(L) if blocks is None else blocks:
-            a = D[:, off[l] : off[l + 1]]
-            self.G[off[l] : off[l + 1], off[l] :] += a.T @ D[:, off[l] :]
-        if extras:
-            self.n += D.shape[0]
-            self.s += D.sum(axis=0)
-            q = np.stack([np.einsum("ij,ij->i", D[:, off[l] : off[l + 1]], D[:, off[l] : off[l + 1]])
-                          for l in range(L)], axis=1)
-            self.Q += q.T @ q
-            self.U += q.T @ D
+        for l, rows in block_rows(D, off, range(len(self.widths)) if blocks is None else blocks).items():
+            self.G[off[l] : off[l + 1], off[l] :] += rows
+        if with_extras:
+            extras(self, D)
         return self
 
     def add(self, other: "Moments") -> "Moments":
@@ -159,3 +152,27 @@ class Moments:
         Q_new = (self.Q + 2 * Uq + 2 * Uq.T + 4 * Pq + np.outer(qsum, dn) + np.outer(dn, qsum)
                  + 2 * np.outer(ps, dn) + 2 * np.outer(dn, ps) + n * np.outer(dn, dn))
         return Moments(self.widths, shift, n, s_new, G_new, Q_new, U_new)
+
+
+def block_rows(D: np.ndarray, off: np.ndarray, blocks, device: str = "cpu") -> dict[int, np.ndarray]:
+    """Products ``D_l^T D[:, l:]`` (layer ``l`` against every later layer) of centred rows ``D``.
+
+    Runs in float64 with NumPy, or with torch on ``device="cuda"``.
+    """
+    if device != "cpu":
+        import torch  # noqa: PLC0415
+
+        Dt = torch.from_numpy(D).to(device)
+        return {l: (Dt[:, off[l] : off[l + 1]].T @ Dt[:, off[l] :]).cpu().numpy() for l in blocks}
+    return {l: D[:, off[l] : off[l + 1]].T @ D[:, off[l] :] for l in blocks}
+
+
+def extras(acc: Moments, D: np.ndarray) -> None:
+    """Add ``n, s, Q, U`` of centred rows ``D`` to ``acc`` (in place: ``acc`` is an accumulator)."""
+    off, L = acc.offsets, len(acc.widths)
+    acc.n += D.shape[0]
+    acc.s += D.sum(axis=0)
+    q = np.stack([np.einsum("ij,ij->i", D[:, off[l] : off[l + 1]], D[:, off[l] : off[l + 1]]) for l in range(L)],
+                 axis=1)
+    acc.Q += q.T @ q
+    acc.U += q.T @ D

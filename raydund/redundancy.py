@@ -1,0 +1,183 @@
+"""General redundancy (paper section 5): the similarity pass and the clustering sweep as jobs.
+
+``run_similarity``: activations -> streamed moments (Ray tasks) -> Pearson r of every
+neuron pair and biased/debiased CKA of every layer pair -> lake tables
+``layer_similarity`` and ``neuron_correlation`` -> one MLflow run with the heatmaps.
+
+``run_clustering``: ``neuron_correlation`` -> average linkage on 1 - |r|, cut at every
+threshold -> lake table ``clusters`` -> an MLflow parent run with one child per threshold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+import polars as pl
+
+from raydund import tracking
+from raydund.cluster import DEFAULT_THRESHOLDS, SPANS, CorrelationClustering
+from raydund.config import Settings
+from raydund.errors import UserError
+from raydund.lake import Lake
+from raydund.report import figures
+from raydund.stats.job import SimilarityConfig, compute_moments, layer_of
+from raydund.stats.similarity import Similarity, similarity
+
+log = logging.getLogger(__name__)
+
+LAYER_SIMILARITY = "layer_similarity"
+NEURON_CORRELATION = "neuron_correlation"
+CLUSTERS = "clusters"
+KEY = ("model", "corpus", "split", "unit")
+
+
+def _variant(cfg: SimilarityConfig) -> str:
+    return "no_first" if cfg.skip_first else "all"
+
+
+def similarity_tables(sim: Similarity, cfg: SimilarityConfig) -> tuple[pa.Table, pa.Table]:
+    """The CKA matrices (long: one row per layer pair and estimator) and r (one row per neuron)."""
+    L = len(sim.widths)
+    a, b = np.meshgrid(np.arange(L), np.arange(L), indexing="ij")
+    key = {"model": cfg.model, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit, "variant": _variant(cfg)}
+    rows = []
+    for name, matrix in (("cka", sim.cka), ("cka_debiased", sim.cka_debiased)):
+        rows.append(pa.table({**{k: [v] * L * L for k, v in key.items()}, "measure": [name] * L * L,
+                              "layer_a": a.ravel().astype(np.int32), "layer_b": b.ravel().astype(np.int32),
+                              "value": matrix.ravel()}))
+    cka_table = pa.concat_tables(rows)
+    N = len(sim.constant)
+    layers = layer_of(sim.widths)
+    index = np.concatenate([np.arange(w) for w in sim.widths]).astype(np.int32)
+    r32 = sim.r.astype(np.float32)
+    r_col = pa.ListArray.from_arrays(pa.array(np.arange(0, (N + 1) * N, N, dtype=np.int32)), pa.array(r32.ravel()))
+    r_table = pa.table({**{k: [v] * N for k, v in key.items()}, "layer": layers.astype(np.int32),
+                        "neuron": index, "position": np.arange(N, dtype=np.int32), "mean": sim.mean,
+                        "std": sim.std, "constant": sim.constant, "r": r_col})
+    return cka_table, r_table
+
+
+def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = True) -> dict:
+    """The one-pass general-redundancy statistics for one (model, corpus, split)."""
+    lake = Lake(settings)
+    snapshot = lake.activations().current_snapshot()
+    if snapshot is None:
+        raise UserError("the lake holds no activations yet; run `raydund extract` first")
+    params = {**dataclasses.asdict(cfg), "activations_snapshot_id": snapshot.snapshot_id}
+    experiment = tracking.experiment_name(cfg.model, cfg.corpus)
+    start = time.perf_counter()
+    with tracking.job_run(settings, experiment, f"similarity {cfg.split}", params,
+                          tags={"raydund.stage": "similarity"}) as run:
+        moments = compute_moments(lake, cfg, progress)
+        sim = similarity(moments)
+        cka_table, r_table = similarity_tables(sim, cfg)
+        where = {"model": cfg.model, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit,
+                 "variant": _variant(cfg)}
+        props = {"mlflow.run_id": run.info.run_id}
+        snap_cka = lake.replace(LAYER_SIMILARITY, cka_table, ("model", "corpus"), where, props)
+        snap_r = lake.replace(NEURON_CORRELATION, r_table, ("model", "corpus", "split"), where, props)
+        mlflow = tracking.configure(settings)
+        L = len(sim.widths)
+        adjacent = [sim.cka[i, i + 1] for i in range(L - 1)]
+        metrics = {
+            "tokens": sim.n, "neurons": len(sim.constant), "layers": L, "constant_neurons": int(sim.constant.sum()),
+            "cka_adjacent_mean": float(np.mean(adjacent)),
+            "cka_debiased_adjacent_mean": float(np.mean([sim.cka_debiased[i, i + 1] for i in range(L - 1)])),
+            "seconds": time.perf_counter() - start,
+        }
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags({"iceberg.snapshot_id.layer_similarity": str(snap_cka),
+                         "iceberg.snapshot_id.neuron_correlation": str(snap_r),
+                         "iceberg.snapshot_id.activations": str(snapshot.snapshot_id)})
+        for name, matrix in (("cka", sim.cka), ("cka_debiased", sim.cka_debiased)):
+            fig = figures.cka_heatmap(matrix, f"{name.replace('_', ' ')}: {cfg.model}, {cfg.corpus}/{cfg.split}")
+            mlflow.log_figure(fig, f"figures/{name}.png")
+            figures.close(fig)
+        mlflow.log_table(pl.from_arrow(cka_table).to_pandas(), artifact_file="tables/layer_similarity.json")
+        if sim.constant.any():
+            log.warning("%d constant neuron(s) are left out of the correlations", int(sim.constant.sum()))
+    return {"run_id": run.info.run_id, "similarity": sim, **metrics}
+
+
+def load_correlations(lake: Lake, model: str, corpus: str, split: str, unit: str = "word",
+                      variant: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """r (N x N), layer of each neuron, constant mask, and the table's snapshot id."""
+    table = lake.table(NEURON_CORRELATION)
+    frame = (pl.scan_iceberg(table)
+             .filter((pl.col("model") == model) & (pl.col("corpus") == corpus) & (pl.col("split") == split)
+                     & (pl.col("unit") == unit) & (pl.col("variant") == variant))
+             .sort("position").collect())
+    if frame.height == 0:
+        raise UserError(f"no correlations for {model} {corpus}/{split}; run `raydund similarity` first")
+    r = np.stack(frame["r"].to_numpy()) if frame["r"].dtype != pl.List else np.array(frame["r"].to_list(), dtype=np.float64)
+    return (r.astype(np.float64), frame["layer"].to_numpy(), frame["constant"].to_numpy(),
+            table.current_snapshot().snapshot_id)
+
+
+@dataclasses.dataclass
+class ClusterConfig:
+    """The clustering sweep."""
+
+    model: str
+    corpus: str
+    split: str
+    unit: str = "word"
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    representative: str = "random"
+    seed: int = 0
+    variant: str = "all"
+
+
+def run_clustering(cfg: ClusterConfig, settings: Settings) -> CorrelationClustering:
+    """Cluster the neurons at every threshold; lake table + MLflow parent/child runs."""
+    lake = Lake(settings)
+    r, layers, constant, snap = load_correlations(lake, cfg.model, cfg.corpus, cfg.split, cfg.unit, cfg.variant)
+    params = {**dataclasses.asdict(cfg), "thresholds": ",".join(map(str, cfg.thresholds)),
+              "neuron_correlation_snapshot_id": snap}
+    mlflow = tracking.configure(settings)
+    with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus), f"cluster sweep {cfg.split}",
+                          params, tags={"raydund.stage": "cluster"}) as parent:
+        cc = CorrelationClustering(tuple(cfg.thresholds), cfg.representative, cfg.seed).fit(r, layers, constant)
+        for step, row in enumerate(cc.summary_):
+            with mlflow.start_run(run_name=f"threshold={row['threshold']:.2f}", nested=True,
+                                  experiment_id=parent.info.experiment_id):
+                mlflow.log_params({"threshold": row["threshold"], "representative": cfg.representative,
+                                   "seed": cfg.seed})
+                mlflow.log_metrics(_metric_names(row))
+            mlflow.log_metrics({f"sweep_{k}": v for k, v in _metric_names(row).items()}, step=step)
+        table = clusters_table(cc, cfg, layers)
+        where = {"model": cfg.model, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit,
+                 "representative": cfg.representative, "seed": cfg.seed}
+        snap_c = lake.replace(CLUSTERS, table, ("model", "corpus"), where, {"mlflow.run_id": parent.info.run_id})
+        mlflow.set_tag("iceberg.snapshot_id.clusters", str(snap_c))
+        for name, fig in (("cc_threshold_curve", figures.threshold_curve(cc.summary_, f"{cfg.model}, {cfg.corpus}")),
+                          ("cc_composition", figures.composition_bars(cc.summary_, SPANS, f"{cfg.model}, {cfg.corpus}"))):
+            mlflow.log_figure(fig, f"figures/{name}.png")
+            figures.close(fig)
+        mlflow.log_table(pl.DataFrame(cc.summary_).to_pandas(), artifact_file="tables/cc_sweep.json")
+    return cc
+
+
+def _metric_names(row: dict) -> dict:
+    return {"clusters": row["clusters"], "neurons_kept": row["neurons_kept"], "reduction": row["reduction"],
+            **{f"span_{k.replace(' ', '_')}": v for k, v in row.items() if k in SPANS}}
+
+
+def clusters_table(cc: CorrelationClustering, cfg: ClusterConfig, layers: np.ndarray) -> pa.Table:
+    """One row per (threshold, clustered neuron): layer, index in layer, cluster id, representative flag."""
+    n = len(cc.neurons_)
+    within = np.concatenate([np.arange(np.sum(layers == l)) for l in np.unique(layers)])
+    parts = []
+    for t, labels, keep in zip(cc.thresholds, cc.labels_, cc.keep_):
+        parts.append(pa.table({
+            "model": [cfg.model] * n, "corpus": [cfg.corpus] * n, "split": [cfg.split] * n, "unit": [cfg.unit] * n,
+            "representative": [cfg.representative] * n, "seed": pa.array([cfg.seed] * n, pa.int32()),
+            "threshold": pa.array([float(t)] * n, pa.float64()),
+            "layer": layers[cc.neurons_].astype(np.int32), "neuron": within[cc.neurons_].astype(np.int32),
+            "position": cc.neurons_.astype(np.int32), "cluster_id": labels.astype(np.int32), "kept": keep,
+        }))
+    return pa.concat_tables(parts)

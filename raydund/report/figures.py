@@ -1,0 +1,69 @@
+"""Figures of the paper, drawn with matplotlib (Agg, no display needed).
+
+Each function returns a ``matplotlib.figure.Figure``; callers log it to MLflow
+(``mlflow.log_figure``) or save it.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def cka_heatmap(matrix: np.ndarray, title: str):
+    """Figure 1: layer x layer CKA, layer 0 = embeddings."""
+    L = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * L, 0.6 + 0.5 * L))
+    im = ax.imshow(matrix, cmap="viridis", vmin=min(0.0, float(np.nanmin(matrix))), vmax=1.0, origin="lower")
+    for i in range(L):
+        for j in range(L):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if matrix[i, j] < 0.6 else "black")
+    ax.set_xticks(range(L))
+    ax.set_yticks(range(L))
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def threshold_curve(summary: list[dict], title: str):
+    """Figure 2: share of neurons kept against the clustering threshold."""
+    t = [row["threshold"] for row in summary]
+    kept = [100.0 * row["neurons_kept"] / row["neurons_total"] for row in summary]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(t, kept, marker="o")
+    ax.set_xlabel("clustering threshold (distance 1 - |r|)")
+    ax.set_ylabel("% of neurons kept")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def composition_bars(summary: list[dict], spans: tuple[str, ...], title: str):
+    """Figure 3: share of multi-neuron clusters by the layer distance of their members."""
+    t = [row["threshold"] for row in summary]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bottom = np.zeros(len(t))
+    for span in spans:
+        values = np.array([100.0 * row[span] for row in summary])
+        ax.bar([f"{x:.1f}" for x in t], values, bottom=bottom, label=span)
+        bottom += values
+    ax.set_xlabel("clustering threshold")
+    ax.set_ylabel("% of clusters")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def close(fig) -> None:
+    """Free a figure's memory."""
+    plt.close(fig)
