@@ -75,6 +75,42 @@ def cmd_extract(args) -> None:
               f"snapshot {r.snapshot_id}, MLflow run {r.run_id}")
 
 
+def cmd_similarity(args) -> None:
+    from raydund.redundancy import run_similarity  # noqa: PLC0415
+    from raydund.stats.job import SimilarityConfig  # noqa: PLC0415
+
+    settings = _settings()
+    for split in args.split:
+        cfg = SimilarityConfig(model=args.model, corpus=args.corpus, split=split, unit=args.unit,
+                               groups=args.groups, skip_first=args.skip_first, num_gpus=args.num_gpus)
+        out = run_similarity(cfg, settings, progress=not args.no_progress)
+        sim = out["similarity"]
+        print(f"{cfg.model} {cfg.corpus}/{split}: {sim.n} tokens x {len(sim.constant)} neurons "
+              f"({out['constant_neurons']} constant); mean CKA of adjacent layers {out['cka_adjacent_mean']:.3f} "
+              f"(debiased {out['cka_debiased_adjacent_mean']:.3f}); MLflow run {out['run_id']}")
+        print(_matrix("CKA", sim.cka))
+
+
+def _matrix(title, m) -> str:
+    rows = [f"{title:>6} " + " ".join(f"{j:>5}" for j in range(m.shape[1]))]
+    rows += [f"{i:>6} " + " ".join(f"{v:5.2f}" for v in row) for i, row in enumerate(m)]
+    return "\n".join(rows)
+
+
+def cmd_cluster(args) -> None:
+    from raydund.redundancy import ClusterConfig, run_clustering  # noqa: PLC0415
+
+    settings = _settings()
+    cfg = ClusterConfig(model=args.model, corpus=args.corpus, split=args.split, unit=args.unit,
+                        thresholds=tuple(args.thresholds), representative=args.representative, seed=args.seed)
+    cc = run_clustering(cfg, settings)
+    print(f"{'threshold':>9} {'clusters':>8} {'kept':>6} {'reduction':>9}  same/adjacent/within3/far")
+    for row in cc.summary_:
+        print(f"{row['threshold']:>9.2f} {row['clusters']:>8} {row['neurons_kept']:>6} {row['reduction']:>9.1%}  "
+              f"{row['same layer']:.2f}/{row['adjacent layers']:.2f}/{row['within 3 layers']:.2f}/"
+              f"{row['more than 3 apart']:.2f}")
+
+
 def cmd_tables(args) -> None:
     import polars as pl  # noqa: PLC0415
 
@@ -130,6 +166,12 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="minilm", help="model name as stored in the lake (default: minilm)")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--unit", choices=["word", "cls"], default="word")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raydund",
@@ -148,6 +190,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="extract activations of every layer into the lake (Ray actors)")
     add_extract_arguments(p)
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("similarity", help="one streaming pass: Pearson r of all neuron pairs, CKA of all layer pairs")
+    _add_target(p)
+    p.add_argument("--split", action="append", required=True, help="split to analyse; repeat for several")
+    p.add_argument("--groups", type=int, default=None, help="tasks per token slice (share of layer-pair blocks)")
+    p.add_argument("--skip-first", action="store_true", help="leave out the first word of every sentence")
+    p.add_argument("--num-gpus", type=float, default=0, help="GPUs per task for the products")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_similarity)
+
+    p = sub.add_parser("cluster", help="correlation clustering swept over thresholds (needs `similarity`)")
+    _add_target(p)
+    p.add_argument("--split", required=True)
+    p.add_argument("--thresholds", type=float, nargs="+", default=[round(0.1 * i, 1) for i in range(10)],
+                   help="distance cuts on 1 - |r| (default 0.0 .. 0.9 by 0.1)")
+    p.add_argument("--representative", choices=["random", "central"], default="random",
+                   help="neuron kept per cluster: seeded random (the paper) or most central")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("tables", help="list lake tables (rows, files, snapshot)")
     p.add_argument("--partitions", action="store_true", help="also rows per activation partition")

@@ -1,6 +1,7 @@
-"""The README's main command: CoNLL-2000 in, MiniLM activations of every layer out.
+"""The README's main command: CoNLL-2000 in, MiniLM activations of every layer out,
+then the general-redundancy analysis (CKA of every layer pair, correlation clustering).
 
-Later stages (statistics, probes, selection) extend this walk-through.
+Later stages (probes, selection) extend this walk-through.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from raydund.config import Settings
 from raydund.extract.job import ExtractConfig, run_extraction
 from raydund.ingest import ingest
 from raydund.lake import Lake, partition_counts
+from raydund.redundancy import ClusterConfig, run_clustering, run_similarity
+from raydund.stats.job import SimilarityConfig
 
 log = logging.getLogger(__name__)
 
 DEMO_CORPUS = "conll2000"
 DEMO_MODEL = "minilm"
 DEMO_SPLITS = ("train", "dev", "test")
+#: General redundancy on ~44k tokens, as the paper does on the PTB dev set.
+ANALYSIS_SPLIT = "dev"
 
 QUERIES = '''\
 import polars as pl
@@ -51,6 +56,14 @@ def run_demo(settings: Settings, limit: int | None = None) -> None:
         r = run_extraction(ExtractConfig(model=DEMO_MODEL, corpus=DEMO_CORPUS, split=split, limit=limit), settings)
         print(f"extracted {DEMO_MODEL} {DEMO_CORPUS}/{split}: {r.words} words x {r.layers} layers, "
               f"{r.bytes / 1e6:.0f} MB, {r.words_per_second:,.0f} words/s (snapshot {r.snapshot_id})")
+    sim = run_similarity(SimilarityConfig(model=DEMO_MODEL, corpus=DEMO_CORPUS, split=ANALYSIS_SPLIT), settings)
+    print(f"\ngeneral redundancy on {DEMO_CORPUS}/{ANALYSIS_SPLIT} ({sim['tokens']} tokens x {sim['neurons']} neurons):")
+    print("linear CKA between layers (0 = embeddings):")
+    for i, row in enumerate(sim["similarity"].cka):
+        print(f"  {i}: " + " ".join(f"{v:.2f}" for v in row))
+    cc = run_clustering(ClusterConfig(model=DEMO_MODEL, corpus=DEMO_CORPUS, split=ANALYSIS_SPLIT), settings)
+    print("correlation clustering (threshold on 1 - |r|: neurons kept):")
+    print("  " + ", ".join(f"{r['threshold']:.1f}: {r['neurons_kept']} ({r['reduction']:.0%} fewer)" for r in cc.summary_))
     lake = Lake(settings)
     print("\nlake tables:")
     print(lake.summary())

@@ -25,6 +25,7 @@ analysis uses.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from functools import cached_property
 
@@ -39,6 +40,9 @@ from raydund.config import Settings
 from raydund.errors import UserError
 
 log = logging.getLogger(__name__)
+
+# polars plans Iceberg scans with pyiceberg unless the optional polars_iceberg plugin is there
+os.environ.setdefault("POLARS_ICEBERG_PLANNER", "pyiceberg")
 
 NAMESPACE = "raydund"
 ACTIVATIONS = f"{NAMESPACE}.activations"

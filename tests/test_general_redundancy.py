@@ -7,15 +7,13 @@ groups must come back out of the clustering.
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from raydund.cluster import CorrelationClustering
-from raydund.extract.actor import PARQUET_OPTIONS, vectors_column
-from raydund.lake import ACTIVATION_SCHEMA, Lake
+from raydund.lake import Lake
 from raydund.redundancy import ClusterConfig, load_correlations, run_clustering, run_similarity
 from raydund.stats.job import SimilarityConfig, balance_blocks
+from raydund.synthetic import write_activations
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -34,31 +32,10 @@ def planted_activations(T=900, seed=0):
     return Z
 
 
-def write_into_lake(lake, Z, shards=3, sentence_len=5):
-    """Write Z as activation files in the extraction layout (shard folders, one file per layer)."""
-    table = lake.activations()
-    root = table.location()[len("file://"):] + "/data/staging/test"
-    T = len(Z)
-    sentence_id = np.arange(T) // sentence_len
-    word_id = (np.arange(T) % sentence_len).astype(np.int32)
-    files = []
-    for s, rows in enumerate(np.array_split(np.random.default_rng(1).permutation(T), shards)):
-        folder = f"{root}/shard-{s:06d}"
-        import os
-
-        os.makedirs(folder, exist_ok=True)
-        for layer in range(LAYERS):
-            vec, bits = vectors_column(Z[rows, layer * WIDTH : (layer + 1) * WIDTH].astype(np.float32), "float32")
-            n = len(rows)
-            t = pa.Table.from_pydict({
-                "model": ["m"] * n, "corpus": ["c"] * n, "split": ["dev"] * n, "unit": ["word"] * n,
-                "layer": pa.array([layer] * n, pa.int32()), "sentence_id": sentence_id[rows],
-                "word_id": word_id[rows], "word": ["w"] * n, "dtype": ["float32"] * n, "vector": vec,
-                "vector_bits": bits}, schema=ACTIVATION_SCHEMA)
-            path = f"{folder}/layer-{layer:03d}.parquet"
-            pq.write_table(t, path, **PARQUET_OPTIONS)
-            files.append("file://" + path)
-    lake.commit_activation_files(files, "m", "c", "dev", "word")
+def write_into_lake(lake, Z, shard_tokens=300):
+    """Z as activation files in the extraction layout (3 shards, one file per layer)."""
+    layers = [Z[:, i * WIDTH : (i + 1) * WIDTH].astype(np.float32) for i in range(LAYERS)]
+    write_activations(lake, layers, model="m", corpus="c", split="dev", shard_tokens=shard_tokens, sentence_len=5)
     return Z.astype(np.float32).astype(np.float64)  # what the lake holds
 
 
@@ -89,11 +66,17 @@ def test_similarity_job_equals_numpy_and_is_tracked(settings, groups):
     off_diagonal = np.where(np.eye(LAYERS, dtype=bool), -1, sim.cka)
     assert np.unravel_index(np.argmax(off_diagonal), off_diagonal.shape) in ((1, 2), (2, 1))  # planted
     assert sim.cka[1, 2] > 0.7 and sim.cka_debiased[1, 2] > 0.7
+    # skipping each sentence's first word drops exactly those rows
+    first = run_similarity(SimilarityConfig(model="m", corpus="c", split="dev", skip_first=True), settings,
+                           progress=False)["similarity"]
+    kept = Z[np.arange(len(Z)) % 5 > 0]
+    assert first.n == len(kept)
+    np.testing.assert_allclose(first.cka[0, 2], ref_cka(kept[:, :WIDTH], kept[:, 2 * WIDTH : 3 * WIDTH]), atol=1e-9)
 
     # the lake holds r and CKA; the run records them
     r, layer_of, constant, _ = load_correlations(lake, "m", "c", "dev")
     np.testing.assert_allclose(r[np.ix_(live, live)], ref_r[np.ix_(live, live)], atol=1e-6)  # stored as float32
-    cka = (lake.scan("layer_similarity").filter(pl.col("measure") == "cka")
+    cka = (lake.scan("layer_similarity").filter((pl.col("measure") == "cka") & (pl.col("variant") == "all"))
            .sort("layer_a", "layer_b").collect()["value"].to_numpy().reshape(LAYERS, LAYERS))
     np.testing.assert_allclose(cka, sim.cka, atol=1e-12)
     mlflow.set_tracking_uri(settings.tracking_uri)

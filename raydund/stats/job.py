@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from collections import defaultdict
 
 import numpy as np
@@ -83,8 +82,11 @@ def balance_blocks(n_layers: int, groups: int) -> list[list[int]]:
     return [sorted(g) for g in out if g]
 
 
-def read_slice(paths: dict[int, str], skip_first: bool = False) -> tuple[np.ndarray, tuple[int, ...]]:
-    """``Z [tokens x N]`` (float32) of one slice, layers side by side, rows in (sentence, word) order."""
+def read_slice(paths: dict[int, str], skip_first: bool = False) -> list[np.ndarray]:
+    """One float32 matrix ``[tokens x width]`` per layer of one slice, rows in (sentence, word) order.
+
+    Kept per layer (not stacked) so a task never holds a second copy of the slice.
+    """
     mats, keys = [], None
     for layer in sorted(paths):
         table = _read(paths[layer]).sort_by([("sentence_id", "ascending"), ("word_id", "ascending")])
@@ -93,11 +95,14 @@ def read_slice(paths: dict[int, str], skip_first: bool = False) -> tuple[np.ndar
             keys = k
         elif not (np.array_equal(keys[0], k[0]) and np.array_equal(keys[1], k[1])):
             raise UserError(f"layer files of one shard hold different words: {paths[layer]}")
-        mats.append(vectors_to_matrix(table))
-    Z = np.hstack(mats)
-    if skip_first:
-        Z = Z[keys[1] > 0]
-    return Z, tuple(m.shape[1] for m in mats)
+        X = vectors_to_matrix(table)
+        mats.append(X[keys[1] > 0] if skip_first else X)
+    return mats
+
+
+def stacked_rows(mats: list[np.ndarray], start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of all layers side by side, as float64."""
+    return np.hstack([m[start:stop] for m in mats]).astype(np.float64, copy=False)
 
 
 def _read(uri: str) -> pa.Table:
@@ -110,20 +115,23 @@ def _read(uri: str) -> pa.Table:
 def slice_task(paths: dict[int, str], shift: np.ndarray, blocks: list[int], with_extras: bool,
                skip_first: bool, chunk_rows: int) -> dict:
     """Ray task body: block rows of ``G`` (and optionally ``n, s, Q, U``) for one slice."""
-    Z, widths = read_slice(paths, skip_first)
+    mats = read_slice(paths, skip_first)
+    widths = tuple(m.shape[1] for m in mats)
+    tokens = len(mats[0])
     off = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
     device = _device()
     out = {"blocks": {l: np.zeros((widths[l], off[-1] - off[l])) for l in blocks}}
     acc = Moments.empty(widths, shift) if with_extras else None
-    for start in range(0, len(Z), chunk_rows):
-        D = np.asarray(Z[start : start + chunk_rows], dtype=np.float64) - shift
+    for start in range(0, tokens, chunk_rows):
+        D = stacked_rows(mats, start, start + chunk_rows)
+        D -= shift
         for l, rows in block_rows(D, off, blocks, device).items():
             out["blocks"][l] += rows
         if acc is not None:
             extras(acc, D)
     if acc is not None:
         out.update(n=acc.n, s=acc.s, Q=acc.Q, U=acc.U)
-    out["tokens"] = len(Z)
+    out["tokens"] = tokens
     return out
 
 
@@ -145,9 +153,10 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
 
     ensure_ray()
     slices = slices_of(lake.activation_files(cfg.model, cfg.corpus, cfg.split, cfg.unit))
-    Z0, widths = read_slice(slices[0], cfg.skip_first)
-    shift = Z0[: cfg.chunk_rows].astype(np.float64).mean(axis=0)
-    del Z0
+    first = read_slice(slices[0], cfg.skip_first)
+    widths = tuple(m.shape[1] for m in first)
+    shift = stacked_rows(first, 0, cfg.chunk_rows).mean(axis=0)
+    del first
     N, L = sum(widths), len(widths)
     groups = cfg.groups or max(1, int(np.ceil(N * N * 8 / 2 / (256 << 20))))
     plan = balance_blocks(L, groups)
@@ -186,4 +195,4 @@ def layer_of(widths: tuple[int, ...]) -> np.ndarray:
 
 
 __all__ = ["SimilarityConfig", "balance_blocks", "compute_moments", "layer_of", "read_slice", "slices_of",
-           "slice_task", "time"]
+           "slice_task"]
