@@ -20,6 +20,7 @@ import platform
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from raydund.config import Settings
@@ -133,4 +134,165 @@ def bench_extract(settings: Settings, model: str = "minilm", corpus: str = "conl
     return figures
 
 
-__all__ = ["bare_loop", "bench_extract", "neurox_loop"]
+
+
+class PeakMemory:
+    """Samples the resident memory of this process and Ray's workers (``ray::``) every 0.1 s.
+
+    ``peak_work`` is the largest sum over this process and the workers; ``peak_all``
+    also counts Ray's own daemons (raylet, GCS, ...); ``baseline`` is the first sample
+    (the libraries this process has imported, idle workers), so ``peak_work - baseline``
+    is what the measured work added.
+    """
+
+    def __init__(self, interval: float = 0.1):
+        import threading  # noqa: PLC0415
+
+        self.interval, self.peak_work, self.peak_all, self.baseline = interval, 0, 0, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        import psutil  # noqa: PLC0415
+
+        me = psutil.Process()
+        work = me.memory_info().rss
+        infra = 0
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            try:
+                if proc.pid == me.pid:
+                    continue
+                cmd = " ".join(proc.info["cmdline"] or [])
+                if proc.info["name"] and proc.info["name"].startswith("ray::") or cmd.startswith("ray::"):
+                    work += proc.memory_info().rss
+                elif "ray" in cmd and ("raylet" in cmd or "gcs_server" in cmd or "dashboard" in cmd
+                                       or "default_worker" in cmd or "log_monitor" in cmd):
+                    infra += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        if self.baseline is None:
+            self.baseline = work
+        self.peak_work = max(self.peak_work, work)
+        self.peak_all = max(self.peak_all, work + infra)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def floor_syrk(tokens: int, widths: tuple[int, ...], chunk: int = 4096, seed: int = 0) -> float:
+    """Seconds of ``sum_chunks D^T D`` in float64 over data of the given size (products only)."""
+    from raydund.synthetic import structured_chunk  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    N = sum(widths)
+    mixing = rng.standard_normal((64, N), dtype=np.float32)
+    means = rng.uniform(-3, 3, N).astype(np.float32)
+    G = np.zeros((N, N))
+    seconds = 0.0
+    for start in range(0, tokens, chunk):
+        D = structured_chunk(rng, min(chunk, tokens - start), widths, mixing, means).astype(np.float64)
+        t0 = time.perf_counter()
+        G += D.T @ D  # NumPy dispatches a transposed self-product to BLAS syrk
+        seconds += time.perf_counter() - t0
+    return seconds
+
+
+def bench_similarity(settings: Settings, model: str = "minilm", corpus: str = "conll2000", split: str = "train",
+                     paper_tokens: int = 150_000, paper_layers: int = 13, paper_hidden: int = 768,
+                     threshold: float = 0.3, parts: tuple[str, ...] = ("minilm", "paper"),
+                     out: str | None = None) -> dict:
+    """General redundancy: the streaming job vs NeuroX's clustering, and vs the SYRK floor at paper scale."""
+    from raydund.extract.job import ensure_ray  # noqa: PLC0415
+    from raydund.lake import Lake  # noqa: PLC0415
+
+    lake = Lake(settings)
+    ensure_ray()
+    figures: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}"}
+
+    if "minilm" in parts:
+        figures["minilm"] = _similarity_vs_neurox(lake, model, corpus, split, threshold)
+    if "paper" in parts:
+        figures["paper"] = _similarity_vs_floor(lake, paper_tokens, (paper_hidden,) * paper_layers)
+    print(json.dumps(figures, indent=2))
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(figures, fh, indent=2)
+    return figures
+
+
+def _similarity_vs_neurox(lake, model: str, corpus: str, split: str, threshold: float) -> dict:
+    """MiniLM scale: real activations, the raydund pass + one cut vs NeuroX create_correlation_clusters."""
+    from raydund.cluster import CorrelationClustering  # noqa: PLC0415
+    from raydund.stats.job import SimilarityConfig, compute_moments, layer_of  # noqa: PLC0415
+    from raydund.stats.similarity import similarity  # noqa: PLC0415
+
+    cfg = SimilarityConfig(model=model, corpus=corpus, split=split)
+
+    def ours():
+        sim = similarity(compute_moments(lake, cfg, progress=False))
+        return CorrelationClustering(thresholds=(threshold,)).fit(sim.r, layer_of(sim.widths), sim.constant), sim
+
+    with PeakMemory() as mem:
+        (cc, sim), t_ours = _timed(ours)
+    result = {"tokens": sim.n, "neurons": len(sim.constant), "raydund_s": round(t_ours, 1),
+              "raydund_peak_gb": round(mem.peak_work / 2**30, 2),
+              "raydund_added_gb": round((mem.peak_work - mem.baseline) / 2**30, 2),
+              "raydund_clusters": int(cc.summary_[0]["clusters"]), "constant_neurons": int(sim.constant.sum())}
+    try:
+        from neurox.interpretation.clustering import create_correlation_clusters  # noqa: PLC0415
+    except ImportError:
+        create_correlation_clusters = None
+    if create_correlation_clusters is not None:
+        (X, t_load) = _timed(lambda: np.hstack([lake.layer_matrix(model, corpus, split, l)[0]
+                                                for l in range(len(sim.widths))]))
+        with PeakMemory() as mem, contextlib.redirect_stdout(io.StringIO()):
+            labels, t_nx = _timed(lambda: create_correlation_clusters(
+                X, use_abs_correlation=True, clustering_threshold=threshold, method="average"))
+        result.update(neurox_s=round(t_nx, 1), neurox_load_s=round(t_load, 1),
+                      neurox_peak_gb=round(mem.peak_work / 2**30, 2),
+                      neurox_added_gb=round((mem.peak_work - mem.baseline) / 2**30, 2),
+                      neurox_clusters=int(len(np.unique(labels))),
+                      speedup=round(t_nx / t_ours, 2), speedup_with_load=round((t_nx + t_load) / t_ours, 2))
+        del X
+    return result
+
+
+def _similarity_vs_floor(lake, paper_tokens: int, widths: tuple[int, ...]) -> dict:
+    """Paper scale: synthetic activations through the lake, against the float64 SYRK floor."""
+    from raydund.stats.job import SimilarityConfig, compute_moments  # noqa: PLC0415
+    from raydund.synthetic import write_activations  # noqa: PLC0415
+
+    _, t_write = _timed(lambda: write_activations(lake, model="synthetic", corpus="paper", split="bench",
+                                                  tokens=paper_tokens, widths=widths))
+    cfg = SimilarityConfig(model="synthetic", corpus="paper", split="bench")
+    with PeakMemory() as mem:
+        moments, t_job = _timed(lambda: compute_moments(lake, cfg, progress=False))
+    n2 = sum(widths) ** 2 * 8
+    t_floor = floor_syrk(paper_tokens, widths)
+    return {"tokens": moments.n, "neurons": sum(widths), "write_s": round(t_write, 1),
+                        "raydund_s": round(t_job, 1), "floor_syrk_s": round(t_floor, 1),
+                        "ratio_vs_floor": round(t_job / t_floor, 2),
+                        "peak_gb": round(mem.peak_work / 2**30, 2),
+                        "added_gb": round((mem.peak_work - mem.baseline) / 2**30, 2),
+                        "peak_gb_with_ray_daemons": round(mem.peak_all / 2**30, 2),
+                        "nxn_float64_gb": round(n2 / 2**30, 2)}
+
+
+__all__ = ["PeakMemory", "bare_loop", "bench_extract", "bench_similarity", "floor_syrk", "neurox_loop"]

@@ -140,8 +140,12 @@ def cmd_demo(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from raydund.bench import bench_extract  # noqa: PLC0415
+    from raydund.bench import bench_extract, bench_similarity  # noqa: PLC0415
 
+    if args.bench == "similarity":
+        bench_similarity(_settings(), model=args.model, corpus=args.corpus, split=args.split,
+                         paper_tokens=args.paper_tokens, parts=tuple(args.parts), out=args.out)
+        return
     bench_extract(_settings(), model=args.model, corpus=args.corpus, split=args.split, limit=args.limit,
                   neurox_limit=args.neurox_limit, batch_size=args.batch_size, out=args.out)
 
@@ -230,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--limit", type=int, default=None, help="sentences (default: the whole split)")
     b.add_argument("--neurox-limit", type=int, default=200, help="sentences for NeuroX (it is slow)")
     b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--out", default=None, help="write the figures as JSON here")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("similarity", help="streaming r/CKA/clustering vs NeuroX, and vs the float64 SYRK floor")
+    b.add_argument("--model", default="minilm")
+    b.add_argument("--corpus", default="conll2000")
+    b.add_argument("--split", default="train")
+    b.add_argument("--paper-tokens", type=int, default=150_000, help="tokens of the synthetic 13 x 768 run")
+    b.add_argument("--parts", nargs="+", choices=["minilm", "paper"], default=["minilm", "paper"])
     b.add_argument("--out", default=None, help="write the figures as JSON here")
     b.set_defaults(func=cmd_bench)
     return parser

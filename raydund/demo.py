@@ -28,23 +28,30 @@ QUERIES = '''\
 import polars as pl
 from raydund.config import Settings
 from raydund.lake import Lake
+
 lake = Lake(Settings.from_env())
-acts = lake.scan("activations")            # polars LazyFrame over the Iceberg table
+acts = lake.scan("activations")            # LazyFrame; filters on partition columns prune files
+
 # 1. top words for neuron 42 of layer 3
-(acts.filter((pl.col("model") == "minilm") & (pl.col("layer") == 3))
-     .select("word", pl.col("vector").list.get(42).alias("act"))
-     .group_by("word").agg(pl.col("act").mean(), pl.len()).filter(pl.col("len") >= 5)
-     .sort("act", descending=True).head(10).collect())
+top_words = (acts.filter((pl.col("model") == "minilm") & (pl.col("layer") == 3))
+             .select("word", pl.col("vector").list.get(42).alias("act"))
+             .group_by("word").agg(pl.col("act").mean(), pl.len()).filter(pl.col("len") >= 5)
+             .sort("act", descending=True).head(10).collect())
+
 # 2. mean activation of neuron 42 per POS tag in layer 3 (join with the corpus table)
 tags = (lake.scan("corpus_conll2000").filter(pl.col("split") == "dev")
-        .select("sentence_id", "pos").explode("pos").with_columns(
-            pl.int_range(pl.len()).over("sentence_id").cast(pl.Int32).alias("word_id")))
-(acts.filter((pl.col("split") == "dev") & (pl.col("layer") == 3))
-     .join(tags, on=["sentence_id", "word_id"])
-     .group_by("pos").agg(pl.col("vector").list.get(42).mean().alias("mean_act"), pl.len())
-     .sort("mean_act").collect())
+        .select("sentence_id", "pos").explode("pos")
+        .with_columns(pl.int_range(pl.len()).over("sentence_id").cast(pl.Int32).alias("word_id")))
+per_tag = (acts.filter((pl.col("split") == "dev") & (pl.col("layer") == 3))
+           .join(tags, on=["sentence_id", "word_id"])
+           .group_by("pos").agg(pl.col("vector").list.get(42).mean().alias("mean_act"), pl.len())
+           .sort("mean_act").collect())
+
 # 3. rows per partition
-acts.group_by("model", "corpus", "split", "layer").agg(pl.len()).sort("split", "layer").collect()
+counts = acts.group_by("model", "corpus", "split", "layer").agg(pl.len()).sort("split", "layer").collect()
+
+# a whole layer as X [tokens x neurons] (float32), rows ordered by (sentence_id, word_id)
+X, keys = lake.layer_matrix("minilm", "conll2000", "dev", layer=3)
 '''
 
 

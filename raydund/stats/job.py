@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from raydund.errors import UserError
 from raydund.lake import Lake, vectors_to_matrix
-from raydund.stats.moments import Moments, block_rows, extras
+from raydund.stats.moments import Moments, add_products, block_pairs, extras
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ class SimilarityConfig:
         Leave out the first word of every sentence (outlier tokens; Davari et al.).
     chunk_rows : int
         Rows per product inside a task.
+    cpus_per_task : float
+        CPUs (= BLAS threads) per task: fewer, wider tasks hold less memory per core.
     num_gpus : float
         GPUs per task; products run in float64 on the GPU when there is one.
     """
@@ -53,7 +55,8 @@ class SimilarityConfig:
     unit: str = "word"
     groups: int | None = None
     skip_first: bool = False
-    chunk_rows: int = 4096
+    chunk_rows: int = 2048
+    cpus_per_task: float = 2
     num_gpus: float = 0
 
 
@@ -82,56 +85,63 @@ def balance_blocks(n_layers: int, groups: int) -> list[list[int]]:
     return [sorted(g) for g in out if g]
 
 
-def read_slice(paths: dict[int, str], skip_first: bool = False) -> list[np.ndarray]:
-    """One float32 matrix ``[tokens x width]`` per layer of one slice, rows in (sentence, word) order.
+def iter_slice(paths: dict[int, str], batch_rows: int, skip_first: bool = False):
+    """Yield, batch by batch, one float32 matrix ``[rows x width]`` per layer of one slice.
 
-    Kept per layer (not stacked) so a task never holds a second copy of the slice.
+    The layer files of a shard hold the same words in the same row order (the extraction
+    actor writes every layer from the same chunks), so they are read in lockstep; the keys
+    are checked batch by batch. Only a few batches are ever in memory.
     """
-    mats, keys = [], None
-    for layer in sorted(paths):
-        table = _read(paths[layer]).sort_by([("sentence_id", "ascending"), ("word_id", "ascending")])
-        k = (table.column("sentence_id").to_numpy(), table.column("word_id").to_numpy())
-        if keys is None:
-            keys = k
-        elif not (np.array_equal(keys[0], k[0]) and np.array_equal(keys[1], k[1])):
-            raise UserError(f"layer files of one shard hold different words: {paths[layer]}")
-        X = vectors_to_matrix(table)
-        mats.append(X[keys[1] > 0] if skip_first else X)
-    return mats
+    files = [_open(paths[layer]) for layer in sorted(paths)]
+    rows = {f.metadata.num_rows for f in files}
+    if len(rows) != 1:
+        raise UserError(f"layer files of one shard differ in length: {sorted(paths.values())[0]} ...")
+    streams = [f.iter_batches(batch_size=batch_rows, columns=KEY_COLUMNS) for f in files]
+    for batches in zip(*streams):
+        sentence, word = batches[0].column("sentence_id"), batches[0].column("word_id")
+        for b in batches[1:]:
+            if not (b.column("sentence_id").equals(sentence) and b.column("word_id").equals(word)):
+                raise UserError(f"layer files of one shard hold different words: {sorted(paths.values())[0]} ...")
+        mats = [vectors_to_matrix(pa.Table.from_batches([b])) for b in batches]
+        if skip_first:
+            keep = word.to_numpy() > 0
+            mats = [m[keep] for m in mats]
+        yield mats
 
 
-def stacked_rows(mats: list[np.ndarray], start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of all layers side by side, as float64."""
-    return np.hstack([m[start:stop] for m in mats]).astype(np.float64, copy=False)
-
-
-def _read(uri: str) -> pa.Table:
+def _open(uri: str) -> pq.ParquetFile:
     import pyarrow.fs as pafs  # noqa: PLC0415
 
     fs, path = pafs.FileSystem.from_uri(uri)
-    return pq.read_table(path, filesystem=fs, columns=KEY_COLUMNS)
+    return pq.ParquetFile(fs.open_input_file(path))
+
+
+def centred_layers(mats: list[np.ndarray], shift: np.ndarray, off: np.ndarray) -> list[np.ndarray]:
+    """float64 ``X_l - shift_l`` per layer (new C-contiguous arrays)."""
+    return [np.subtract(m, shift[off[l] : off[l + 1]], dtype=np.float64) for l, m in enumerate(mats)]
 
 
 def slice_task(paths: dict[int, str], shift: np.ndarray, blocks: list[int], with_extras: bool,
                skip_first: bool, chunk_rows: int) -> dict:
-    """Ray task body: block rows of ``G`` (and optionally ``n, s, Q, U``) for one slice."""
-    mats = read_slice(paths, skip_first)
-    widths = tuple(m.shape[1] for m in mats)
-    tokens = len(mats[0])
-    off = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+    """Ray task body: blocks ``(l, m >= l)`` of ``G`` for the given rows ``l`` (and optionally
+    ``n, s, Q, U``) over one slice, streamed in chunks of ``chunk_rows`` tokens."""
     device = _device()
-    out = {"blocks": {l: np.zeros((widths[l], off[-1] - off[l])) for l in blocks}}
-    acc = Moments.empty(widths, shift) if with_extras else None
-    for start in range(0, tokens, chunk_rows):
-        D = stacked_rows(mats, start, start + chunk_rows)
-        D -= shift
-        for l, rows in block_rows(D, off, blocks, device).items():
-            out["blocks"][l] += rows
-        if acc is not None:
-            extras(acc, D)
-    if acc is not None:
-        out.update(n=acc.n, s=acc.s, Q=acc.Q, U=acc.U)
-    out["tokens"] = tokens
+    acc, extra, widths = {}, None, None
+    for mats in iter_slice(paths, chunk_rows, skip_first):
+        if widths is None:
+            widths = tuple(m.shape[1] for m in mats)
+            off = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+            pairs = block_pairs(blocks, len(widths))
+            extra = Moments.empty(widths, shift) if with_extras else None
+        if not len(mats[0]):
+            continue
+        Ds = centred_layers(mats, shift, off)
+        add_products(acc, Ds, pairs, device)
+        if extra is not None:
+            extras(extra, Ds)
+    out = {"blocks": acc}
+    if extra is not None:
+        out.update(n=extra.n, s=extra.s, Q=extra.Q, U=extra.U)
     return out
 
 
@@ -153,20 +163,22 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
 
     ensure_ray()
     slices = slices_of(lake.activation_files(cfg.model, cfg.corpus, cfg.split, cfg.unit))
-    first = read_slice(slices[0], cfg.skip_first)
+    first = next(iter_slice(slices[0], cfg.chunk_rows, cfg.skip_first))
     widths = tuple(m.shape[1] for m in first)
-    shift = stacked_rows(first, 0, cfg.chunk_rows).mean(axis=0)
+    shift = np.concatenate([m.astype(np.float64).mean(axis=0) for m in first])
     del first
     N, L = sum(widths), len(widths)
     groups = cfg.groups or max(1, int(np.ceil(N * N * 8 / 2 / (256 << 20))))
     plan = balance_blocks(L, groups)
-    task = ray.remote(num_cpus=1, num_gpus=cfg.num_gpus)(slice_task)
+    cpus = min(cfg.cpus_per_task, ray.cluster_resources().get("CPU", 1))  # never more than the cluster has
+    task = ray.remote(num_cpus=cpus, num_gpus=cfg.num_gpus)(slice_task)
     shift_ref = ray.put(shift)
     jobs = [(paths, blocks, g == 0) for paths in slices for g, blocks in enumerate(plan)]
     total = Moments.empty(widths, shift)
     off = total.offsets
     pending, cursor = [], 0
-    limit = max(2, int(ray.available_resources().get("CPU", 2)) * 2)  # bounded in-flight work = bounded memory
+    # bounded in-flight work = bounded memory: the running tasks plus one waiting
+    limit = max(1, int(ray.available_resources().get("CPU", 1) // cpus)) + 1
     with tqdm(total=len(jobs), desc=f"co-moments {cfg.corpus}/{cfg.split}", unit="task", disable=not progress) as bar:
         while cursor < len(jobs) or pending:
             while cursor < len(jobs) and len(pending) < limit:
@@ -175,8 +187,8 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
                 cursor += 1
             ready, pending = ray.wait(pending, num_returns=1)
             part = ray.get(ready[0])
-            for l, rows in part["blocks"].items():
-                total.G[off[l] : off[l + 1], off[l] :] += rows
+            for (l, m), block in part["blocks"].items():
+                total.G[off[l] : off[l + 1], off[m] : off[m + 1]] += block
             if "n" in part:
                 total.n += part["n"]
                 total.s += part["s"]
@@ -194,5 +206,5 @@ def layer_of(widths: tuple[int, ...]) -> np.ndarray:
     return np.repeat(np.arange(len(widths)), widths)
 
 
-__all__ = ["SimilarityConfig", "balance_blocks", "compute_moments", "layer_of", "read_slice", "slices_of",
+__all__ = ["SimilarityConfig", "balance_blocks", "compute_moments", "iter_slice", "layer_of", "slices_of",
            "slice_task"]

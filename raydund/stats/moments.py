@@ -93,10 +93,13 @@ class Moments:
         """
         D = self.centred(Z)
         off = self.offsets
-        for l, rows in block_rows(D, off, range(len(self.widths)) if blocks is None else blocks).items():
-            self.G[off[l] : off[l + 1], off[l] :] += rows
+        Ds = [np.ascontiguousarray(D[:, off[l] : off[l + 1]]) for l in range(len(self.widths))]
+        rows = range(len(self.widths)) if blocks is None else blocks
+        acc = add_products({}, Ds, block_pairs(rows, len(self.widths)))
+        for (l, m), block in acc.items():
+            self.G[off[l] : off[l + 1], off[m] : off[m + 1]] += block
         if with_extras:
-            extras(self, D)
+            extras(self, Ds)
         return self
 
     def add(self, other: "Moments") -> "Moments":
@@ -154,25 +157,46 @@ class Moments:
         return Moments(self.widths, shift, n, s_new, G_new, Q_new, U_new)
 
 
-def block_rows(D: np.ndarray, off: np.ndarray, blocks, device: str = "cpu") -> dict[int, np.ndarray]:
-    """Products ``D_l^T D[:, l:]`` (layer ``l`` against every later layer) of centred rows ``D``.
+def block_pairs(rows, n_layers: int) -> list[tuple[int, int]]:
+    """Layer pairs ``(l, m >= l)`` of the given block rows."""
+    return [(l, m) for l in rows for m in range(l, n_layers)]
 
-    Runs in float64 with NumPy, or with torch on ``device="cuda"``.
+
+def add_products(acc: dict, Ds: list[np.ndarray], pairs, device: str = "cpu") -> dict:
+    """Accumulate ``D_l^T D_m`` for every pair into ``acc[(l, m)]`` (float64; created on first use).
+
+    ``Ds`` holds one centred ``[rows x width]`` float64 array per layer. On the CPU the
+    products go straight to BLAS with ``beta = 1`` (``dsyrk`` for a diagonal block, which
+    fills its upper triangle only; ``dgemm`` otherwise), so no temporary the size of a block
+    is made; on ``device="cuda"`` they run in float64 torch.
     """
     if device != "cpu":
         import torch  # noqa: PLC0415
 
-        Dt = torch.from_numpy(D).to(device)
-        return {l: (Dt[:, off[l] : off[l + 1]].T @ Dt[:, off[l] :]).cpu().numpy() for l in blocks}
-    return {l: D[:, off[l] : off[l + 1]].T @ D[:, off[l] :] for l in blocks}
+        Dt = [torch.from_numpy(D).to(device) for D in Ds]
+        for l, m in pairs:
+            block = (Dt[l].T @ Dt[m]).cpu().numpy()
+            acc[(l, m)] = acc[(l, m)] + block if (l, m) in acc else block
+        return acc
+    from scipy.linalg.blas import dgemm, dsyrk  # noqa: PLC0415
+
+    for l, m in pairs:
+        a, b = Ds[l], Ds[m]
+        if (l, m) not in acc:
+            acc[(l, m)] = np.zeros((a.shape[1], b.shape[1]), order="F")
+        if l == m:  # C-contiguous a is the Fortran array a.T: c += a^T a
+            acc[(l, m)] = dsyrk(1.0, a.T, beta=1.0, c=acc[(l, m)], trans=0, lower=0, overwrite_c=1)
+        else:
+            acc[(l, m)] = dgemm(1.0, a.T, b.T, beta=1.0, c=acc[(l, m)], trans_b=1, overwrite_c=1)
+    return acc
 
 
-def extras(acc: Moments, D: np.ndarray) -> None:
-    """Add ``n, s, Q, U`` of centred rows ``D`` to ``acc`` (in place: ``acc`` is an accumulator)."""
-    off, L = acc.offsets, len(acc.widths)
-    acc.n += D.shape[0]
-    acc.s += D.sum(axis=0)
-    q = np.stack([np.einsum("ij,ij->i", D[:, off[l] : off[l + 1]], D[:, off[l] : off[l + 1]]) for l in range(L)],
-                 axis=1)
+def extras(acc: Moments, Ds: list[np.ndarray]) -> None:
+    """Add ``n, s, Q, U`` of centred per-layer rows ``Ds`` to ``acc`` (in place: an accumulator)."""
+    off = acc.offsets
+    acc.n += Ds[0].shape[0]
+    q = np.stack([np.einsum("ij,ij->i", D, D) for D in Ds], axis=1)
     acc.Q += q.T @ q
-    acc.U += q.T @ D
+    for l, D in enumerate(Ds):
+        acc.s[off[l] : off[l + 1]] += D.sum(axis=0)
+        acc.U[:, off[l] : off[l + 1]] += q.T @ D
