@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from raydund.errors import UserError
 from raydund.lake import Lake, vectors_to_matrix
-from raydund.stats.moments import Moments, add_products, block_pairs, extras
+from raydund.stats.moments import Moments, add_block_rows, centred_chunk, extras
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ class SimilarityConfig:
     model, corpus, split, unit : str
         The activations to read (as extracted).
     groups : int, optional
-        Tasks per token slice, each with a share of the layer-pair blocks
-        (default: enough that a task's blocks stay under ~256 MB).
+        Tasks per token slice, each with a share of the layer-pair block rows (default 1:
+        a task owns all of G and does one ``dsyrk`` per chunk, the cheapest; more groups
+        spread one slice over more workers and hold less of G per task).
     skip_first : bool
         Leave out the first word of every sentence (outlier tokens; Davari et al.).
     chunk_rows : int
@@ -116,29 +117,23 @@ def _open(uri: str) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open_input_file(path))
 
 
-def centred_layers(mats: list[np.ndarray], shift: np.ndarray, off: np.ndarray) -> list[np.ndarray]:
-    """float64 ``X_l - shift_l`` per layer (new C-contiguous arrays)."""
-    return [np.subtract(m, shift[off[l] : off[l + 1]], dtype=np.float64) for l, m in enumerate(mats)]
-
-
 def slice_task(paths: dict[int, str], shift: np.ndarray, blocks: list[int], with_extras: bool,
                skip_first: bool, chunk_rows: int) -> dict:
-    """Ray task body: blocks ``(l, m >= l)`` of ``G`` for the given rows ``l`` (and optionally
-    ``n, s, Q, U``) over one slice, streamed in chunks of ``chunk_rows`` tokens."""
+    """Ray task body: block rows ``blocks`` of ``G`` (and optionally ``n, s, Q, U``) over one
+    slice, streamed in chunks of ``chunk_rows`` tokens."""
     device = _device()
-    acc, extra, widths = {}, None, None
+    acc, extra, off = {}, None, None
     for mats in iter_slice(paths, chunk_rows, skip_first):
-        if widths is None:
+        if off is None:
             widths = tuple(m.shape[1] for m in mats)
             off = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
-            pairs = block_pairs(blocks, len(widths))
             extra = Moments.empty(widths, shift) if with_extras else None
         if not len(mats[0]):
             continue
-        Ds = centred_layers(mats, shift, off)
-        add_products(acc, Ds, pairs, device)
+        D = centred_chunk(mats, shift, off)
+        add_block_rows(acc, D, off, blocks, len(off) - 1, device)
         if extra is not None:
-            extras(extra, Ds)
+            extras(extra, [D[:, off[l] : off[l + 1]] for l in range(len(off) - 1)])
     out = {"blocks": acc}
     if extra is not None:
         out.update(n=extra.n, s=extra.s, Q=extra.Q, U=extra.U)
@@ -168,7 +163,7 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
     shift = np.concatenate([m.astype(np.float64).mean(axis=0) for m in first])
     del first
     N, L = sum(widths), len(widths)
-    groups = cfg.groups or max(1, int(np.ceil(N * N * 8 / 2 / (256 << 20))))
+    groups = cfg.groups or 1
     plan = balance_blocks(L, groups)
     cpus = min(cfg.cpus_per_task, ray.cluster_resources().get("CPU", 1))  # never more than the cluster has
     task = ray.remote(num_cpus=cpus, num_gpus=cfg.num_gpus)(slice_task)
@@ -187,8 +182,11 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
                 cursor += 1
             ready, pending = ray.wait(pending, num_returns=1)
             part = ray.get(ready[0])
-            for (l, m), block in part["blocks"].items():
-                total.G[off[l] : off[l + 1], off[m] : off[m + 1]] += block
+            for l, rows in part["blocks"].items():
+                if l == "all":
+                    total.G += rows
+                else:
+                    total.G[off[l] : off[l + 1], off[l] :] += rows
             if "n" in part:
                 total.n += part["n"]
                 total.s += part["s"]

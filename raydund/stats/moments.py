@@ -91,15 +91,17 @@ class Moments:
         with_extras : bool
             Also accumulate ``n, s, Q, U`` (exactly one task per token slice does).
         """
-        D = self.centred(Z)
-        off = self.offsets
-        Ds = [np.ascontiguousarray(D[:, off[l] : off[l + 1]]) for l in range(len(self.widths))]
-        rows = range(len(self.widths)) if blocks is None else blocks
-        acc = add_products({}, Ds, block_pairs(rows, len(self.widths)))
-        for (l, m), block in acc.items():
-            self.G[off[l] : off[l + 1], off[m] : off[m + 1]] += block
+        off, L = self.offsets, len(self.widths)
+        D = centred_chunk([Z[:, off[l] : off[l + 1]] for l in range(L)], self.shift, off)
+        acc: dict = {}
+        add_block_rows(acc, D, off, list(range(L)) if blocks is None else blocks, L)
+        for l, rows in acc.items():
+            if l == "all":
+                self.G += rows
+            else:
+                self.G[off[l] : off[l + 1], off[l] :] += rows
         if with_extras:
-            extras(self, Ds)
+            extras(self, [D[:, off[l] : off[l + 1]] for l in range(L)])
         return self
 
     def add(self, other: "Moments") -> "Moments":
@@ -157,38 +159,45 @@ class Moments:
         return Moments(self.widths, shift, n, s_new, G_new, Q_new, U_new)
 
 
-def block_pairs(rows, n_layers: int) -> list[tuple[int, int]]:
-    """Layer pairs ``(l, m >= l)`` of the given block rows."""
-    return [(l, m) for l in rows for m in range(l, n_layers)]
+def centred_chunk(mats: list[np.ndarray], shift: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """float64 ``[rows x N]`` of all layers minus the shift, in Fortran order.
+
+    Fortran order makes every layer's column block (and every block row ``D[:, off_l:]``)
+    a contiguous array that BLAS takes without a copy.
+    """
+    D = np.empty((len(mats[0]), int(off[-1])), order="F")
+    for l, m in enumerate(mats):
+        np.subtract(m, shift[off[l] : off[l + 1]], out=D[:, off[l] : off[l + 1]])
+    return D
 
 
-def add_products(acc: dict, Ds: list[np.ndarray], pairs, device: str = "cpu") -> dict:
-    """Accumulate ``D_l^T D_m`` for every pair into ``acc[(l, m)]`` (float64; created on first use).
+def add_block_rows(acc: dict, D: np.ndarray, off: np.ndarray, rows: list[int], n_layers: int,
+                   device: str = "cpu") -> None:
+    """``acc[l] += D_l^T D[:, off_l:]`` for each block row; all rows at once is one ``dsyrk``.
 
-    ``Ds`` holds one centred ``[rows x width]`` float64 array per layer. On the CPU the
-    products go straight to BLAS with ``beta = 1`` (``dsyrk`` for a diagonal block, which
-    fills its upper triangle only; ``dgemm`` otherwise), so no temporary the size of a block
-    is made; on ``device="cuda"`` they run in float64 torch.
+    ``acc`` maps a row to its ``[width_l x (N - off_l)]`` array, or ``"all"`` to the
+    upper triangle of ``D^T D`` (N x N) when the task owns every row.
     """
     if device != "cpu":
         import torch  # noqa: PLC0415
 
-        Dt = [torch.from_numpy(D).to(device) for D in Ds]
-        for l, m in pairs:
-            block = (Dt[l].T @ Dt[m]).cpu().numpy()
-            acc[(l, m)] = acc[(l, m)] + block if (l, m) in acc else block
-        return acc
+        Dt = torch.from_numpy(np.ascontiguousarray(D)).to(device)
+        for l in rows:
+            block = (Dt[:, off[l] : off[l + 1]].T @ Dt[:, off[l] :]).cpu().numpy()
+            acc[l] = acc[l] + block if l in acc else block
+        return
     from scipy.linalg.blas import dgemm, dsyrk  # noqa: PLC0415
 
-    for l, m in pairs:
-        a, b = Ds[l], Ds[m]
-        if (l, m) not in acc:
-            acc[(l, m)] = np.zeros((a.shape[1], b.shape[1]), order="F")
-        if l == m:  # C-contiguous a is the Fortran array a.T: c += a^T a
-            acc[(l, m)] = dsyrk(1.0, a.T, beta=1.0, c=acc[(l, m)], trans=0, lower=0, overwrite_c=1)
-        else:
-            acc[(l, m)] = dgemm(1.0, a.T, b.T, beta=1.0, c=acc[(l, m)], trans_b=1, overwrite_c=1)
-    return acc
+    if sorted(rows) == list(range(n_layers)):
+        if "all" not in acc:
+            acc["all"] = np.zeros((D.shape[1], D.shape[1]), order="F")
+        acc["all"] = dsyrk(1.0, D, beta=1.0, c=acc["all"], trans=1, lower=0, overwrite_c=1)
+        return
+    for l in rows:
+        if l not in acc:
+            acc[l] = np.zeros((int(off[l + 1] - off[l]), int(off[-1] - off[l])), order="F")
+        acc[l] = dgemm(1.0, D[:, off[l] : off[l + 1]], D[:, off[l] :], beta=1.0, c=acc[l], trans_a=1,
+                       overwrite_c=1)
 
 
 def extras(acc: Moments, Ds: list[np.ndarray]) -> None:
