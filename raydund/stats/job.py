@@ -56,7 +56,7 @@ class SimilarityConfig:
     unit: str = "word"
     groups: int | None = None
     skip_first: bool = False
-    chunk_rows: int = 2048
+    chunk_rows: int = 4096
     cpus_per_task: float = 2
     num_gpus: float = 0
 
@@ -123,7 +123,7 @@ def slice_task(paths: dict[int, str], shift: np.ndarray, blocks: list[int], with
     slice, streamed in chunks of ``chunk_rows`` tokens."""
     device = _device()
     acc, extra, off = {}, None, None
-    for mats in iter_slice(paths, chunk_rows, skip_first):
+    for mats in prefetch(iter_slice(paths, chunk_rows, skip_first)):  # decode the next chunk during the product
         if off is None:
             widths = tuple(m.shape[1] for m in mats)
             off = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
@@ -138,6 +138,33 @@ def slice_task(paths: dict[int, str], shift: np.ndarray, blocks: list[int], with
     if extra is not None:
         out.update(n=extra.n, s=extra.s, Q=extra.Q, U=extra.U)
     return out
+
+
+def prefetch(iterable, depth: int = 1):
+    """Iterate ``iterable`` on a background thread, ``depth`` items ahead (Parquet decoding and
+    BLAS both release the GIL, so reading overlaps the products)."""
+    import queue  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def run():
+        try:
+            for item in iterable:
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _device() -> str:

@@ -1,0 +1,162 @@
+"""Task-specific redundancy (paper section 6): layer-wise probes, control tasks, neuron
+ranking and minimal neuron sets, and the clustering sweep scored on a task.
+
+Pure functions on :class:`~raydund.probes.data.TaskData`: no Ray, no lake, no MLflow
+(``raydund.probes.job`` wires those). Every group of probes over the same rows is one
+:class:`~raydund.probes.model.ProbeBank`; :func:`fit_banks` spreads banks over Ray tasks
+when a cluster is there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from raydund.probes.data import TaskData, control_labels, encode, layer_masks
+from raydund.probes.model import ProbeBank, metrics, primary_metric
+from raydund.probes.rank import lca_ordering, percent_grid, probeless_ordering
+
+
+@dataclasses.dataclass
+class ProbeSettings:
+    """The paper's probe settings (all configurable)."""
+
+    task: str = "classification"
+    l1: float = 1e-5
+    l2: float = 1e-5
+    lr: float = 1e-3
+    batch_size: int = 128
+    epochs: int = 10
+    seed: int = 0
+
+    def bank(self, masks: np.ndarray) -> ProbeBank:
+        return ProbeBank(masks, task=self.task, l1=self.l1, l2=self.l2, lr=self.lr,
+                         batch_size=self.batch_size, epochs=self.epochs, seed=self.seed)
+
+
+@dataclasses.dataclass
+class Splits:
+    """Encoded train/dev/test of one task."""
+
+    train: TaskData
+    dev: TaskData
+    test: TaskData
+    classes: list | None  # None for regression
+
+    def targets(self, part: TaskData) -> np.ndarray:
+        return part.labels.astype(np.float64) if self.classes is None else encode(part.labels, self.classes)
+
+
+def make_splits(train: TaskData, dev: TaskData, test: TaskData, task: str) -> Splits:
+    """Fix the class list from train (sorted) for classification."""
+    classes = None if task == "regression" else sorted(set(train.labels.tolist()))
+    return Splits(train, dev, test, classes)
+
+
+def evaluate(bank: ProbeBank, splits: Splits, names: list[str]) -> list[dict]:
+    """One row per probe: its name and metrics on dev and test."""
+    rows = []
+    dev = bank.score(splits.dev.X, splits.targets(splits.dev), splits.classes)
+    test = bank.score(splits.test.X, splits.targets(splits.test), splits.classes)
+    for name, d, t in zip(names, dev, test):
+        rows.append({"probe": name, "dev": d, "test": t})
+    return rows
+
+
+def layerwise(splits: Splits, settings: ProbeSettings, redundant_share: float = 0.99) -> dict:
+    """Every layer alone, the oracle (all layers) and the prefixes 0..l, in one bank.
+
+    A layer is redundant for the task when its probe reaches ``redundant_share`` of the
+    oracle's dev score (Table 7 / Figure 4).
+    """
+    masks, names = layer_masks(splits.train.widths)
+    bank = settings.bank(masks).fit(splits.train.X, splits.targets(splits.train),
+                                    None if splits.classes is None else len(splits.classes))
+    rows = evaluate(bank, splits, names)
+    key = primary_metric(settings.task)
+    oracle = next(r for r in rows if r["probe"] == "oracle")
+    for r in rows:
+        r["share_of_oracle"] = r["dev"][key] / oracle["dev"][key] if oracle["dev"][key] else float("nan")
+        r["redundant"] = bool(r["probe"].startswith("layer ") and r["share_of_oracle"] >= redundant_share)
+    oracle_index = names.index("oracle")
+    return {"rows": rows, "oracle_weights": bank.coef_[oracle_index], "bank": bank}
+
+
+def selectivity(splits: Splits, settings: ProbeSettings, task_rows: list[dict], seed: int = 0) -> list[dict]:
+    """Control task (Hewitt & Liang) per layer, and selectivity = task accuracy - control accuracy."""
+    train_ctrl, vocab = control_labels(splits.train.words, splits.train.labels, seed)
+    dev_ctrl, vocab = control_labels(splits.dev.words, splits.dev.labels, seed + 1, vocab)
+    test_ctrl, vocab = control_labels(splits.test.words, splits.test.labels, seed + 2, vocab)
+    classes = sorted(set(train_ctrl.tolist()) | set(dev_ctrl.tolist()) | set(test_ctrl.tolist()))
+    masks, names = layer_masks(splits.train.widths)
+    layer_rows = [i for i, n in enumerate(names) if n.startswith("layer ")]
+    bank = settings.bank(masks[layer_rows]).fit(splits.train.X, encode(train_ctrl, classes), len(classes))
+    dev_pred, test_pred = bank.predict(splits.dev.X), bank.predict(splits.test.X)
+    out = []
+    for j, i in enumerate(layer_rows):
+        d = metrics(encode(dev_ctrl, classes), dev_pred[j], "classification")
+        t = metrics(encode(test_ctrl, classes), test_pred[j], "classification")
+        task = task_rows[i]
+        out.append({"probe": names[i], "control_dev": d["accuracy"], "control_test": t["accuracy"],
+                    "selectivity_dev": task["dev"]["accuracy"] - d["accuracy"],
+                    "selectivity_test": task["test"]["accuracy"] - t["accuracy"]})
+    return out
+
+
+def rankings(splits: Splits, oracle_weights: np.ndarray, search_stride: int = 100) -> dict:
+    """LCA ordering from the oracle's weights, and the probeless ordering."""
+    ordering, cutoffs = lca_ordering(oracle_weights.T, search_stride)  # [classes x neurons]
+    out = {"lca": ordering, "lca_cutoffs": cutoffs}
+    if splits.classes is not None:
+        out["probeless"] = probeless_ordering(splits.train.X, splits.targets(splits.train))
+    return out
+
+
+def masks_for(ordering: np.ndarray, ks: list[int], n: int) -> np.ndarray:
+    """One mask per k: the top-k neurons of an ordering."""
+    masks = np.zeros((len(ks), n), dtype=bool)
+    for i, k in enumerate(ks):
+        masks[i, ordering[:k]] = True
+    return masks
+
+
+def minimal_set(splits: Splits, settings: ProbeSettings, ordering: np.ndarray, oracle_dev: float,
+                keep_share: float = 0.97, percents: list[float] | None = None, fit=None) -> dict:
+    """Smallest top-k (k a percentage of all neurons) whose fresh probe keeps ``keep_share`` of the oracle.
+
+    Every k is its own probe; they are independent, so all are trained at once (one bank,
+    or banks spread over Ray tasks by ``fit``).
+    """
+    N = splits.train.X.shape[1]
+    percents = percents or percent_grid()
+    ks = sorted({max(1, int(round(N * p / 100))) for p in percents if int(round(N * p / 100)) <= len(ordering)})
+    bank = (fit or _fit_one)(settings, masks_for(ordering, ks, N), splits)
+    rows = evaluate(bank, splits, [f"top {k}" for k in ks])
+    key = primary_metric(settings.task)
+    chosen = None
+    for k, r in zip(ks, rows):
+        r["k"] = k
+        r["share_of_oracle"] = r["dev"][key] / oracle_dev if oracle_dev else float("nan")
+        if chosen is None and r["share_of_oracle"] >= keep_share:
+            chosen = k
+    return {"rows": rows, "k": chosen, "neurons": ordering[:chosen] if chosen else ordering}
+
+
+def reduced_sets(splits: Splits, settings: ProbeSettings, kept: dict[float, np.ndarray], fit=None) -> list[dict]:
+    """A probe on each clustering threshold's kept neurons (Table 6 / Figure 2 per task)."""
+    N = splits.train.X.shape[1]
+    thresholds = sorted(kept)
+    masks = np.zeros((len(thresholds), N), dtype=bool)
+    for i, t in enumerate(thresholds):
+        masks[i, kept[t]] = True
+    bank = (fit or _fit_one)(settings, masks, splits)
+    rows = evaluate(bank, splits, [f"threshold {t:.2f}" for t in thresholds])
+    for t, r in zip(thresholds, rows):
+        r["threshold"], r["neurons"] = t, int(len(kept[t]))
+    return rows
+
+
+def _fit_one(settings: ProbeSettings, masks: np.ndarray, splits: Splits) -> ProbeBank:
+    return settings.bank(masks).fit(splits.train.X, splits.targets(splits.train),
+                                    None if splits.classes is None else len(splits.classes))

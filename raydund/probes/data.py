@@ -1,0 +1,110 @@
+"""Probe data: activations of all layers ``X [tokens x neurons]`` and aligned labels ``y``.
+
+Rows are ordered by (sentence_id, word_id), the order of :meth:`Lake.layer_matrix`, and
+the labels of the corpus table are aligned to them by the same keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import polars as pl
+
+from raydund.errors import UserError
+from raydund.lake import Lake, corpus_table_name
+
+
+@dataclasses.dataclass
+class TaskData:
+    """One split of a probing task.
+
+    Attributes
+    ----------
+    X : numpy.ndarray
+        ``[tokens x neurons]`` float32, layers side by side (layer 0 first).
+    labels : numpy.ndarray
+        The label of every row (strings, or floats for regression).
+    words : numpy.ndarray
+        The word of every row (control tasks map word types to labels).
+    widths : tuple of int
+        Neurons per layer.
+    """
+
+    X: np.ndarray
+    labels: np.ndarray
+    words: np.ndarray
+    widths: tuple[int, ...]
+
+
+def load_task(lake: Lake, model: str, corpus: str, split: str, label: str, unit: str = "word") -> TaskData:
+    """Activations of every layer and the ``label`` column of the corpus, aligned row by row."""
+    n_layers = int(lake.scan("activations").filter(
+        (pl.col("model") == model) & (pl.col("corpus") == corpus) & (pl.col("split") == split)
+        & (pl.col("unit") == unit)).select(pl.col("layer").max()).collect().item() or -1) + 1
+    if n_layers == 0:
+        raise UserError(f"no activations for {model} {corpus}/{split} ({unit}); run `raydund extract` first")
+    mats, keys = [], None
+    for layer in range(n_layers):
+        X, k = lake.layer_matrix(model, corpus, split, layer, unit)
+        mats.append(X)
+        keys = keys or k
+    corpus_frame = pl.from_arrow(lake.read_corpus(corpus, split))
+    if label not in corpus_frame.columns:
+        raise UserError(f"corpus {corpus!r} has no label {label!r}; columns: {', '.join(corpus_frame.columns)}")
+    key_frame = pl.from_arrow(keys)
+    if unit == "word":
+        tokens = (corpus_frame.select("sentence_id", "words", label).explode(["words", label])
+                  .with_columns(pl.int_range(pl.len()).over("sentence_id").cast(pl.Int32).alias("word_id")))
+        aligned = key_frame.join(tokens, on=["sentence_id", "word_id"], how="left", maintain_order="left")
+    else:
+        aligned = key_frame.join(corpus_frame.select("sentence_id", "words", label), on="sentence_id",
+                                 how="left", maintain_order="left").with_columns(pl.col("words").list.join(" "))
+    if aligned[label].null_count():
+        raise UserError(f"{aligned[label].null_count()} activation rows have no {label!r} label in {corpus}/{split}")
+    return TaskData(np.hstack(mats), aligned[label].to_numpy(), aligned["words"].to_numpy(),
+                    tuple(m.shape[1] for m in mats))
+
+
+def encode(labels: np.ndarray, classes: list) -> np.ndarray:
+    """Class ids of ``labels`` in ``classes``; -1 for a label outside them."""
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index.get(v, -1) for v in labels], dtype=np.int64)
+
+
+def control_labels(words: np.ndarray, labels: np.ndarray, seed: int = 0, vocabulary: dict | None = None):
+    """Hewitt & Liang control task: every word type gets one label, drawn from the label distribution.
+
+    Returns the control labels and the word -> label map (pass it back in for dev/test so a
+    word keeps its label; unseen words draw a fresh one).
+    """
+    rng = np.random.default_rng(seed)
+    values, counts = np.unique(labels, return_counts=True)
+    p = counts / counts.sum()
+    vocabulary = dict(vocabulary or {})
+    out = np.empty(len(words), dtype=object)
+    for i, w in enumerate(words):
+        if w not in vocabulary:
+            vocabulary[w] = values[rng.choice(len(values), p=p)]
+        out[i] = vocabulary[w]
+    return out, vocabulary
+
+
+def layer_masks(widths: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+    """Masks of the layer-wise analysis: each layer, the oracle (all), and the prefixes 0..l."""
+    off = np.concatenate([[0], np.cumsum(widths)])
+    N, L = int(off[-1]), len(widths)
+    masks, names = [], []
+    for l in range(L):
+        m = np.zeros(N, bool)
+        m[off[l] : off[l + 1]] = True
+        masks.append(m)
+        names.append(f"layer {l}")
+    masks.append(np.ones(N, bool))
+    names.append("oracle")
+    for l in range(L - 1):
+        m = np.zeros(N, bool)
+        m[: off[l + 1]] = True
+        masks.append(m)
+        names.append(f"layers 0-{l}")
+    return np.stack(masks), names
