@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[test]'
 	# NeuroX 1.0.9 (reference and benchmark): its pins (torch 1.8, numpy 1.19) are obsolete, it runs on ours
-	$(BIN)/pip install --quiet --no-deps neurox==1.0.9
+	$(BIN)/pip install --quiet --no-deps neurox==1.0.9 imbalanced-learn sklearn-compat
 	touch $@
 
 demo: setup

@@ -137,7 +137,9 @@ def bench_extract(settings: Settings, model: str = "minilm", corpus: str = "conl
 
 
 class PeakMemory:
-    """Samples the resident memory of this process and Ray's workers (``ray::``) every 0.1 s.
+    """Samples the memory (PSS: shared pages split among the processes mapping them, so Ray's
+    shared-memory object store is not counted twice) of this process and Ray's workers
+    (``ray::``) every 0.1 s.
 
     ``peak_work`` is the largest sum over this process and the workers; ``peak_all``
     also counts Ray's own daemons (raylet, GCS, ...); ``baseline`` is the first sample
@@ -156,7 +158,7 @@ class PeakMemory:
         import psutil  # noqa: PLC0415
 
         me = psutil.Process()
-        work = me.memory_info().rss
+        work = me.memory_full_info().pss
         infra = 0
         for proc in psutil.process_iter(["name", "cmdline"]):
             try:
@@ -164,10 +166,10 @@ class PeakMemory:
                     continue
                 cmd = " ".join(proc.info["cmdline"] or [])
                 if proc.info["name"] and proc.info["name"].startswith("ray::") or cmd.startswith("ray::"):
-                    work += proc.memory_info().rss
+                    work += proc.memory_full_info().pss
                 elif "ray" in cmd and ("raylet" in cmd or "gcs_server" in cmd or "dashboard" in cmd
                                        or "default_worker" in cmd or "log_monitor" in cmd):
-                    infra += proc.memory_info().rss
+                    infra += proc.memory_full_info().pss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         if self.baseline is None:
@@ -295,4 +297,73 @@ def _similarity_vs_floor(lake, paper_tokens: int, widths: tuple[int, ...]) -> di
                         "nxn_float64_gb": round(n2 / 2**30, 2)}
 
 
-__all__ = ["PeakMemory", "bare_loop", "bench_extract", "bench_similarity", "floor_syrk", "neurox_loop"]
+
+
+def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll2000", label: str = "pos",
+                 train_tokens: int = 50_000, out: str | None = None) -> dict:
+    """Layer-wise analysis + minimal-set search: raydund's probe banks vs NeuroX one probe at a time.
+
+    Same settings for both (the paper's: ElasticNet 1e-5/1e-5, Adam 1e-3, batch 128, 10
+    epochs), same rows (the first ``train_tokens`` tokens of train), same probes.
+    """
+    from raydund.lake import Lake  # noqa: PLC0415
+    from raydund.probes import analysis  # noqa: PLC0415
+    from raydund.probes.data import TaskData, layer_masks  # noqa: PLC0415
+    from raydund.probes.job import ProbeConfig, load_splits  # noqa: PLC0415
+
+    torch.set_num_threads(os.cpu_count())
+    cfg = ProbeConfig(model=model, corpus=corpus, label=label)
+    splits = load_splits(Lake(settings), cfg)
+    tr = splits.train
+    splits.train = TaskData(tr.X[:train_tokens], tr.labels[:train_tokens], tr.words[:train_tokens], tr.widths)
+    ps = cfg.settings()
+
+    def ours():
+        layer = analysis.layerwise(splits, ps)
+        oracle = next(r for r in layer["rows"] if r["probe"] == "oracle")["dev"]["accuracy"]
+        ranks = analysis.rankings(splits, layer["oracle_weights"])
+        return layer, analysis.minimal_set(splits, ps, ranks["lca"], oracle), ranks
+
+    (layer, minimal, ranks), t_ours = _timed(ours)
+    masks, names = layer_masks(splits.train.widths)
+    masks = list(masks) + list(analysis.masks_for(ranks["lca"], [r["k"] for r in minimal["rows"]],
+                                                  splits.train.X.shape[1]))
+    ours_test = [r["test"]["accuracy"] for r in layer["rows"]] + [r["test"]["accuracy"] for r in minimal["rows"]]
+    result = {"train_tokens": len(splits.train.X), "neurons": splits.train.X.shape[1],
+              "classes": len(splits.classes), "probes": len(masks), "raydund_s": round(t_ours, 1)}
+    try:
+        from neurox.interpretation import linear_probe  # noqa: PLC0415
+    except ImportError:
+        linear_probe = None
+    if linear_probe is not None:
+        y_train, y_test = splits.targets(splits.train), splits.targets(splits.test)
+
+        def neurox_all():
+            accs = []
+            for mask in masks:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    probe = linear_probe.train_logistic_regression_probe(
+                        splits.train.X[:, mask], y_train, lambda_l1=ps.l1, lambda_l2=ps.l2,
+                        num_epochs=ps.epochs, batch_size=ps.batch_size, learning_rate=ps.lr)
+                    known = y_test >= 0
+                    acc = linear_probe.evaluate_probe(probe, splits.test.X[known][:, mask], y_test[known],
+                                                      batch_size=ps.batch_size)["__OVERALL__"]
+                accs.append(acc * known.mean())  # unseen test labels count as errors, as in raydund
+            return accs
+
+        nx_test, t_nx = _timed(neurox_all)
+        diffs = 100 * np.abs(np.array(ours_test) - np.array(nx_test))
+        result.update(neurox_s=round(t_nx, 1), speedup=round(t_nx / t_ours, 2),
+                      max_test_accuracy_diff_points=round(float(diffs.max()), 2),
+                      mean_test_accuracy_diff_points=round(float(diffs.mean()), 2),
+                      oracle_test_accuracy=round(100 * ours_test[names.index("oracle")], 2),
+                      neurox_oracle_test_accuracy=round(100 * nx_test[names.index("oracle")], 2))
+    print(json.dumps(result, indent=2))
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
+__all__ = ["PeakMemory", "bare_loop", "bench_extract", "bench_probes", "bench_similarity", "floor_syrk",
+           "neurox_loop"]

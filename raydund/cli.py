@@ -111,6 +111,30 @@ def cmd_cluster(args) -> None:
               f"{row['more than 3 apart']:.2f}")
 
 
+def cmd_probe(args) -> None:
+    from raydund.probes.job import ProbeConfig, run_probes  # noqa: PLC0415
+
+    cfg = ProbeConfig(model=args.model, corpus=args.corpus, label=args.label, unit=args.unit, task=args.task,
+                      splits=tuple(args.splits), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      l1=args.l1, l2=args.l2, seed=args.seed, control=not args.no_control,
+                      cluster_split=args.cluster_split, redundant_share=args.redundant_share,
+                      keep_share=args.keep_share)
+    out = run_probes(cfg, _settings())
+    key = "pearson" if cfg.task == "regression" else "accuracy"
+    control = {r["probe"]: r for r in out["control"] or []}
+    print(f"{'probe':<14}{'dev':>8}{'test':>8}{'/oracle':>9}  redundant  selectivity")
+    for r in out["layerwise"]:
+        sel = control.get(r["probe"], {}).get("selectivity_dev")
+        print(f"{r['probe']:<14}{100 * r['dev'][key]:>8.2f}{100 * r['test'][key]:>8.2f}{r['share_of_oracle']:>9.3f}"
+              f"  {'yes' if r['redundant'] else '':<9}  {'' if sel is None else f'{100 * sel:.1f}'}")
+    m = out["minimal"]
+    print(f"minimal neuron set keeping {cfg.keep_share:.0%} of the oracle: "
+          f"{m['k'] if m['k'] else 'none of the grid'} of {len(m['neurons']) if not m['k'] else 'N'} neurons")
+    for r in out["reduced"]:
+        print(f"clustering threshold {r['threshold']:.1f}: {r['neurons']} neurons, dev {100 * r['dev'][key]:.2f}")
+    print(f"MLflow run {out['run_id']}")
+
+
 def cmd_tables(args) -> None:
     import polars as pl  # noqa: PLC0415
 
@@ -142,6 +166,12 @@ def cmd_demo(args) -> None:
 def cmd_bench(args) -> None:
     from raydund.bench import bench_extract, bench_similarity  # noqa: PLC0415
 
+    if args.bench == "probes":
+        from raydund.bench import bench_probes  # noqa: PLC0415
+
+        bench_probes(_settings(), model=args.model, corpus=args.corpus, label=args.label,
+                     train_tokens=args.train_tokens, out=args.out)
+        return
     if args.bench == "similarity":
         bench_similarity(_settings(), model=args.model, corpus=args.corpus, split=args.split,
                          paper_tokens=args.paper_tokens, parts=tuple(args.parts), out=args.out)
@@ -214,6 +244,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_cluster)
 
+    p = sub.add_parser("probe", help="task-specific redundancy: layer-wise probes, control task, minimal neuron set")
+    _add_target(p)
+    p.add_argument("--label", required=True, help="corpus label column (pos, chunk, upos, semtag, label)")
+    p.add_argument("--task", choices=["classification", "regression"], default="classification")
+    p.add_argument("--splits", nargs=3, default=["train", "dev", "test"], metavar=("TRAIN", "DEV", "TEST"),
+                   help="GLUE: train train dev (10%% of train, seeded, as dev; official dev as test)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--l1", type=float, default=1e-5)
+    p.add_argument("--l2", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--redundant-share", type=float, default=0.99, help="layer redundant at this share of the oracle")
+    p.add_argument("--keep-share", type=float, default=0.97, help="minimal set keeps this share of the oracle")
+    p.add_argument("--no-control", action="store_true", help="skip the control task")
+    p.add_argument("--cluster-split", default=None, help="also score the clustering sweep of this split")
+    p.set_defaults(func=cmd_probe)
+
     p = sub.add_parser("tables", help="list lake tables (rows, files, snapshot)")
     p.add_argument("--partitions", action="store_true", help="also rows per activation partition")
     p.set_defaults(func=cmd_tables)
@@ -242,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split", default="train")
     b.add_argument("--paper-tokens", type=int, default=150_000, help="tokens of the synthetic 13 x 768 run")
     b.add_argument("--parts", nargs="+", choices=["minilm", "paper"], default=["minilm", "paper"])
+    b.add_argument("--out", default=None, help="write the figures as JSON here")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("probes", help="layer-wise probes + minimal-set search vs NeuroX one probe at a time")
+    b.add_argument("--model", default="minilm")
+    b.add_argument("--corpus", default="conll2000")
+    b.add_argument("--label", default="pos")
+    b.add_argument("--train-tokens", type=int, default=50_000, help="first N tokens of train")
     b.add_argument("--out", default=None, help="write the figures as JSON here")
     b.set_defaults(func=cmd_bench)
     return parser

@@ -83,8 +83,11 @@ def layerwise(splits: Splits, settings: ProbeSettings, redundant_share: float = 
     return {"rows": rows, "oracle_weights": bank.coef_[oracle_index], "bank": bank}
 
 
-def selectivity(splits: Splits, settings: ProbeSettings, task_rows: list[dict], seed: int = 0) -> list[dict]:
-    """Control task (Hewitt & Liang) per layer, and selectivity = task accuracy - control accuracy."""
+def control_task(splits: Splits, settings: ProbeSettings, seed: int = 0) -> list[dict]:
+    """Control task (Hewitt & Liang): the layer probes trained on word-type -> random label.
+
+    Returns per layer the control accuracy on dev and test.
+    """
     train_ctrl, vocab = control_labels(splits.train.words, splits.train.labels, seed)
     dev_ctrl, vocab = control_labels(splits.dev.words, splits.dev.labels, seed + 1, vocab)
     test_ctrl, vocab = control_labels(splits.test.words, splits.test.labels, seed + 2, vocab)
@@ -93,15 +96,17 @@ def selectivity(splits: Splits, settings: ProbeSettings, task_rows: list[dict], 
     layer_rows = [i for i, n in enumerate(names) if n.startswith("layer ")]
     bank = settings.bank(masks[layer_rows]).fit(splits.train.X, encode(train_ctrl, classes), len(classes))
     dev_pred, test_pred = bank.predict(splits.dev.X), bank.predict(splits.test.X)
-    out = []
-    for j, i in enumerate(layer_rows):
-        d = metrics(encode(dev_ctrl, classes), dev_pred[j], "classification")
-        t = metrics(encode(test_ctrl, classes), test_pred[j], "classification")
-        task = task_rows[i]
-        out.append({"probe": names[i], "control_dev": d["accuracy"], "control_test": t["accuracy"],
-                    "selectivity_dev": task["dev"]["accuracy"] - d["accuracy"],
-                    "selectivity_test": task["test"]["accuracy"] - t["accuracy"]})
-    return out
+    return [{"probe": names[i],
+             "control_dev": metrics(encode(dev_ctrl, classes), dev_pred[j], "classification")["accuracy"],
+             "control_test": metrics(encode(test_ctrl, classes), test_pred[j], "classification")["accuracy"]}
+            for j, i in enumerate(layer_rows)]
+
+
+def selectivity_rows(task_rows: list[dict], control: list[dict]) -> list[dict]:
+    """Selectivity = task accuracy - control accuracy, per layer and split."""
+    task = {r["probe"]: r for r in task_rows}
+    return [{**c, "selectivity_dev": task[c["probe"]]["dev"]["accuracy"] - c["control_dev"],
+             "selectivity_test": task[c["probe"]]["test"]["accuracy"] - c["control_test"]} for c in control]
 
 
 def rankings(splits: Splits, oracle_weights: np.ndarray, search_stride: int = 100) -> dict:

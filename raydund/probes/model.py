@@ -16,6 +16,7 @@ MSE) + ``l1 * sum|W|`` + ``l2 * ||W||_2`` (the norm, not its square; weights onl
 from __future__ import annotations
 
 import dataclasses
+import zlib
 
 import numpy as np
 import torch
@@ -77,14 +78,12 @@ class ProbeBank:
         regression = self.task == "regression"
         C = 1 if regression else int(n_classes if n_classes is not None else int(np.max(y)) + 1)
         dev = self._device()
-        gen = torch.Generator().manual_seed(self.seed)
         P, N = masks.shape
         M = torch.as_tensor(masks, dtype=torch.float32, device=dev)[:, :, None]
-        bound = 1.0 / np.sqrt(np.maximum(masks.sum(1), 1))  # nn.Linear's init, per probe fan-in
-        W = ((torch.rand((P, N, C), generator=gen) * 2 - 1) * torch.as_tensor(bound, dtype=torch.float32)[:, None, None])
-        b = (torch.rand((P, C), generator=gen) * 2 - 1) * torch.as_tensor(bound, dtype=torch.float32)[:, None]
-        W = (W.to(dev) * M).requires_grad_()
-        b = b.to(dev).requires_grad_()
+        W0, b0 = zip(*(init_probe(mask, C, self.seed) for mask in masks))
+        W = (torch.stack(W0).to(dev) * M).requires_grad_()
+        b = torch.stack(b0).to(dev).requires_grad_()
+        gen = torch.Generator().manual_seed(self.seed)  # the batch order: the same for every probe
         opt = torch.optim.Adam([W, b], lr=self.lr)
         Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         yt = torch.as_tensor(y, dtype=torch.float32 if regression else torch.long)
@@ -130,6 +129,18 @@ class ProbeBank:
     def score(self, X: np.ndarray, y: np.ndarray, classes: list | None = None) -> list[dict]:
         """Metrics of every probe (see :func:`metrics`)."""
         return [metrics(y, pred, self.task, classes) for pred in self.predict(X)]
+
+
+def init_probe(mask: np.ndarray, n_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nn.Linear``-style uniform init of one probe, seeded by ``seed`` and its mask.
+
+    A probe starts from the same weights whatever bank it is trained in.
+    """
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(np.packbits(mask).tobytes()))
+    bound = 1.0 / np.sqrt(max(int(mask.sum()), 1))
+    W = (torch.rand((len(mask), n_classes), generator=gen) * 2 - 1) * bound
+    b = (torch.rand((n_classes,), generator=gen) * 2 - 1) * bound
+    return W, b
 
 
 def metrics(y: np.ndarray, pred: np.ndarray, task: str, classes: list | None = None) -> dict:

@@ -67,3 +67,54 @@ def composition_bars(summary: list[dict], spans: tuple[str, ...], title: str):
 def close(fig) -> None:
     """Free a figure's memory."""
     plt.close(fig)
+
+
+def layerwise(rows: list[dict], key: str, title: str):
+    """Figure 4: dev score of each layer alone and of the prefixes 0..l, against the oracle."""
+    layers = [r for r in rows if r["probe"].startswith("layer ")]
+    prefixes = [r for r in rows if r["probe"].startswith("layers 0-")]
+    oracle = next(r for r in rows if r["probe"] == "oracle")["dev"][key]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(range(len(layers)), [100 * r["dev"][key] for r in layers], color="#8ab", label="layer alone")
+    ax.plot(range(len(prefixes) + 1), [100 * r["dev"][key] for r in prefixes] + [100 * oracle],
+            marker="o", color="#c53", label="layers 0..l")
+    ax.axhline(100 * oracle, color="black", linestyle="--", linewidth=1, label="oracle (all layers)")
+    ax.axhline(99 * oracle, color="grey", linestyle=":", linewidth=1, label="99% of oracle")
+    low = min(100 * r["dev"][key] for r in layers)
+    ax.set_ylim(max(0, low - 5), 100 * oracle + 2)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel(f"dev {key} (%)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def per_class(rows: list[dict], title: str):
+    """Figures 7-9: per-class dev accuracy of each layer's probe."""
+    layers = [r for r in rows if r["probe"].startswith("layer ")]
+    classes = sorted({c for r in layers for c in r["dev"].get("per_class", {})})
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for c in classes:
+        ax.plot(range(len(layers)), [100 * r["dev"]["per_class"].get(c, np.nan) for r in layers], marker=".", label=c)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("dev accuracy (%)")
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def minimal_set(rows: list[dict], key: str, oracle: float, title: str):
+    """Dev score of fresh probes on the top-k ranked neurons, against the oracle."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["k"] for r in rows], [100 * r["dev"][key] for r in rows], marker="o")
+    ax.axhline(100 * oracle, color="black", linestyle="--", linewidth=1, label="oracle")
+    ax.axhline(97 * oracle, color="grey", linestyle=":", linewidth=1, label="97% of oracle")
+    ax.set_xscale("log")
+    ax.set_xlabel("top-k neurons (LCA ranking)")
+    ax.set_ylabel(f"dev {key} (%)")
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -45,7 +45,8 @@ class SimilarityConfig:
     chunk_rows : int
         Rows per product inside a task.
     cpus_per_task : float
-        CPUs (= BLAS threads) per task: fewer, wider tasks hold less memory per core.
+        CPUs (= BLAS threads) per task. One thread per task lets one task decode Parquet
+        while another multiplies; wider tasks hold less memory per core.
     num_gpus : float
         GPUs per task; products run in float64 on the GPU when there is one.
     """
@@ -57,7 +58,7 @@ class SimilarityConfig:
     groups: int | None = None
     skip_first: bool = False
     chunk_rows: int = 4096
-    cpus_per_task: float = 2
+    cpus_per_task: float = 1
     num_gpus: float = 0
 
 
@@ -117,13 +118,14 @@ def _open(uri: str) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open_input_file(path))
 
 
-def slice_task(paths: dict[int, str], shift: np.ndarray, blocks: list[int], with_extras: bool,
+def slice_task(slices: list[dict[int, str]], shift: np.ndarray, blocks: list[int], with_extras: bool,
                skip_first: bool, chunk_rows: int) -> dict:
-    """Ray task body: block rows ``blocks`` of ``G`` (and optionally ``n, s, Q, U``) over one
-    slice, streamed in chunks of ``chunk_rows`` tokens."""
+    """Ray task body: block rows ``blocks`` of ``G`` (and optionally ``n, s, Q, U``) over some
+    slices, streamed in chunks of ``chunk_rows`` tokens into one accumulator."""
     device = _device()
     acc, extra, off = {}, None, None
-    for mats in prefetch(iter_slice(paths, chunk_rows, skip_first)):  # decode the next chunk during the product
+    chunks = (mats for paths in slices for mats in iter_slice(paths, chunk_rows, skip_first))
+    for mats in chunks:
         if off is None:
             widths = tuple(m.shape[1] for m in mats)
             off = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
@@ -138,33 +140,6 @@ def slice_task(paths: dict[int, str], shift: np.ndarray, blocks: list[int], with
     if extra is not None:
         out.update(n=extra.n, s=extra.s, Q=extra.Q, U=extra.U)
     return out
-
-
-def prefetch(iterable, depth: int = 1):
-    """Iterate ``iterable`` on a background thread, ``depth`` items ahead (Parquet decoding and
-    BLAS both release the GIL, so reading overlaps the products)."""
-    import queue  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def run():
-        try:
-            for item in iterable:
-                q.put(item)
-            q.put(done)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            q.put(exc)
-
-    threading.Thread(target=run, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
 
 
 def _device() -> str:
@@ -195,17 +170,20 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
     cpus = min(cfg.cpus_per_task, ray.cluster_resources().get("CPU", 1))  # never more than the cluster has
     task = ray.remote(num_cpus=cpus, num_gpus=cfg.num_gpus)(slice_task)
     shift_ref = ray.put(shift)
-    jobs = [(paths, blocks, g == 0) for paths in slices for g, blocks in enumerate(plan)]
+    # one task per worker and block group, each streaming its share of the slices into ONE
+    # accumulator: the number of G-sized partial states is the number of workers, not of slices
+    workers = max(1, min(len(slices), int(ray.cluster_resources().get("CPU", 1) // cpus)))
+    shares = [slices[w::workers] for w in range(workers)]
+    jobs = [(share, blocks, g == 0) for share in shares for g, blocks in enumerate(plan)]
     total = Moments.empty(widths, shift)
     off = total.offsets
     pending, cursor = [], 0
-    # bounded in-flight work = bounded memory: the running tasks plus one waiting
-    limit = max(1, int(ray.available_resources().get("CPU", 1) // cpus)) + 1
+    limit = workers  # bounded in-flight work = bounded memory
     with tqdm(total=len(jobs), desc=f"co-moments {cfg.corpus}/{cfg.split}", unit="task", disable=not progress) as bar:
         while cursor < len(jobs) or pending:
             while cursor < len(jobs) and len(pending) < limit:
-                paths, blocks, with_extras = jobs[cursor]
-                pending.append(task.remote(paths, shift_ref, blocks, with_extras, cfg.skip_first, cfg.chunk_rows))
+                share, blocks, with_extras = jobs[cursor]
+                pending.append(task.remote(share, shift_ref, blocks, with_extras, cfg.skip_first, cfg.chunk_rows))
                 cursor += 1
             ready, pending = ray.wait(pending, num_returns=1)
             part = ray.get(ready[0])
@@ -219,6 +197,7 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
                 total.s += part["s"]
                 total.Q += part["Q"]
                 total.U += part["U"]
+            del part, ready  # release the partial state from the object store now
             bar.update(1)
     if total.n < 4:
         raise UserError(f"only {total.n} tokens: too few for correlations and debiased CKA")

@@ -1,0 +1,234 @@
+"""The task-specific redundancy job: lake -> probe banks on Ray -> lake table + MLflow runs.
+
+The activations of train/dev/test are read once on the driver and put in Ray's object
+store once; the analysis tasks (layer-wise probes, control task, minimal-set search,
+clustering-threshold probes) read them from there without copies. Independent analyses
+run as parallel Ray tasks; inside a task every group of probes is one batched bank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+import polars as pl
+
+from raydund import tracking
+from raydund.config import Settings
+from raydund.errors import UserError
+from raydund.lake import Lake
+from raydund.probes import analysis
+from raydund.probes.data import TaskData, load_task
+from raydund.probes.model import primary_metric
+from raydund.report import figures
+
+log = logging.getLogger(__name__)
+
+PROBE_RESULTS = "probe_results"
+
+
+@dataclasses.dataclass
+class ProbeConfig:
+    """A probing task and what to run on it.
+
+    Attributes
+    ----------
+    label : str
+        The corpus label column (``pos``, ``chunk``, ``upos``, ``semtag``, ``label``).
+    splits : tuple of str
+        (train, dev, test). For GLUE-style corpora without a test split, use
+        ``("train", "train", "dev")``: 10% of train (seeded) becomes dev, official dev is test.
+    redundant_share, keep_share : float
+        A layer is redundant at ``redundant_share`` of the oracle (0.99); a minimal set keeps
+        ``keep_share`` of it (0.97).
+    control : bool
+        Also train control-task probes (selectivity).
+    cluster_split : str, optional
+        Score the clustering sweep of this split (``raydund cluster``) on the task.
+    """
+
+    model: str
+    corpus: str
+    label: str
+    unit: str = "word"
+    task: str = "classification"
+    splits: tuple[str, str, str] = ("train", "dev", "test")
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    l1: float = 1e-5
+    l2: float = 1e-5
+    seed: int = 0
+    redundant_share: float = 0.99
+    keep_share: float = 0.97
+    control: bool = True
+    cluster_split: str | None = None
+    dev_fraction: float = 0.1
+
+    def settings(self) -> analysis.ProbeSettings:
+        return analysis.ProbeSettings(task=self.task, l1=self.l1, l2=self.l2, lr=self.lr,
+                                      batch_size=self.batch_size, epochs=self.epochs, seed=self.seed)
+
+
+def split_train(data: TaskData, fraction: float, seed: int) -> tuple[TaskData, TaskData]:
+    """Seeded split of one TaskData into (rest, held-out ``fraction``), as the paper does for GLUE."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(data.X), dtype=bool)
+    held[rng.permutation(len(data.X))[: int(round(fraction * len(data.X)))]] = True
+
+    def part(mask):
+        return TaskData(data.X[mask], data.labels[mask], data.words[mask], data.widths)
+
+    return part(~held), part(held)
+
+
+def load_splits(lake: Lake, cfg: ProbeConfig) -> analysis.Splits:
+    """Train/dev/test of the task (dev carved from train when it names the same split)."""
+    train_name, dev_name, test_name = cfg.splits
+    train = load_task(lake, cfg.model, cfg.corpus, train_name, cfg.label, cfg.unit)
+    if dev_name == train_name:
+        train, dev = split_train(train, cfg.dev_fraction, cfg.seed)
+    else:
+        dev = load_task(lake, cfg.model, cfg.corpus, dev_name, cfg.label, cfg.unit)
+    test = load_task(lake, cfg.model, cfg.corpus, test_name, cfg.label, cfg.unit)
+    return analysis.make_splits(train, dev, test, cfg.task)
+
+
+def _remote(ray, fn, threads: int = 1):
+    """Wrap an analysis function as a Ray task that runs torch on ``threads`` threads."""
+
+    def run(*args, **kwargs):
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(threads)
+        return fn(*args, **kwargs)
+
+    return ray.remote(num_cpus=threads)(run)
+
+
+def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
+    """Layer-wise probes, control task, rankings, minimal set and clustering sweep for one task."""
+    from raydund.extract.job import ensure_ray  # noqa: PLC0415
+
+    ray = ensure_ray()
+    lake = Lake(settings)
+    start = time.perf_counter()
+    splits = load_splits(lake, cfg)
+    probe_settings = cfg.settings()
+    kept = _cluster_sets(lake, cfg) if cfg.cluster_split else {}
+    params = {**dataclasses.asdict(cfg), "splits": ",".join(cfg.splits),
+              "activations_snapshot_id": lake.activations().current_snapshot().snapshot_id,
+              "train_rows": len(splits.train.X), "neurons": splits.train.X.shape[1]}
+    mlflow = tracking.configure(settings)
+    with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus), f"probes {cfg.label}",
+                          params, tags={"raydund.stage": "probes", "raydund.task": cfg.label}) as parent:
+        splits_ref = ray.put(splits)  # one copy in the object store, read zero-copy by every task
+        layer_task = _remote(ray, analysis.layerwise).remote(splits_ref, probe_settings, cfg.redundant_share)
+        control_task = None
+        if cfg.control and cfg.task == "classification" and cfg.unit == "word":
+            control_task = _remote(ray, analysis.control_task).remote(splits_ref, probe_settings, cfg.seed)
+        reduced_task = (_remote(ray, analysis.reduced_sets).remote(splits_ref, probe_settings, kept)
+                        if kept else None)
+        layer = ray.get(layer_task)
+        oracle_dev = next(r for r in layer["rows"] if r["probe"] == "oracle")["dev"][primary_metric(cfg.task)]
+        ranks = analysis.rankings(splits, layer["oracle_weights"])
+        minimal_task = _remote(ray, analysis.minimal_set).remote(
+            splits_ref, probe_settings, ranks["lca"], oracle_dev, cfg.keep_share)
+        control = None
+        if control_task is not None:
+            control = ray.get(control_task)
+            control = analysis.selectivity_rows(layer["rows"], control)
+        minimal = ray.get(minimal_task)
+        reduced = ray.get(reduced_task) if reduced_task is not None else []
+        results = {"layerwise": layer["rows"], "control": control, "minimal": minimal, "reduced": reduced,
+                   "rankings": ranks, "seconds": time.perf_counter() - start}
+        _track(mlflow, parent, cfg, splits, results)
+        table = results_table(cfg, results)
+        snap = lake.replace(PROBE_RESULTS, table, ("model", "corpus"),
+                            {"model": cfg.model, "corpus": cfg.corpus, "task": cfg.label, "unit": cfg.unit},
+                            {"mlflow.run_id": parent.info.run_id})
+        mlflow.set_tag("iceberg.snapshot_id.probe_results", str(snap))
+    results["run_id"] = parent.info.run_id
+    return results
+
+
+def _cluster_sets(lake: Lake, cfg: ProbeConfig) -> dict[float, np.ndarray]:
+    """Kept neurons (positions on the stacked axis) per threshold of the clustering sweep."""
+    frame = (lake.scan("clusters")
+             .filter((pl.col("model") == cfg.model) & (pl.col("corpus") == cfg.corpus)
+                     & (pl.col("split") == cfg.cluster_split) & (pl.col("unit") == cfg.unit) & pl.col("kept"))
+             .select("threshold", "position").collect())
+    if frame.height == 0:
+        raise UserError(f"no clusters for {cfg.model} {cfg.corpus}/{cfg.cluster_split}; run `raydund cluster` first")
+    return {t: g["position"].to_numpy() for (t,), g in frame.group_by("threshold")}
+
+
+def _track(mlflow, parent, cfg: ProbeConfig, splits: analysis.Splits, results: dict) -> None:
+    """Child runs per layer probe, per k and per threshold; metrics, tables and figures."""
+    key = primary_metric(cfg.task)
+    exp = parent.info.experiment_id
+    for kind, rows in (("layer", results["layerwise"]), ("k", results["minimal"]["rows"]),
+                       ("threshold", results["reduced"])):
+        for row in rows:
+            with mlflow.start_run(run_name=f"{cfg.label} {row['probe']}", nested=True, experiment_id=exp):
+                mlflow.log_params({"probe": row["probe"], "analysis": kind, "task": cfg.label})
+                mlflow.log_metrics({f"dev_{key}": row["dev"][key], f"test_{key}": row["test"][key],
+                                    **({"dev_macro_f1": row["dev"]["macro_f1"]} if "macro_f1" in row["dev"] else {})})
+    oracle = next(r for r in results["layerwise"] if r["probe"] == "oracle")
+    minimal = results["minimal"]
+    mlflow.log_metrics({
+        f"oracle_dev_{key}": oracle["dev"][key], f"oracle_test_{key}": oracle["test"][key],
+        "redundant_layers": sum(r["redundant"] for r in results["layerwise"]),
+        "minimal_set_neurons": minimal["k"] or -1, "seconds": results["seconds"],
+    })
+    mlflow.log_dict({"lca": results["rankings"]["lca"].tolist(), "cutoffs": results["rankings"]["lca_cutoffs"],
+                     "probeless": results["rankings"].get("probeless", np.array([])).tolist(),
+                     "minimal_set": np.asarray(minimal["neurons"]).tolist()}, "rankings.json")
+    fig = figures.layerwise(results["layerwise"], key, f"{cfg.model}, {cfg.corpus} {cfg.label}")
+    mlflow.log_figure(fig, "figures/layerwise.png")
+    figures.close(fig)
+    if splits.classes is not None and len(splits.classes) <= 10:
+        fig = figures.per_class(results["layerwise"], f"{cfg.model}, {cfg.corpus} {cfg.label}: per class")
+        mlflow.log_figure(fig, "figures/layerwise_per_class.png")
+        figures.close(fig)
+    fig = figures.minimal_set(minimal["rows"], key, oracle["dev"][key], f"{cfg.model}, {cfg.corpus} {cfg.label}")
+    mlflow.log_figure(fig, "figures/minimal_set.png")
+    figures.close(fig)
+
+
+def results_table(cfg: ProbeConfig, results: dict) -> pa.Table:
+    """Long table: (task, analysis, probe, layer, k, threshold, split, metric, value)."""
+    rows = []
+
+    def add(analysis_name, row, layer=None, k=None, threshold=None):
+        for split in ("dev", "test"):
+            for metric, value in row[split].items():
+                if isinstance(value, dict):
+                    for cls, v in value.items():
+                        rows.append((analysis_name, row["probe"], layer, k, threshold, split, f"{metric}:{cls}", v))
+                else:
+                    rows.append((analysis_name, row["probe"], layer, k, threshold, split, metric, value))
+
+    for row in results["layerwise"]:
+        layer = int(row["probe"].split()[1]) if row["probe"].startswith("layer ") else None
+        add("layerwise", row, layer=layer)
+    for row in results["control"] or []:
+        layer = int(row["probe"].split()[1])
+        for split in ("dev", "test"):
+            rows.append(("control", row["probe"], layer, None, None, split, "accuracy", row[f"control_{split}"]))
+            rows.append(("control", row["probe"], layer, None, None, split, "selectivity", row[f"selectivity_{split}"]))
+    for row in results["minimal"]["rows"]:
+        add("minimal_set", row, k=row["k"])
+    for row in results["reduced"]:
+        add("cc_threshold", row, threshold=row["threshold"])
+    cols = list(zip(*rows)) if rows else [[]] * 8
+    n = len(rows)
+    return pa.table({
+        "model": [cfg.model] * n, "corpus": [cfg.corpus] * n, "task": [cfg.label] * n, "unit": [cfg.unit] * n,
+        "analysis": list(cols[0]), "probe": list(cols[1]), "layer": pa.array(cols[2], pa.int32()),
+        "k": pa.array(cols[3], pa.int32()), "threshold": pa.array(cols[4], pa.float64()),
+        "split": list(cols[5]), "metric": list(cols[6]), "value": pa.array(cols[7], pa.float64()),
+    })

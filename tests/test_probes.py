@@ -1,0 +1,127 @@
+"""Probes: planted answers recovered, NeuroX's ranking reproduced, regression end to end."""
+
+import numpy as np
+import pytest
+import torch
+
+from raydund.probes import analysis
+from raydund.probes.data import TaskData, control_labels, layer_masks
+from raydund.probes.model import ProbeBank
+from raydund.probes.rank import lca_ordering, probeless_ordering, top_neurons
+
+WIDTH, LAYERS = 8, 4
+
+
+def planted(T=3000, seed=0, layer=2, regression=False):
+    """Labels are a linear function of layer ``layer`` only; other layers are noise."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((T, LAYERS * WIDTH)).astype(np.float32)
+    w = rng.standard_normal((WIDTH, 3))
+    score = X[:, layer * WIDTH : (layer + 1) * WIDTH] @ w
+    labels = score[:, 0] if regression else np.array(["A", "B", "C"])[score.argmax(1)]
+    words = np.array([f"w{i}" for i in rng.integers(0, 200, T)])
+    return TaskData(X, labels, words, (WIDTH,) * LAYERS)
+
+
+def split(data, parts=(0.6, 0.2, 0.2)):
+    n = len(data.X)
+    a, b = int(parts[0] * n), int((parts[0] + parts[1]) * n)
+    take = lambda s: TaskData(data.X[s], data.labels[s], data.words[s], data.widths)  # noqa: E731
+    return take(slice(0, a)), take(slice(a, b)), take(slice(b, n))
+
+
+SETTINGS = analysis.ProbeSettings(epochs=15, lr=1e-2, batch_size=64)
+
+
+def test_planted_layer_is_found_and_others_are_not_redundant():
+    splits = analysis.make_splits(*split(planted()), "classification")
+    out = analysis.layerwise(splits, SETTINGS)
+    rows = {r["probe"]: r for r in out["rows"]}
+    assert rows["oracle"]["dev"]["accuracy"] > 0.9
+    assert rows["layer 2"]["dev"]["accuracy"] > 0.9 and rows["layer 2"]["redundant"] is not None
+    for layer in (0, 1, 3):
+        assert rows[f"layer {layer}"]["dev"]["accuracy"] < 0.6
+        assert not rows[f"layer {layer}"]["redundant"]
+    # prefixes reach the oracle once they include layer 2
+    assert rows["layers 0-1"]["dev"]["accuracy"] < 0.6 < 0.9 < rows["layers 0-2"]["dev"]["accuracy"]
+    assert set(rows["layer 2"]["dev"]["per_class"]) == {"A", "B", "C"}
+
+
+def test_bank_probes_are_independent():
+    """A probe trained in a bank equals the same probe trained alone (same seed, same batches)."""
+    data = planted(T=600)
+    y = analysis.encode(data.labels, ["A", "B", "C"])
+    masks, _ = layer_masks(data.widths)
+    bank = ProbeBank(masks[[0, 4, 2]], epochs=2, seed=3).fit(data.X, y, 3)
+    for j, i in enumerate((0, 4, 2)):
+        alone = ProbeBank(masks[i : i + 1], epochs=2, seed=3).fit(data.X, y, 3)
+        np.testing.assert_allclose(bank.coef_[j], alone.coef_[0], atol=1e-5)
+        np.testing.assert_allclose(bank.intercept_[j], alone.intercept_[0], atol=1e-5)
+    assert np.all(bank.coef_[0][~masks[0]] == 0) and np.all(bank.coef_[2][~masks[2]] == 0)
+
+
+def test_minimal_set_contains_the_three_neurons_of_the_label():
+    rng = np.random.default_rng(1)
+    T = 4000
+    X = rng.standard_normal((T, LAYERS * WIDTH)).astype(np.float32)
+    signal = X[:, 3] + X[:, 12] - X[:, 29]
+    labels = np.where(signal > 0, "pos", "neg")
+    data = TaskData(X, labels, np.array(["w"] * T), (WIDTH,) * LAYERS)
+    splits = analysis.make_splits(*split(data), "classification")
+    layer = analysis.layerwise(splits, SETTINGS)
+    ranks = analysis.rankings(splits, layer["oracle_weights"])
+    assert set(ranks["lca"][:3]) == {3, 12, 29}
+    oracle = next(r for r in layer["rows"] if r["probe"] == "oracle")["dev"]["accuracy"]
+    found = analysis.minimal_set(splits, SETTINGS, ranks["lca"], oracle, percents=[3, 7, 10, 20, 50])
+    assert found["k"] == 3 and set(found["neurons"]) == {3, 12, 29}
+
+
+def test_lca_ordering_matches_neurox():
+    neurox = pytest.importorskip("neurox.interpretation.linear_probe")
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((5, 40)) * rng.uniform(0, 3, 40)
+    probe = torch.nn.Linear(40, 5)
+    probe.weight.data = torch.from_numpy(W.astype(np.float32))
+    classes = {f"c{i}": i for i in range(5)}
+    ref_order, ref_cut = neurox.get_neuron_ordering(probe, classes, search_stride=20)
+    ours, cut = lca_ordering(W.astype(np.float32), search_stride=20)
+    assert cut == ref_cut
+    bounds = [0] + cut
+    for a, b in zip(bounds, bounds[1:]):  # the same neurons at every step (NeuroX orders a step as a set)
+        assert set(ours[a:b].tolist()) == set(int(n) for n in ref_order[a:b])
+    for share in (0.1, 0.5, 0.9):
+        assert set(top_neurons(W.astype(np.float32), share)) == set(neurox.get_top_neurons(probe, share, classes)[0])
+
+
+def test_probeless_matches_brute_force():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((300, 12))
+    y = rng.integers(0, 4, 300)
+    X[y == 2, 5] += 3
+    means = np.stack([X[y == c].mean(0) for c in range(4)])
+    brute = sum(np.abs(means[a] - means[b]) for a in range(4) for b in range(a + 1, 4))
+    order = probeless_ordering(X, y)
+    assert order[0] == 5
+    np.testing.assert_array_equal(order, np.argsort(-brute, kind="stable"))
+
+
+def test_regression_end_to_end():
+    splits = analysis.make_splits(*split(planted(regression=True)), "regression")
+    settings = analysis.ProbeSettings(task="regression", epochs=15, lr=1e-2, batch_size=64)
+    rows = {r["probe"]: r for r in analysis.layerwise(splits, settings)["rows"]}
+    assert rows["oracle"]["test"]["pearson"] > 0.95 and rows["layer 2"]["test"]["spearman"] > 0.95
+    assert abs(rows["layer 0"]["test"]["pearson"]) < 0.2
+
+
+def test_control_task_and_selectivity():
+    words = np.array(["a", "b", "a", "c", "b", "a"])
+    labels = np.array(["X", "Y", "X", "Y", "X", "Y"])
+    ctrl, vocab = control_labels(words, labels, seed=0)
+    assert len({(w, c) for w, c in zip(words, ctrl)}) == len(set(words))  # one label per word type
+    again, _ = control_labels(words, labels, seed=0)
+    assert (ctrl == again).all()
+    splits = analysis.make_splits(*split(planted(T=1500)), "classification")
+    layer = analysis.layerwise(splits, SETTINGS)
+    control = analysis.control_task(splits, SETTINGS)
+    rows = {r["probe"]: r for r in analysis.selectivity_rows(layer["rows"], control)}
+    assert rows["layer 2"]["selectivity_dev"] > rows["layer 0"]["selectivity_dev"]
