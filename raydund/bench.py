@@ -314,8 +314,9 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
     torch.set_num_threads(os.cpu_count())
     cfg = ProbeConfig(model=model, corpus=corpus, label=label)
     splits = load_splits(Lake(settings), cfg)
-    tr = splits.train
-    splits.train = TaskData(tr.X[:train_tokens], tr.labels[:train_tokens], tr.words[:train_tokens], tr.widths)
+    tr = splits.train  # the class list is made from the rows actually trained on
+    splits = analysis.make_splits(TaskData(tr.X[:train_tokens], tr.labels[:train_tokens], tr.words[:train_tokens],
+                                           tr.widths), splits.dev, splits.test, cfg.task)
     ps = cfg.settings()
 
     def ours():

@@ -1,57 +1,67 @@
-"""CoNLL-U (Universal Dependencies) with the ``conllu`` library: words, UPOS and XPOS.
+"""CoNLL-U (Universal Dependencies) through the ``conllu`` library: words, UPOS, XPOS.
 
 Multiword-token ranges (``3-4``) and empty nodes (``8.1``) are skipped: the words are
-the syntactic words with integer ids.
+the syntactic words, those with integer ids. Each sentence block is parsed on its own
+so that an error can name the line it is on.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import conllu
 import pyarrow as pa
 
-from raydund.corpora.table import sentences_table
+from raydund.corpora.table import line_blocks, sentences_table
 from raydund.errors import CorpusError
 
-
-def _blocks(path):
-    """(first line number, [(line number, text)]) per sentence block."""
-    block = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if line.strip():
-                block.append((lineno, line))
-            elif block:
-                yield block
-                block = []
-    if block:
-        yield block
+#: Fields on every CoNLL-U token line: ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC.
+NCOLS = 10
 
 
 def read_conllu(path: str | Path) -> pa.Table:
-    """Read a CoNLL-U file into a sentences table with ``upos`` and ``xpos`` columns."""
+    """Read a CoNLL-U file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.conllu`` file.
+
+    Returns
+    -------
+    pyarrow.Table
+        ``sentence_id, words, upos, xpos, lines``; an unset tag reads as ``_``.
+
+    Raises
+    ------
+    CorpusError
+        A token line without 10 tab-separated columns, a line ``conllu`` cannot parse,
+        or no sentences at all.
+    """
     words, upos, xpos, lines = [], [], [], []
-    for block in _blocks(path):
-        token_lines = [n for n, text in block if not text.startswith("#")]
-        for n, text in block:
-            if not text.startswith("#") and len(text.split("\t")) != 10:
-                raise CorpusError(path, n, f"expected 10 tab-separated columns, found {len(text.split(chr(9)))}")
-        try:
-            sentence = conllu.parse("\n".join(text for _, text in block) + "\n\n")[0]
-        except conllu.exceptions.ParseException as exc:
-            raise CorpusError(path, block[0][0], f"CoNLL-U parse error: {exc}") from None
-        w, u, x, ln = [], [], [], []
-        for token, n in zip(sentence, token_lines):
-            if not isinstance(token["id"], int):
-                continue
-            w.append(token["form"])
-            u.append(token["upos"] or "_")
-            x.append(token["xpos"] or "_")
-            ln.append(n)
-        if w:
-            words.append(w), upos.append(u), xpos.append(x), lines.append(ln)
+    for block in line_blocks(path, ("#",)):
+        kept = [(token, lineno) for token, lineno in _parse_block(path, block) if isinstance(token["id"], int)]
+        if not kept:
+            continue
+        words.append([token["form"] for token, _ in kept])
+        upos.append([token["upos"] or "_" for token, _ in kept])
+        xpos.append([token["xpos"] or "_" for token, _ in kept])
+        lines.append([lineno for _, lineno in kept])
     if not words:
         raise CorpusError(path, None, "no sentences (empty file)")
     return sentences_table(words, {"upos": upos, "xpos": xpos}, lines)
+
+
+def _parse_block(path: str | Path, block: list[tuple[int, str]]) -> list[tuple[dict, int]]:
+    """Parse one sentence's token lines; return ``(token, line number)`` pairs."""
+    for lineno, line in block:
+        found = line.count("\t") + 1
+        if found != NCOLS:
+            raise CorpusError(path, lineno, f"expected {NCOLS} tab-separated columns, found {found}")
+    text = "\n".join(line for _, line in block) + "\n\n"
+    try:
+        sentence = next(conllu.parse_incr(io.StringIO(text)))
+    except conllu.exceptions.ParseException as exc:
+        raise CorpusError(path, block[0][0], f"CoNLL-U parse error: {exc}") from None
+    return list(zip(sentence, (lineno for lineno, _ in block)))

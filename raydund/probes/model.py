@@ -1,9 +1,10 @@
 """Linear probes, many at once: a bank of probes over the same rows trained as one computation.
 
 A probe is ``softmax(X_S W + b)`` (classification) or ``X_S w + b`` (regression) on a
-subset ``S`` of the neurons. A :class:`ProbeBank` holds ``P`` probes as one weight tensor
-``W [P x N x C]`` and a 0/1 mask ``M [P x N]`` (which neurons each probe sees); a
-minibatch is one ``einsum`` for all probes. Layer probes, the oracle, the prefixes
+subset ``S`` of the neurons. A :class:`ProbeBank` holds ``P`` probes given by a 0/1 mask
+``M [P x N]`` (which neurons each probe sees); every minibatch is read once and every
+probe multiplies only its own columns (a slice when they are contiguous, as for layers
+and prefixes), so a bank costs the sum of its probes' sizes, in one backward pass. Layer probes, the oracle, the prefixes
 0..l, the top-k probes of a minimal-set search or the reduced sets of a clustering
 sweep are all just masks. Probes share nothing but the rows: each has its own
 parameters, its own penalty, and Adam is elementwise, so training them together gives
@@ -78,13 +79,13 @@ class ProbeBank:
         regression = self.task == "regression"
         C = 1 if regression else int(n_classes if n_classes is not None else int(np.max(y)) + 1)
         dev = self._device()
-        P, N = masks.shape
-        M = torch.as_tensor(masks, dtype=torch.float32, device=dev)[:, :, None]
-        W0, b0 = zip(*(init_probe(mask, C, self.seed) for mask in masks))
-        W = (torch.stack(W0).to(dev) * M).requires_grad_()
-        b = torch.stack(b0).to(dev).requires_grad_()
+        columns = [_columns(mask) for mask in masks]
+        params = []
+        for mask, cols in zip(masks, columns):
+            W0, b0 = init_probe(mask, C, self.seed)
+            params.append((W0[_as_index(cols, len(mask))].to(dev).requires_grad_(), b0.to(dev).requires_grad_()))
+        opt = torch.optim.Adam([t for pair in params for t in pair], lr=self.lr)
         gen = torch.Generator().manual_seed(self.seed)  # the batch order: the same for every probe
-        opt = torch.optim.Adam([W, b], lr=self.lr)
         Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         yt = torch.as_tensor(y, dtype=torch.float32 if regression else torch.long)
         T = len(Xt)
@@ -93,19 +94,22 @@ class ProbeBank:
             for start in range(0, T, self.batch_size):
                 idx = order[start : start + self.batch_size]
                 xb, yb = Xt[idx].to(dev), yt[idx].to(dev)
-                Wm = W * M
-                out = torch.einsum("bn,pnc->pbc", xb, Wm) + b[:, None, :]
-                if regression:
-                    loss = ((out[..., 0] - yb[None]) ** 2).mean(dim=1)
-                else:
-                    loss = torch.nn.functional.cross_entropy(
-                        out.reshape(-1, C), yb.repeat(P), reduction="none").reshape(P, -1).mean(dim=1)
-                penalty = self.l1 * Wm.abs().sum(dim=(1, 2)) + self.l2 * Wm.pow(2).sum(dim=(1, 2)).sqrt()
+                total = 0.0
+                for cols, (W, b) in zip(columns, params):  # each probe reads only its own neurons
+                    out = xb[:, cols] @ W + b
+                    if regression:
+                        loss = ((out[:, 0] - yb) ** 2).mean()
+                    else:
+                        loss = torch.nn.functional.cross_entropy(out, yb)
+                    total = total + loss + self.l1 * W.abs().sum() + self.l2 * W.pow(2).sum().sqrt()
                 opt.zero_grad(set_to_none=True)
-                (loss + penalty).sum().backward()
+                total.backward()
                 opt.step()
-        self.coef_ = (W * M).detach().cpu().numpy()
-        self.intercept_ = b.detach().cpu().numpy()
+        P, N = masks.shape
+        self.coef_ = np.zeros((P, N, C), dtype=np.float32)
+        for p, (cols, (W, _)) in enumerate(zip(columns, params)):
+            self.coef_[p, _as_index(cols, N)] = W.detach().cpu().numpy()
+        self.intercept_ = np.stack([b.detach().cpu().numpy() for _, b in params])
         self.n_classes_ = C
         return self
 
@@ -129,6 +133,18 @@ class ProbeBank:
     def score(self, X: np.ndarray, y: np.ndarray, classes: list | None = None) -> list[dict]:
         """Metrics of every probe (see :func:`metrics`)."""
         return [metrics(y, pred, self.task, classes) for pred in self.predict(X)]
+
+
+def _columns(mask: np.ndarray):
+    """The neurons a probe reads: a slice when they are contiguous (no gather), else indices."""
+    idx = np.flatnonzero(mask)
+    if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return torch.as_tensor(idx, dtype=torch.long)
+
+
+def _as_index(cols, n: int):
+    return np.arange(n)[cols] if isinstance(cols, slice) else cols.numpy()
 
 
 def init_probe(mask: np.ndarray, n_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
