@@ -51,7 +51,8 @@ def read_neurox(path: str | Path, labels_suffix: str = ".labels", label: str = "
         if not w:
             raise CorpusError(path, lineno, "empty sentence")
         if len(w) != len(t):
-            raise CorpusError(labels_path, lineno, f"{len(t)} labels for {len(w)} tokens (line {lineno} of {path.name})")
+            raise CorpusError(labels_path, lineno,
+                              f"{len(t)} labels for {len(w)} tokens (line {lineno} of {path.name})")
         words.append(w)
         labels.append(t)
         lines.append([lineno] * len(w))
