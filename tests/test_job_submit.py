@@ -75,7 +75,11 @@ def test_submitted_extract_job_writes_the_lake_and_mlflow(ray_head, settings, ti
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps(runtime_env), "--",
            "python", "jobs/extract.py", "--model", tiny_model_dir("bert"), "--corpus", "toy", "--split", "dev"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tempfile.gettempdir())
+    for _ in range(30):  # the head answers before its job agent is up: "No available agent", retry
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tempfile.gettempdir())
+        if done.returncode == 0 or "No available agent" not in done.stdout + done.stderr:
+            break
+        time.sleep(2)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout
 
