@@ -37,12 +37,18 @@ def ray_head():
     """A real Ray head on 127.0.0.1 (own temp dir and ports), stopped afterwards."""
     temp = tempfile.mkdtemp(prefix="rdh", dir="/tmp")
     gcs, dash = free_port(), free_port()
+    # every port its own: the session's local Ray (other tests) holds the default agent ports
+    own_ports = []
+    for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                 "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port",
+                 "--ray-client-server-port"):
+        own_ports += [flag, str(free_port())]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-         "--temp-dir", temp, "--disable-usage-stats"],
+         "--temp-dir", temp, "--disable-usage-stats", *own_ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
