@@ -31,8 +31,8 @@ class ProbeSettings:
     seed: int = 0
 
     def bank(self, masks: np.ndarray) -> ProbeBank:
-        return ProbeBank(masks, task=self.task, l1=self.l1, l2=self.l2, lr=self.lr,
-                         batch_size=self.batch_size, epochs=self.epochs, seed=self.seed)
+        """An untrained bank of probes with these settings (the field names are ProbeBank's)."""
+        return ProbeBank(masks, **dataclasses.asdict(self))
 
 
 @dataclasses.dataclass

@@ -69,8 +69,9 @@ class ProbeConfig:
     dev_fraction: float = 0.1
 
     def settings(self) -> analysis.ProbeSettings:
-        return analysis.ProbeSettings(task=self.task, l1=self.l1, l2=self.l2, lr=self.lr,
-                                      batch_size=self.batch_size, epochs=self.epochs, seed=self.seed)
+        """The probe hyperparameters of this config (fields of the same names)."""
+        return analysis.ProbeSettings(**{f.name: getattr(self, f.name)
+                                         for f in dataclasses.fields(analysis.ProbeSettings)})
 
 
 def split_train(data: TaskData, fraction: float, seed: int) -> tuple[TaskData, TaskData]:
