@@ -36,7 +36,6 @@ def ref_debiased(X, Y):
         np.fill_diagonal(K, 0)
         np.fill_diagonal(L, 0)
         return (np.sum(K * L) + K.sum() * L.sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * K.sum(0) @ L.sum(0)) / (n * (n - 3))
-    K, L = X @ X.T, Y @ Y.T  # unbiased HSIC is invariant to centring of features? use centred to be safe
     X, Y = X - X.mean(0), Y - Y.mean(0)
     K, L = X @ X.T, Y @ Y.T
     return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))

@@ -93,14 +93,6 @@ def plan_windows(token_counts: np.ndarray, max_tokens: int) -> tuple[list[tuple[
     return windows, owner
 
 
-def gather_index(first: np.ndarray, last: np.ndarray, aggregation: str) -> np.ndarray:
-    """Token position that represents each word for ``first``/``last``; -1 if dropped."""
-    if aggregation == "first":
-        return first
-    if aggregation == "last":
-        return last
-    raise ValueError(f"gather_index handles first/last, not {aggregation!r}")
-
 
 def check_aggregation(aggregation: str) -> str:
     """Validate an aggregation name."""

@@ -65,21 +65,12 @@ class Moments:
         """Column where each layer starts (length L + 1)."""
         return np.concatenate([[0], np.cumsum(self.widths)]).astype(np.int64)
 
-    def layer_slice(self, layer: int) -> slice:
-        """Columns of one layer."""
-        off = self.offsets
-        return slice(int(off[layer]), int(off[layer + 1]))
-
     @classmethod
     def empty(cls, widths, shift) -> "Moments":
         """A zero state for layers of the given widths and a shared shift."""
         return cls(widths=tuple(int(w) for w in widths), shift=shift)
 
     # -- accumulation -----------------------------------------------------------------
-    def centred(self, Z: np.ndarray) -> np.ndarray:
-        """``Z - shift`` in float64 (a new array; ``Z`` is not modified)."""
-        return np.asarray(Z, dtype=np.float64) - self.shift
-
     def update(self, Z: np.ndarray, blocks: list[int] | None = None, with_extras: bool = True) -> "Moments":
         """Add a chunk of rows ``Z [rows x N]``; returns ``self``.
 
