@@ -6,7 +6,7 @@ import torch
 
 from raydund.probes import analysis
 from raydund.probes.data import TaskData, control_labels, layer_masks
-from raydund.probes.model import ProbeBank
+from raydund.probes.model import ProbeBank, init_probe
 from raydund.probes.rank import lca_ordering, probeless_ordering, top_neurons
 
 WIDTH, LAYERS = 8, 4
@@ -58,6 +58,51 @@ def test_bank_probes_are_independent():
         np.testing.assert_allclose(bank.coef_[j], alone.coef_[0], atol=1e-5)
         np.testing.assert_allclose(bank.intercept_[j], alone.intercept_[0], atol=1e-5)
     assert np.all(bank.coef_[0][~masks[0]] == 0) and np.all(bank.coef_[2][~masks[2]] == 0)
+
+
+def autograd_probe(X, y, mask, n_classes, seed, epochs, lr=1e-3, batch_size=128, l1=1e-5, l2=1e-5,
+                   regression=False):
+    """One probe, NeuroX's loss built by autograd (the reference for the written-out gradients)."""
+    W0, b0 = init_probe(mask, n_classes, seed)
+    W, b = W0[mask].clone().requires_grad_(), b0.clone().requires_grad_()
+    opt = torch.optim.Adam([W, b], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    Xt, yt = torch.from_numpy(X[:, mask]), torch.as_tensor(y)
+    for _ in range(epochs):
+        order = torch.randperm(len(Xt), generator=gen)
+        for start in range(0, len(Xt), batch_size):
+            idx = order[start : start + batch_size]
+            out = Xt[idx] @ W + b
+            fit = (((out[:, 0] - yt[idx]) ** 2).mean() if regression
+                   else torch.nn.functional.cross_entropy(out, yt[idx]))
+            loss = fit + l1 * W.abs().sum() + l2 * W.pow(2).sum().sqrt()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return W.detach().numpy(), b.detach().numpy()
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_bank_matches_autograd_reference(regression):
+    """Layer, prefix and scattered top-k masks in one bank equal probes trained alone by autograd."""
+    data = planted(T=700, regression=regression)
+    y = data.labels.astype(np.float32) if regression else analysis.encode(data.labels, ["A", "B", "C"])
+    C = 1 if regression else 3
+    layers, _ = layer_masks(data.widths)
+    scattered = np.zeros((2, data.X.shape[1]), dtype=bool)
+    scattered[0, [3, 17, 30]] = True
+    scattered[1, [3, 17, 30, 9, 1]] = True
+    masks = np.concatenate([layers, scattered])
+    bank = ProbeBank(masks, task="regression" if regression else "classification", epochs=3, seed=5,
+                     lr=1e-2, batch_size=64).fit(data.X, y, C)
+    for p, mask in enumerate(masks):
+        W, b = autograd_probe(data.X, y, mask, C, seed=5, epochs=3, lr=1e-2, batch_size=64, regression=regression)
+        np.testing.assert_allclose(bank.coef_[p][mask], W, atol=2e-5)
+        np.testing.assert_allclose(bank.intercept_[p], b, atol=2e-5)
+        assert np.all(bank.coef_[p][~mask] == 0)
+    scores = bank.decision_function(data.X[:50])
+    dense = np.einsum("tn,pnc->ptc", data.X[:50], bank.coef_) + bank.intercept_[:, None, :]
+    np.testing.assert_allclose(scores, dense, atol=1e-4)
 
 
 def test_minimal_set_contains_the_three_neurons_of_the_label():

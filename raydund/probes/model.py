@@ -2,13 +2,15 @@
 
 A probe is ``softmax(X_S W + b)`` (classification) or ``X_S w + b`` (regression) on a
 subset ``S`` of the neurons. A :class:`ProbeBank` holds ``P`` probes given by a 0/1 mask
-``M [P x N]`` (which neurons each probe sees); every minibatch is read once and every
-probe multiplies only its own columns (a slice when they are contiguous, as for layers
-and prefixes), so a bank costs the sum of its probes' sizes, in one backward pass. Layer probes, the oracle, the prefixes
+``M [P x N]`` (which neurons each probe sees). Layer probes, the oracle, the prefixes
 0..l, the top-k probes of a minimal-set search or the reduced sets of a clustering
-sweep are all just masks. Probes share nothing but the rows: each has its own
-parameters, its own penalty, and Adam is elementwise, so training them together gives
-what training them one by one (same seed, same batches) would.
+sweep are all just masks. A :class:`Plan` cuts the neurons into blocks read by the same
+probes (the layers, for a layer-wise bank), so every minibatch is read once and a step
+is one dense product per block forward and one backward: a bank costs the sum of its
+probes' sizes. The gradients are written out, not built by autograd. Probes share
+nothing but the rows: each has its own parameters, its own penalty, and Adam is
+elementwise, so training them together gives what training them one by one (same seed,
+same batches) would.
 
 The loss follows NeuroX's "ElasticNet" (the paper's settings): mean cross-entropy (or
 MSE) + ``l1 * sum|W|`` + ``l2 * ||W||_2`` (the norm, not its square; weights only).
@@ -79,50 +81,63 @@ class ProbeBank:
         regression = self.task == "regression"
         C = 1 if regression else int(n_classes if n_classes is not None else int(np.max(y)) + 1)
         dev = self._device()
-        columns = [_columns(mask) for mask in masks]
-        params = []
-        for mask, cols in zip(masks, columns):
-            W0, b0 = init_probe(mask, C, self.seed)
-            params.append((W0[_as_index(cols, len(mask))].to(dev).requires_grad_(), b0.to(dev).requires_grad_()))
-        opt = torch.optim.Adam([t for pair in params for t in pair], lr=self.lr)
+        plan = Plan.of(masks, dev)
+        init = [init_probe(mask, C, self.seed) for mask in masks]
+        weights = [torch.stack([init[p][0][cols] for p in probes.tolist()], dim=1).to(dev)  # [n x p x C]
+                   for cols, probes in zip(plan.columns, plan.probes)]
+        bias = torch.stack([b for _, b in init]).to(dev)  # [P x C]
+        opt = torch.optim.Adam([*weights, bias], lr=self.lr)
         gen = torch.Generator().manual_seed(self.seed)  # the batch order: the same for every probe
         Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         yt = torch.as_tensor(y, dtype=torch.float32 if regression else torch.long)
         T = len(Xt)
-        for _ in range(self.epochs):
-            order = torch.randperm(T, generator=gen)
-            for start in range(0, T, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                xb, yb = Xt[idx].to(dev), yt[idx].to(dev)
-                total = 0.0
-                for cols, (W, b) in zip(columns, params):  # each probe reads only its own neurons
-                    out = xb[:, cols] @ W + b
-                    if regression:
-                        loss = ((out[:, 0] - yb) ** 2).mean()
-                    else:
-                        loss = torch.nn.functional.cross_entropy(out, yb)
-                    total = total + loss + self.l1 * W.abs().sum() + self.l2 * W.pow(2).sum().sqrt()
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
+        with torch.no_grad():
+            for _ in range(self.epochs):
+                order = torch.randperm(T, generator=gen)
+                for start in range(0, T, self.batch_size):
+                    idx = order[start : start + self.batch_size]
+                    B = len(idx)
+                    xb = plan.columns_of(Xt[idx]).to(dev)
+                    yb = yt[idx].to(dev)
+                    out = plan.scores(xb, weights, bias)  # [B x P x C]
+                    if regression:  # d/d out of mean (out - y)^2
+                        grad = (out - yb[:, None, None]) * (2.0 / B)
+                    else:  # d/d logits of mean cross-entropy
+                        grad = torch.softmax(out, dim=2)
+                        grad[torch.arange(B, device=dev), :, yb] -= 1.0
+                        grad /= B
+                    scale = self.l2 / plan.norms(weights).clamp_min(1e-12)  # d ||W_p||_2 = W_p / ||W_p||_2
+                    for W, sl, probes in zip(weights, plan.slices, plan.probes):
+                        n, p, _ = W.shape
+                        g = (xb[:, sl].T @ grad[:, probes].reshape(B, p * C)).view(n, p, C)
+                        g.add_(torch.sign(W), alpha=self.l1).addcmul_(W, scale[probes][None, :, None])
+                        W.grad = g
+                    bias.grad = grad.sum(0)
+                    opt.step()
         P, N = masks.shape
         self.coef_ = np.zeros((P, N, C), dtype=np.float32)
-        for p, (cols, (W, _)) in enumerate(zip(columns, params)):
-            self.coef_[p, _as_index(cols, N)] = W.detach().cpu().numpy()
-        self.intercept_ = np.stack([b.detach().cpu().numpy() for _, b in params])
+        for W, cols, probes in zip(weights, plan.columns, plan.probes):
+            self.coef_[np.ix_(probes.cpu().numpy(), cols)] = W.cpu().numpy().transpose(1, 0, 2)
+        self.intercept_ = bias.cpu().numpy()
         self.n_classes_ = C
         return self
 
     def decision_function(self, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
-        """``[P x T x C]`` scores (logits, or the regression value in ``[..., 0]``)."""
+        """``[P x T x C]`` scores (logits, or the regression value in ``[..., 0]``).
+
+        Each probe multiplies only its own neurons (the same blocks as in training).
+        """
         dev = self._device()
-        W = torch.from_numpy(self.coef_).to(dev)
-        b = torch.from_numpy(self.intercept_).to(dev)
+        plan = Plan.of(np.asarray(self.masks, dtype=bool), dev)
+        coef = torch.from_numpy(self.coef_)
+        weights = [coef[probes.cpu()][:, cols].transpose(0, 1).contiguous().to(dev)
+                   for cols, probes in zip(plan.columns, plan.probes)]
+        bias = torch.from_numpy(self.intercept_).to(dev)
         out = []
         with torch.inference_mode():
             for start in range(0, len(X), chunk):
-                xb = torch.from_numpy(np.ascontiguousarray(X[start : start + chunk], dtype=np.float32)).to(dev)
-                out.append((torch.einsum("bn,pnc->pbc", xb, W) + b[:, None, :]).cpu().numpy())
+                xb = torch.from_numpy(np.ascontiguousarray(X[start : start + chunk], dtype=np.float32))
+                out.append(plan.scores(plan.columns_of(xb).to(dev), weights, bias).transpose(0, 1).cpu().numpy())
         return np.concatenate(out, axis=1)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -135,16 +150,65 @@ class ProbeBank:
         return [metrics(y, pred, self.task, classes) for pred in self.predict(X)]
 
 
-def _columns(mask: np.ndarray):
-    """The neurons a probe reads: a slice when they are contiguous (no gather), else indices."""
-    idx = np.flatnonzero(mask)
-    if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
-        return slice(int(idx[0]), int(idx[-1]) + 1)
-    return torch.as_tensor(idx, dtype=torch.long)
+@dataclasses.dataclass
+class Plan:
+    """How a bank's masks become a few dense products.
 
+    The neurons are cut into blocks, each read by a set of probes; a block's weights are
+    one ``[n x p x C]`` tensor, so a step costs one product per block and the sum of the
+    probes' sizes in all. Blocks are the groups of neurons read by the same probes (the
+    layers of a layer/prefix/oracle bank, the steps between two k of a top-k bank), or
+    one block per probe where that gives fewer. ``colmap`` orders a batch's columns so
+    that every block is a slice (``None`` when they already are).
+    """
 
-def _as_index(cols, n: int):
-    return np.arange(n)[cols] if isinstance(cols, slice) else cols.numpy()
+    columns: list[np.ndarray]  # the neurons of each block
+    probes: list[torch.Tensor]  # the probes reading each block (on the bank's device)
+    slices: list[slice]  # each block's columns in a batch after ``colmap``
+    colmap: torch.Tensor | None
+    n_probes: int
+
+    @classmethod
+    def of(cls, masks: np.ndarray, device: torch.device | str = "cpu") -> "Plan":
+        P, N = masks.shape
+        patterns, group = np.unique(np.packbits(masks.T, axis=1), axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        columns, probes = [], []
+        for g, pattern in enumerate(patterns):
+            readers = np.flatnonzero(np.unpackbits(pattern)[:P])
+            if len(readers):
+                columns.append(np.flatnonzero(group == g))
+                probes.append(readers)
+        if len(columns) > P:  # scattered masks: one block per probe makes fewer products
+            columns = [np.flatnonzero(m) for m in masks if m.any()]
+            probes = [np.array([p]) for p in range(P) if masks[p].any()]
+        order = np.argsort([c[0] for c in columns], kind="stable")
+        columns = [columns[i] for i in order]
+        probes = [torch.as_tensor(probes[i], dtype=torch.long, device=device) for i in order]
+        colmap = np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)
+        bounds = np.cumsum([0] + [len(c) for c in columns])
+        slices = [slice(int(a), int(b)) for a, b in zip(bounds, bounds[1:])]
+        identity = len(colmap) == N and np.array_equal(colmap, np.arange(N))
+        return cls(columns, probes, slices, None if identity else torch.as_tensor(colmap), P)
+
+    def columns_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """A batch's columns in block order (the batch itself when no reordering is needed)."""
+        return rows if self.colmap is None else rows[:, self.colmap]
+
+    def scores(self, xb: torch.Tensor, weights: list[torch.Tensor], bias: torch.Tensor) -> torch.Tensor:
+        """``[B x P x C]`` scores of every probe on a batch in block order."""
+        out = bias.expand(len(xb), *bias.shape).clone()
+        for W, sl, probes in zip(weights, self.slices, self.probes):
+            n, p, C = W.shape
+            out.index_add_(1, probes, (xb[:, sl] @ W.view(n, p * C)).view(len(xb), p, C))
+        return out
+
+    def norms(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        """``[P]`` the Frobenius norm of each probe's weights over all its blocks."""
+        sq = torch.zeros(self.n_probes, dtype=weights[0].dtype, device=weights[0].device)
+        for W, probes in zip(weights, self.probes):
+            sq.index_add_(0, probes, W.pow(2).sum(dim=(0, 2)))
+        return sq.sqrt()
 
 
 def init_probe(mask: np.ndarray, n_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
