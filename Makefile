@@ -31,13 +31,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps neurox==1.0.9 imbalanced-learn sklearn-compat
 	touch $@
 
+# headless Chromium for the report and browser tests (Debian's package; needs root or sudo)
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 demo: setup
 	$(BIN)/raydund demo
 
-test: setup
+test: setup $(CHROMIUM)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
 
-test-fast: setup
+test-fast: setup $(CHROMIUM)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "not slow and not cluster"
 
 bench: setup

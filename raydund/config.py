@@ -11,6 +11,7 @@ Embedded defaults (a laptop) all live under one home folder::
       mlflow.db              MLflow tracking store (SQLite)
       mlartifacts/           MLflow artifacts
       downloads/             corpora fetched from their public URLs
+      reports/<model>__<corpus>/  HTML report and neuron browser
 
 On a cluster the same names are pointed elsewhere by environment variables
 (see ``Settings.from_env``); no code changes.
@@ -101,6 +102,10 @@ class Settings:
             if uri.startswith("file://"):
                 Path(uri[len("file://"):]).mkdir(parents=True, exist_ok=True)
         return self
+
+    def report_dir(self, model: str, corpus: str) -> Path:
+        """Where the HTML report and the neuron browser of one (model, corpus) are written."""
+        return self.home / "reports" / f"{model}__{corpus}"
 
     def env_vars(self) -> dict[str, str]:
         """The environment a Ray job or worker needs to see the same locations."""
