@@ -28,6 +28,7 @@ from raydund.report import figures
 log = logging.getLogger(__name__)
 
 PROBE_RESULTS = "probe_results"
+NEURON_RANKINGS = "neuron_rankings"
 
 
 @dataclasses.dataclass
@@ -152,6 +153,10 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
                             {"model": cfg.model, "corpus": cfg.corpus, "task": cfg.label, "unit": cfg.unit},
                             {"mlflow.run_id": parent.info.run_id})
         mlflow.set_tag("iceberg.snapshot_id.probe_results", str(snap))
+        snap_r = lake.replace(NEURON_RANKINGS, rankings_table(cfg, ranks, splits.train.widths), ("model", "corpus"),
+                              {"model": cfg.model, "corpus": cfg.corpus, "task": cfg.label, "unit": cfg.unit},
+                              {"mlflow.run_id": parent.info.run_id})
+        mlflow.set_tag("iceberg.snapshot_id.neuron_rankings", str(snap_r))
     results["run_id"] = parent.info.run_id
     return results
 
@@ -233,3 +238,24 @@ def results_table(cfg: ProbeConfig, results: dict) -> pa.Table:
         "k": pa.array(cols[3], pa.int32()), "threshold": pa.array(cols[4], pa.float64()),
         "split": list(cols[5]), "metric": list(cols[6]), "value": pa.array(cols[7], pa.float64()),
     })
+
+
+def rankings_table(cfg: ProbeConfig, ranks: dict, widths: tuple[int, ...]) -> pa.Table:
+    """One row per (ranker, ranked neuron): ``task, ranker, rank`` (1 = most important), ``layer, neuron``.
+
+    ``ranks`` maps a ranker name to an ordering of positions on the stacked neuron axis
+    (entries that are not orderings, such as ``lca_cutoffs``, are skipped).
+    """
+    layer_of = np.repeat(np.arange(len(widths)), widths).astype(np.int32)
+    within = np.concatenate([np.arange(w) for w in widths]).astype(np.int32)
+    parts = []
+    for ranker, ordering in ranks.items():
+        if not isinstance(ordering, np.ndarray):
+            continue
+        n = len(ordering)
+        parts.append(pa.table({
+            "model": [cfg.model] * n, "corpus": [cfg.corpus] * n, "task": [cfg.label] * n, "unit": [cfg.unit] * n,
+            "ranker": [ranker] * n, "rank": pa.array(np.arange(1, n + 1, dtype=np.int32)),
+            "layer": pa.array(layer_of[ordering]), "neuron": pa.array(within[ordering]),
+        }))
+    return pa.concat_tables(parts)
