@@ -469,6 +469,163 @@ def sentence_activations(lake: Lake, where: Slice, sentences: Sequence[int],
     return words, values
 
 
+# -- the browser ------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class BrowserConfig:
+    """What the neuron browser exports (bounded, so the page stays small).
+
+    Attributes
+    ----------
+    top_k : int
+        Top words kept per neuron.
+    min_count, min_score : int, float
+        Thresholds of :func:`select_top` (a type must be seen ``min_count`` times).
+    sentences : int
+        Sample sentences (seeded) with ``min_words..max_words`` words for the heatmaps.
+    correlated : int
+        Most correlated neurons listed per neuron.
+    threshold : float
+        Clustering threshold selected when the page opens.
+    """
+
+    top_k: int = 10
+    min_count: int = 5
+    min_score: float = MIN_SCORE
+    sentences: int = 3
+    min_words: int = 5
+    max_words: int = 25
+    correlated: int = 8
+    threshold: float = 0.3
+    seed: int = 0
+
+
+def _top_lists(X: np.ndarray, words: Sequence[str], cfg: BrowserConfig, vocab: dict[str, int]) -> list[list]:
+    types, counts, means, scores = type_statistics(X, words)
+    out = []
+    for j, best in enumerate(top_types(scores, counts, cfg.top_k, cfg.min_count, cfg.min_score)):
+        out.append([[vocab.setdefault(str(types[t]), len(vocab)), round(float(scores[t, j]), 3),
+                     round(float(means[t, j]), 3), int(counts[t])] for t in best])
+    return out
+
+
+def _heat(values: np.ndarray) -> tuple[list[list[int]], list[float]]:
+    """``[neurons x words]`` -> ints in -99..99 scaled by each neuron's peak |value|, and the peaks."""
+    peak = np.abs(values).max(axis=1)
+    q = np.rint(99 * values / np.where(peak > 0, peak, 1.0)[:, None]).astype(int)
+    return q.tolist(), [float(f"{p:.4g}") for p in peak]
+
+
+def _cluster_export(lake: Lake, where: Slice, N: int, cfg: BrowserConfig) -> dict:
+    try:
+        rows = _cluster_rows(lake, where, None, None).select("threshold", "position", "cluster_id", "kept").collect()
+    except UserError as exc:
+        log.info("browser without clusters: %s", exc)
+        return {"thresholds": [], "clusters": [], "kept": [], "default_threshold": 0}
+    ts = sorted(rows["threshold"].unique().to_list())
+    clusters, kept = [], []
+    for t in ts:
+        part = rows.filter(pl.col("threshold") == t)
+        ids, flags = np.zeros(N, dtype=int), np.zeros(N, dtype=int)
+        ids[part["position"].to_numpy()] = part["cluster_id"].to_numpy()
+        flags[part["position"].to_numpy()] = part["kept"].cast(pl.Int8).to_numpy()
+        clusters.append(ids.tolist())
+        kept.append("".join(map(str, flags)))
+    default = int(np.argmin([abs(t - cfg.threshold) for t in ts]))
+    return {"thresholds": [round(float(t), 6) for t in ts], "clusters": clusters, "kept": kept,
+            "default_threshold": default}
+
+
+def _correlated(lake: Lake, where: Slice, N: int, k: int) -> list[list]:
+    if f"raydund.{CORRELATION}" not in lake.table_names() or k <= 0:
+        return []
+    frame = (lake.scan(CORRELATION).filter(where.where() & (pl.col("variant") == "all"))
+             .select("position", "r").sort("position").collect())
+    if frame.height != N:
+        return []
+    out = []
+    for p, row in zip(frame["position"].to_list(), frame["r"].to_list()):
+        r = np.nan_to_num(np.asarray(row, dtype=np.float64))
+        r[p] = 0.0
+        best = np.argsort(-np.abs(r), kind="stable")[:k]
+        out.append([[int(b), round(float(r[b]), 3)] for b in best if r[b] != 0])
+    return out
+
+
+def _rank_export(lake: Lake, where: Slice, offsets: np.ndarray, N: int) -> list[dict]:
+    ranks = rankings(lake, where.model, where.corpus, where.unit).collect()
+    out = []
+    for (task, ranker), part in ranks.group_by("task", "ranker", maintain_order=True):
+        by_position = np.zeros(N, dtype=int)
+        by_position[offsets[part["layer"].to_numpy()] + part["neuron"].to_numpy()] = part["rank"].to_numpy()
+        out.append({"task": task, "ranker": ranker, "ranked": part.height, "rank": by_position.tolist()})
+    return sorted(out, key=lambda d: (d["task"], d["ranker"]))
+
+
+def browser_data(lake: Lake, model: str, corpus: str, split: str = "dev", unit: str = "word",
+                 cfg: BrowserConfig | None = None) -> dict:
+    """Everything the neuron browser shows, for every neuron of every layer (layout: ``raydund.report.browser``)."""
+    cfg = cfg or BrowserConfig()
+    where = Slice(model, corpus, split, unit)
+    layers = layers_of(lake, where)
+    sample = sample_sentences(lake, where, cfg.sentences, cfg.min_words, cfg.max_words, cfg.seed)
+    vocab: dict[str, int] = {}
+    top, widths = [], []
+    heat = {sid: ([], [], None) for sid in sample}
+    for layer in layers:
+        X, keys = lake.layer_matrix(model, corpus, split, layer, unit)
+        words = keys.column("word").to_pylist()
+        top.append(_top_lists(X, words, cfg, vocab))
+        widths.append(int(X.shape[1]))
+        sids = keys.column("sentence_id").to_numpy()
+        for sid in sample:
+            rows = np.flatnonzero(sids == sid)
+            q, peak = _heat(X[rows].T.astype(np.float64))
+            heat[sid][0].append(q)
+            heat[sid][1].append(peak)
+            if heat[sid][2] is None:
+                heat[sid] = (heat[sid][0], heat[sid][1], [w if w is not None else "" for w in np.asarray(words)[rows]])
+        log.info("browser: layer %d exported", layer)
+    offsets = np.concatenate([[0], np.cumsum(widths)])
+    N = int(offsets[-1])
+    return {
+        "model": model, "corpus": corpus, "split": split, "unit": unit, "widths": widths,
+        "min_count": cfg.min_count, "top_k": cfg.top_k, "vocab": sorted(vocab, key=vocab.get), "top": top,
+        "sentences": [{"id": int(sid), "words": heat[sid][2], "heat": heat[sid][0], "peak": heat[sid][1]}
+                      for sid in sample],
+        **_cluster_export(lake, where, N, cfg),
+        "correlated": _correlated(lake, where, N, cfg.correlated),
+        "rankings": _rank_export(lake, where, offsets, N),
+    }
+
+
+def build_browser(settings, model: str, corpus: str, split: str = "dev", unit: str = "word",
+                  cfg: BrowserConfig | None = None, track: bool = True):
+    """Write the neuron browser to ``report_dir(model, corpus)/browser/index.html``; log it to MLflow.
+
+    Returns
+    -------
+    pathlib.Path
+        The page.
+    """
+    from raydund import tracking  # noqa: PLC0415
+    from raydund.report import browser  # noqa: PLC0415
+
+    cfg = cfg or BrowserConfig()
+    lake = Lake(settings)
+    data = browser_data(lake, model, corpus, split, unit, cfg)
+    page = browser.write(data, settings.report_dir(model, corpus) / "browser")
+    log.info("neuron browser written to %s (%.1f MB)", page, page.stat().st_size / 1e6)
+    if track:
+        params = {**dataclasses.asdict(cfg), "model": model, "corpus": corpus, "split": split, "unit": unit,
+                  "activations_snapshot_id": lake.activations().current_snapshot().snapshot_id}
+        with tracking.job_run(settings, tracking.experiment_name(model, corpus), f"neuron browser {split}", params,
+                              tags={"raydund.stage": "browser"}):
+            mlflow = tracking.configure(settings)
+            mlflow.log_metrics({"neurons": sum(data["widths"]), "page_bytes": page.stat().st_size})
+            mlflow.log_artifacts(str(page.parent), artifact_path="browser")
+    return page
+
+
 def parse_neuron(text: str) -> tuple[int, int]:
     """``"3:42"`` -> ``(3, 42)``."""
     try:
@@ -479,7 +636,7 @@ def parse_neuron(text: str) -> tuple[int, int]:
 
 
 __all__ = [
-    "ClusterView", "MIN_SCORE", "Slice", "class_mean_differences", "cluster_of", "correlations", "label_neurons",
+    "BrowserConfig", "ClusterView", "browser_data", "build_browser", "MIN_SCORE", "Slice", "class_mean_differences", "cluster_of", "correlations", "label_neurons",
     "layer_width", "layers_of", "neuron_columns", "neuron_labels", "neuron_ranks", "parse_neuron", "partitions",
     "rankings", "sample_sentences", "select_top", "sentence_activations", "task_top_neurons", "thresholds",
     "token_labels", "top_types", "top_words", "type_statistics", "word_scores",
