@@ -180,6 +180,70 @@ def cmd_bench(args) -> None:
                   neurox_limit=args.neurox_limit, batch_size=args.batch_size, out=args.out)
 
 
+def cmd_explore(args) -> None:
+    import polars as pl  # noqa: PLC0415
+
+    from raydund import explore as ex  # noqa: PLC0415
+    from raydund.lake import Lake  # noqa: PLC0415
+
+    settings = _settings()
+    lake = Lake(settings)
+    where = ex.Slice(args.model, args.corpus, args.split, args.unit)
+    with pl.Config(tbl_rows=100, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
+        if args.explore == "top-words":
+            print(ex.top_words(lake, args.model, args.corpus, args.layer, args.neuron, split=args.split, unit=args.unit,
+                               top_k=args.top_k, min_count=args.min_count, min_score=args.min_score, sort=args.sort))
+        elif args.explore == "label-neurons":
+            print(ex.label_neurons(lake, args.model, args.corpus, args.label, args.value, split=args.split,
+                                   unit=args.unit, layers=args.layer, top_k=args.top_k, absolute=args.absolute))
+        elif args.explore == "neuron-labels":
+            print(ex.neuron_labels(lake, args.model, args.corpus, args.label, args.layer, args.neuron, split=args.split,
+                                   unit=args.unit, top_k=args.top_k, min_count=args.min_count))
+        elif args.explore == "cluster":
+            view = ex.cluster_of(lake, args.model, args.corpus, args.layer, args.neuron, args.threshold,
+                                 split=args.split, unit=args.unit, representative=args.representative, seed=args.seed)
+            print(f"L{view.layer} n{view.neuron}: cluster {view.cluster_id} at threshold {view.threshold:g}, "
+                  f"{view.members.height} member(s)")
+            print(view.members)
+            print("task rankings:" if view.ranks.height else "task rankings: none stored (run `raydund probe`)")
+            if view.ranks.height:
+                print(view.ranks)
+        elif args.explore == "heatmap":
+            from raydund.report import heatmap  # noqa: PLC0415
+
+            if args.cluster:
+                layer, neuron = ex.parse_neuron(args.cluster)
+                view = ex.cluster_of(lake, args.model, args.corpus, layer, neuron, args.threshold, split=args.split,
+                                     unit=args.unit)
+                neurons = list(zip(view.members["layer"].to_list(), view.members["neuron"].to_list()))
+                what = f"cluster of L{layer} n{neuron} at threshold {args.threshold:g}"
+            elif args.task:
+                neurons = ex.task_top_neurons(lake, args.model, args.corpus, args.task, args.ranker, args.top_k,
+                                              args.unit)
+                what = f"top {len(neurons)} {args.ranker} neurons of {args.task}"
+            elif args.neuron:
+                neurons = [ex.parse_neuron(n) for n in args.neuron]
+                what = ", ".join(f"L{l} n{n}" for l, n in neurons)
+            else:
+                raise UserError("choose neurons: --neuron L:N (repeatable), --cluster L:N or --task TASK")
+            sentences = args.sentence or ex.sample_sentences(lake, where, args.sentences, seed=args.seed)
+            words, values = ex.sentence_activations(lake, where, sentences, neurons)
+            fig = heatmap.activation_heatmap(words, values, [f"L{l} n{n}" for l, n in neurons],
+                                             title=f"{args.model}, {args.corpus}/{args.split}: {what}",
+                                             line_chars=args.line_chars, scale=args.scale,
+                                             sentence_titles=[f"sentence {s}" for s in sentences])
+            stem = args.out or settings.report_dir(args.model, args.corpus) / "heatmaps" / "heatmap"
+            for path in heatmap.save(fig, stem):
+                print(path)
+            heatmap.close(fig)
+        elif args.explore == "browser":
+            cfg = ex.BrowserConfig(top_k=args.top_k, min_count=args.min_count, sentences=args.sentences,
+                                   threshold=args.threshold, seed=args.seed)
+            page = ex.build_browser(settings, args.model, args.corpus, args.split, args.unit, cfg,
+                                    track=not args.no_track)
+            print(f"neuron browser: {page}")
+
+
 # -- parser ---------------------------------------------------------------------------
 def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``raydund extract`` (also used by ``jobs/extract.py``)."""
@@ -261,6 +325,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-control", action="store_true", help="skip the control task")
     p.add_argument("--cluster-split", default=None, help="also score the clustering sweep of this split")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("explore", help="look at neurons: top words, labels, clusters, heatmaps, an HTML browser")
+    explore = p.add_subparsers(dest="explore", required=True, metavar="WHAT")
+
+    def explore_parser(name, help_text, neuron=False):
+        e = explore.add_parser(name, help=help_text)
+        _add_target(e)
+        e.add_argument("--split", default="dev", help="split of the activations (default: dev)")
+        if neuron:
+            e.add_argument("--layer", type=int, required=True, help="layer (0 = embeddings)")
+            e.add_argument("--neuron", type=int, required=True, help="neuron index within the layer")
+        e.set_defaults(func=cmd_explore)
+        return e
+
+    e = explore_parser("top-words", "word types a neuron responds to (NeuroX get_top_words scores)", neuron=True)
+    e.add_argument("--top-k", type=int, default=10, help="types shown (0: all)")
+    e.add_argument("--min-count", type=int, default=1, help="only types seen at least this often")
+    e.add_argument("--min-score", type=float, default=0.1, help="drop types scoring at most this (NeuroX: 0.1)")
+    e.add_argument("--sort", choices=["score", "high", "low"], default="score",
+                   help="score: mean |z| (NeuroX); high/low: highest/lowest mean activation")
+    e = explore_parser("label-neurons", "neurons most associated with a label value (class-mean difference)")
+    e.add_argument("--label", required=True, help="corpus label column (pos, chunk, ...)")
+    e.add_argument("--value", required=True, help="label value (e.g. NN)")
+    e.add_argument("--layer", type=int, action="append", help="only this layer (repeatable; default: all)")
+    e.add_argument("--top-k", type=int, default=10, help="neurons shown (0: all)")
+    e.add_argument("--absolute", action="store_true", help="rank by |score| (negative association too)")
+    e = explore_parser("neuron-labels", "label values most associated with a neuron", neuron=True)
+    e.add_argument("--label", required=True, help="corpus label column (pos, chunk, ...)")
+    e.add_argument("--top-k", type=int, default=10, help="values shown (0: all)")
+    e.add_argument("--min-count", type=int, default=1, help="only values seen at least this often")
+    e = explore_parser("cluster", "a neuron's correlation cluster: members, layers, r, task ranks", neuron=True)
+    e.add_argument("--threshold", type=float, default=0.3, help="clustering threshold (default 0.3)")
+    e.add_argument("--representative", choices=["random", "central"], default=None,
+                   help="which stored sweep (default: the first stored)")
+    e.add_argument("--seed", type=int, default=None, help="seed of the stored sweep")
+    e = explore_parser("heatmap", "activations of neurons over sentences as a picture (SVG + PNG)")
+    e.add_argument("--neuron", action="append", metavar="L:N", help="a neuron as LAYER:INDEX (repeatable)")
+    e.add_argument("--cluster", metavar="L:N", help="the members of this neuron's cluster (see --threshold)")
+    e.add_argument("--threshold", type=float, default=0.3, help="clustering threshold for --cluster")
+    e.add_argument("--task", help="the top-k neurons of this task's ranking (`raydund probe` first)")
+    e.add_argument("--ranker", default="lca", help="ranking for --task: lca or probeless")
+    e.add_argument("--top-k", type=int, default=5, help="neurons for --task")
+    e.add_argument("--sentence", type=int, action="append", help="sentence id (repeatable; default: a sample)")
+    e.add_argument("--sentences", type=int, default=2, help="sampled sentences when --sentence is not given")
+    e.add_argument("--seed", type=int, default=0, help="seed of the sentence sample")
+    e.add_argument("--line-chars", type=int, default=90, help="wrap sentences at this many characters")
+    e.add_argument("--scale", choices=["neuron", "global"], default="neuron",
+                   help="colour scale per neuron (default) or one for all")
+    e.add_argument("--out", default=None, help="output path without suffix (default: the report folder)")
+    e = explore_parser("browser", "write the static HTML neuron browser of a (model, corpus) and log it to MLflow")
+    e.add_argument("--top-k", type=int, default=10, help="top words exported per neuron")
+    e.add_argument("--min-count", type=int, default=5, help="top words seen at least this often")
+    e.add_argument("--sentences", type=int, default=3, help="sample sentences for the heatmaps")
+    e.add_argument("--threshold", type=float, default=0.3, help="clustering threshold selected on opening")
+    e.add_argument("--seed", type=int, default=0, help="seed of the sentence sample")
+    e.add_argument("--no-track", action="store_true", help="do not log the page to MLflow")
 
     p = sub.add_parser("tables", help="list lake tables (rows, files, snapshot)")
     p.add_argument("--partitions", action="store_true", help="also rows per activation partition")
