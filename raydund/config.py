@@ -20,7 +20,9 @@ On a cluster the same names are pointed elsewhere by environment variables
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -29,6 +31,55 @@ from raydund.errors import UserError
 
 #: The repository's ``catalog/`` folder: corpus and model declarations.
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "catalog"
+
+
+#: ``scheme://user:password@host``: the password part of a URI.
+_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<password>[^@/\s]+)@")
+
+
+def redact_uri(value: str) -> str:
+    """``value`` with any password embedded in a URI replaced by ``***`` (for logs and MLflow)."""
+    return _URI_PASSWORD.sub(lambda m: f"{m.group('head')}:***@", value)
+
+
+def uri_has_password(value: str) -> bool:
+    """Whether a URI carries an inline password (``postgresql://user:secret@host/db``)."""
+    return bool(_URI_PASSWORD.search(value))
+
+
+def check_unit_interval(name: str, value: float) -> float:
+    """A share or threshold must lie in [0, 1]; one clear line otherwise.
+
+    Parameters
+    ----------
+    name : str
+        The option, as the user typed it (``--thresholds``).
+    value : float
+        Its value.
+
+    Raises
+    ------
+    UserError
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if math.isnan(number) or not 0.0 <= number <= 1.0:
+        raise UserError(f"{name} must lie in [0, 1], got {value!r}")
+    return number
+
+
+def check_layer(layer: int, num_layers: int, what: str = "the model") -> int:
+    """A layer index must exist: 0 (embeddings) .. ``num_layers - 1``.
+
+    Raises
+    ------
+    UserError
+    """
+    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < num_layers:
+        raise UserError(f"layer {layer!r} does not exist in {what} (layers 0..{num_layers - 1})")
+    return layer
 
 
 def _abs_path(value: str) -> Path:

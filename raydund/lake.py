@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import re
+import time
 import warnings
 from functools import cached_property
 
@@ -33,7 +36,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException, NoSuchTableError
 from pyiceberg.expressions import And, EqualTo, In
 
 from raydund.config import Settings
@@ -75,9 +78,99 @@ TABLE_PROPERTIES = {
 }
 
 
+#: Names that become table names, partition values or run names: no path separators, no "..".
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Iceberg table names under the ``raydund`` namespace.
+TABLE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,127}$")
+
+#: Attempts of one commit that loses an optimistic-concurrency race (or meets a locked SQLite catalog).
+COMMIT_ATTEMPTS = 12
+
+
+def check_name(kind: str, value: str) -> str:
+    """Refuse a model, corpus or run name that could escape the warehouse folder.
+
+    Parameters
+    ----------
+    kind : str
+        What the name is (for the message): ``"model"``, ``"corpus"``, ...
+    value : str
+        The name.
+
+    Returns
+    -------
+    str
+        ``value`` unchanged.
+
+    Raises
+    ------
+    UserError
+        When the name holds a path separator, ``..``, or characters outside
+        ``[A-Za-z0-9_.-]`` (at most 128).
+    """
+    if not isinstance(value, str) or not NAME_PATTERN.match(value) or ".." in value:
+        raise UserError(f"invalid {kind} name {value!r}: use letters, digits, '_', '-' and '.' "
+                        "(no path separators, no '..', at most 128 characters)")
+    return value
+
+
+def table_identifier(name: str) -> str:
+    """``raydund.<name>`` for a valid table name (a bare name or already namespaced)."""
+    namespace, _, table = name.rpartition(".")
+    if namespace not in ("", NAMESPACE) or not TABLE_PATTERN.match(table):
+        raise UserError(f"invalid table name {name!r}: tables are {NAMESPACE}.<lowercase letters, digits, '_'>")
+    return f"{NAMESPACE}.{table}"
+
+
 def corpus_table_name(corpus: str) -> str:
     """Iceberg identifier of a corpus table."""
-    return f"{NAMESPACE}.corpus_{corpus.replace('-', '_').lower()}"
+    check_name("corpus", corpus)
+    return table_identifier(f"corpus_{corpus.replace('-', '_').replace('.', '_').lower()}")
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A lost optimistic-concurrency race, or SQLite busy with another writer."""
+    if isinstance(exc, CommitFailedException):
+        return True
+    text = str(exc).lower()
+    return type(exc).__name__ == "OperationalError" and ("locked" in text or "busy" in text)
+
+
+def commit_with_retry(action, what: str, attempts: int = COMMIT_ATTEMPTS, on_retry=None):
+    """Run ``action()`` (which must reload the table and redo its whole commit) until it commits.
+
+    Iceberg commits are optimistic: a writer whose base snapshot moved loses with
+    ``CommitFailedException`` and nothing of its attempt is visible. Retrying from a
+    fresh table load is then safe. Backoff is exponential with jitter (seeded by the
+    process id, so concurrent writers spread out).
+
+    Parameters
+    ----------
+    action : callable
+        Loads the table, builds and commits the change; returns its result.
+    what : str
+        For the log.
+    attempts : int
+        Tries before giving up (the last error is raised).
+    on_retry : callable, optional
+        Called with the exception before each retry (counting, tests).
+    """
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except CommitStateUnknownException:
+            raise  # the commit may have landed: retrying could apply it twice
+        except Exception as exc:  # noqa: BLE001  (filtered just below)
+            if not _retryable(exc) or attempt == attempts:
+                raise
+            if on_retry is not None:
+                on_retry(exc)
+            delay = min(2.0, 0.02 * 2 ** attempt) * (0.5 + rng.random())
+            log.info("%s: concurrent commit (%s); retry %d of %d in %.2f s",
+                     what, type(exc).__name__, attempt, attempts - 1, delay)
+            time.sleep(delay)
+    raise RuntimeError("unreachable")
 
 
 def encode_half(matrix: np.ndarray, dtype: str) -> pa.Array:
@@ -134,6 +227,11 @@ class Lake:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        #: Commits this instance had to retry after losing a concurrency race.
+        self.commit_retries = 0
+
+    def _count_retry(self, exc: BaseException) -> None:
+        self.commit_retries += 1
 
     @cached_property
     def catalog(self) -> SqlCatalog:
@@ -147,8 +245,7 @@ class Lake:
     # -- tables -----------------------------------------------------------------
     def table(self, identifier: str):
         """Load a table by identifier; a clear error when it does not exist."""
-        if "." not in identifier:
-            identifier = f"{NAMESPACE}.{identifier}"
+        identifier = table_identifier(identifier)
         try:
             return self.catalog.load_table(identifier)
         except NoSuchTableError:
@@ -164,15 +261,21 @@ class Lake:
         return self._create_if_missing(ACTIVATIONS, ACTIVATION_SCHEMA, ACTIVATION_PARTITIONS)
 
     def _create_if_missing(self, identifier: str, schema: pa.Schema, partitions):
+        identifier = table_identifier(identifier)
         try:
-            return self.catalog.load_table(identifier)
+            tbl = self.catalog.load_table(identifier)
         except NoSuchTableError:
-            pass
-        tbl = self.catalog.create_table_if_not_exists(identifier, schema=schema, properties=TABLE_PROPERTIES)
-        if tbl.spec().is_unpartitioned():
-            with tbl.update_spec() as update:
-                for column in partitions:
-                    update.add_identity(column)
+            tbl = self.catalog.create_table_if_not_exists(identifier, schema=schema, properties=TABLE_PROPERTIES)
+        if tbl.spec().is_unpartitioned() and partitions:
+            def add_spec():  # another writer may be creating the same table right now
+                fresh = self.catalog.load_table(identifier)
+                if fresh.spec().is_unpartitioned():
+                    with fresh.update_spec() as update:
+                        for column in partitions:
+                            update.add_identity(column)
+                return self.catalog.load_table(identifier)
+
+            tbl = commit_with_retry(add_spec, f"partition spec of {identifier}", on_retry=self._count_retry)
         return tbl
 
     # -- generic result tables --------------------------------------------------------
@@ -183,18 +286,23 @@ class Lake:
         Creates the table (partitioned by ``partitions``) on first use and widens its
         schema when ``data`` brings new columns. Returns the new snapshot id.
         """
-        ident = name if "." in name else f"{NAMESPACE}.{name}"
-        tbl = self._create_if_missing(ident, data.schema, partitions)
-        if not set(tbl.schema().as_arrow().names) >= set(data.schema.names):
-            with tbl.update_schema() as update:
-                update.union_by_name(data.schema)
+        ident = table_identifier(name)
+        self._create_if_missing(ident, data.schema, partitions)
         conditions = [In(k, list(v)) if isinstance(v, (list, tuple)) else EqualTo(k, v) for k, v in where.items()]
         condition = conditions[0] if len(conditions) == 1 else And(*conditions)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-            tbl.overwrite(_conform(data, tbl.schema().as_arrow()), overwrite_filter=condition,
-                          snapshot_properties={k: str(v) for k, v in (properties or {}).items()})
-        return tbl.current_snapshot().snapshot_id
+
+        def commit() -> int:
+            tbl = self.catalog.load_table(ident)
+            if not set(tbl.schema().as_arrow().names) >= set(data.schema.names):
+                with tbl.update_schema() as update:
+                    update.union_by_name(data.schema)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+                tbl.overwrite(_conform(data, tbl.schema().as_arrow()), overwrite_filter=condition,
+                              snapshot_properties={k: str(v) for k, v in (properties or {}).items()})
+            return tbl.current_snapshot().snapshot_id
+
+        return commit_with_retry(commit, f"replace in {ident}", on_retry=self._count_retry)
 
     # -- corpora ----------------------------------------------------------------
     def write_corpus(self, corpus: str, splits: dict[str, pa.Table], properties: dict | None = None) -> int:
@@ -225,16 +333,24 @@ class Lake:
 
         Returns the new snapshot id.
         """
-        tbl = self.activations()
+        for kind, value in (("model", model), ("corpus", corpus), ("split", split), ("unit", unit)):
+            check_name(kind, value)
         where = And(EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split), EqualTo("unit", unit))
         props = {k: str(v) for k, v in (properties or {}).items()}
-        with tbl.transaction() as tx, warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-            tx.delete(where, snapshot_properties=props)
-            tx.add_files(files, snapshot_properties=props)
-        snap = self.activations().current_snapshot()
-        log.info("committed %d files to %s (snapshot %s)", len(files), ACTIVATIONS, snap.snapshot_id)
-        return snap.snapshot_id
+        self.activations()
+
+        def commit() -> int:
+            # a fresh load per attempt: a transaction built on a stale snapshot can only fail again
+            tbl = self.catalog.load_table(ACTIVATIONS)
+            with tbl.transaction() as tx, warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+                tx.delete(where, snapshot_properties=props)
+                tx.add_files(files, snapshot_properties=props)
+            return tbl.current_snapshot().snapshot_id
+
+        snapshot_id = commit_with_retry(commit, f"commit to {ACTIVATIONS}", on_retry=self._count_retry)
+        log.info("committed %d files to %s (snapshot %s)", len(files), ACTIVATIONS, snapshot_id)
+        return snapshot_id
 
     def activation_files(self, model: str, corpus: str, split: str, unit: str = "word",
                          snapshot_id: int | None = None) -> list[tuple[int, str]]:
@@ -265,7 +381,9 @@ class Lake:
         )
         data = self.activations().scan(row_filter=where, snapshot_id=snapshot_id).to_arrow()
         if data.num_rows == 0:
-            raise UserError(f"no activations for model={model} corpus={corpus} split={split} unit={unit} layer={layer}")
+            layers = sorted({lay for lay, _ in self.activation_files(model, corpus, split, unit, snapshot_id)})
+            raise UserError(f"layer {layer} does not exist for model={model} corpus={corpus} split={split} "
+                            f"unit={unit} (layers {layers[0]}..{layers[-1]})")
         data = data.sort_by([("sentence_id", "ascending"), ("word_id", "ascending")])
         return vectors_to_matrix(data), data.select(["sentence_id", "word_id", "word"])
 
@@ -313,6 +431,7 @@ def partition_counts(lake: Lake) -> pl.DataFrame:
 
 
 __all__ = [
-    "ACTIVATION_SCHEMA", "ACTIVATIONS", "Lake", "corpus_table_name", "decode_half", "encode_half",
-    "partition_counts", "vectors_to_matrix",
+    "ACTIVATION_SCHEMA", "ACTIVATIONS", "Lake", "check_name", "commit_with_retry", "corpus_table_name",
+    "decode_half", "encode_half",
+    "partition_counts", "table_identifier", "vectors_to_matrix",
 ]

@@ -3,22 +3,104 @@
 Experiments are created here, on the driver, never by workers (concurrent creation
 races in MLflow), with an absolute artifact location so that a Ray job's temporary
 working directory never receives artifacts.
+
+Failure modes:
+
+* an MLflow server that cannot be reached when a job starts is a :class:`UserError`
+  raised before any compute (:func:`check_reachable`, called by :func:`job_run`);
+* a logging call that fails once the work is done (server gone mid-job) never loses the
+  results: the lake commit has happened, and the metrics/tags that could not be sent
+  are spooled to ``$RAYDUND_HOME/mlflow-spool/<run_id>.jsonl`` (:func:`log_metrics`,
+  :func:`set_tags`; :func:`replay_spool` sends them later);
+* parameters and tags are scrubbed of credentials (:func:`scrub`) before they are sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
+import time
+import urllib.error
+import urllib.request
 
-from raydund.config import Settings
+from raydund.config import Settings, redact_uri
+from raydund.errors import UserError
 
 log = logging.getLogger(__name__)
 
+#: Parameter/tag names whose values are credentials (``*_password``, ``aws_secret_access_key``, ...).
+SECRET_NAME = re.compile(
+    r"(?:^|[_.\-])(password|passwd|pwd|secret|token|auth|credentials?|api_?key|access_?key|secret_?key|"
+    r"private_?key|session_?token)(?:$|[_.\-])", re.IGNORECASE)
+#: AWS access key ids and long base64-ish secrets that sneak into free-text values.
+SECRET_VALUE = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
+REDACTED = "***"
+
+_reachable: set[str] = set()
+
+
+def redact(value) -> str:
+    """``value`` as text with passwords in URIs and AWS key ids replaced by ``***``."""
+    return SECRET_VALUE.sub(REDACTED, redact_uri(str(value)))
+
+
+def scrub(params: dict) -> dict:
+    """Parameters/tags safe to record: credential-like names blanked, URIs without passwords.
+
+    ``None`` becomes ``""`` (MLflow rejects ``None``).
+    """
+    out = {}
+    for key, value in params.items():
+        if value is None:
+            out[key] = ""
+        elif SECRET_NAME.search(str(key)):
+            out[key] = REDACTED
+        else:
+            out[key] = redact(value) if isinstance(value, str) else value
+    return out
+
+
+def check_reachable(settings: Settings, timeout: float = 5.0) -> None:
+    """Refuse to start a job whose MLflow server does not answer (one short request).
+
+    Only ``http(s)://`` tracking URIs are probed (``GET /health``); file and SQLite
+    stores are local. A success is remembered for the process.
+
+    Raises
+    ------
+    UserError
+        With the (password-free) URI and the reason, before any compute starts.
+    """
+    uri = settings.tracking_uri
+    if not uri.startswith(("http://", "https://")) or uri in _reachable:
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:  # noqa: S310 (http only)
+            ok = resp.status == 200
+            reason = f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        ok, reason = False, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        ok, reason = False, str(getattr(exc, "reason", exc))
+    if not ok:
+        raise UserError(f"MLflow tracking server {redact(uri)} is not reachable ({reason}); start it "
+                        "(infra/local/mlflow-server.sh start) or point MLFLOW_TRACKING_URI elsewhere")
+    _reachable.add(uri)
+
 
 def configure(settings: Settings):
-    """Point MLflow at the settings' tracking store and return the ``mlflow`` module."""
+    """Point MLflow at the settings' tracking store and return the ``mlflow`` module.
+
+    HTTP retries are bounded (3 retries, 30 s timeout unless the ``MLFLOW_HTTP_REQUEST_*``
+    variables say otherwise), so a server that dies mid-job costs seconds, not minutes.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     import mlflow  # noqa: PLC0415  (slow import, only where tracking happens)
 
     settings.prepare()
@@ -27,8 +109,10 @@ def configure(settings: Settings):
 
 
 def experiment_name(model: str, corpus: str) -> str:
-    """The experiment that groups every job on one (model, corpus)."""
-    return f"raydund/{model}/{corpus}"
+    """The experiment that groups every job on one (model, corpus) (names checked: no path escapes)."""
+    from raydund.lake import check_name  # noqa: PLC0415
+
+    return f"raydund/{check_name('model', model)}/{check_name('corpus', corpus)}"
 
 
 def ensure_experiment(settings: Settings, name: str) -> str:
@@ -44,12 +128,107 @@ def ensure_experiment(settings: Settings, name: str) -> str:
 
 @contextlib.contextmanager
 def job_run(settings: Settings, experiment: str, run_name: str, params: dict, tags: dict | None = None):
-    """Start an MLflow run for one job; yields the active run. Failed jobs end as FAILED."""
+    """Start an MLflow run for one job; yields the active run. Failed jobs end as FAILED.
+
+    The server is probed first (:func:`check_reachable`): an unreachable one stops the
+    job before any compute. Parameters and tags are scrubbed of credentials. If ending
+    the run fails (the server went away), the job's outcome stands and a warning is
+    logged; the run stays RUNNING on the server.
+    """
+    check_reachable(settings)
     mlflow = configure(settings)
     exp_id = ensure_experiment(settings, experiment)
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags or {}) as run:
-        mlflow.log_params({k: "" if v is None else v for k, v in params.items()})
+    run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=scrub(tags or {}))
+    status = "FAILED"
+    try:
+        mlflow.log_params(scrub(params))
         yield run
+        status = "FINISHED"
+    finally:
+        try:
+            mlflow.end_run(status)
+        except Exception as exc:  # noqa: BLE001  (tracking must not turn a finished job into a failure)
+            log.warning("MLflow: could not mark run %s %s (%s); the job's results are unaffected",
+                        run.info.run_id, status, exc)
+            _spool(settings, run.info.run_id, {"status": status})
+
+
+def _spool_path(settings: Settings, run_id: str):
+    return settings.home / "mlflow-spool" / f"{run_id}.jsonl"
+
+
+def _spool(settings: Settings, run_id: str, record: dict) -> None:
+    path = _spool_path(settings, run_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"time": time.time(), **record}) + "\n")
+        log.warning("MLflow: kept what could not be logged in %s (send it later with "
+                    "raydund.tracking.replay_spool)", path)
+    except OSError as exc:
+        log.error("MLflow: could not spool %s for run %s: %s", record, run_id, exc)
+
+
+def log_metrics(settings: Settings, run_id: str, metrics: dict, step: int | None = None) -> bool:
+    """Log metrics to a run; on failure keep them in the spool instead of raising.
+
+    Safe from any process (driver or Ray worker): the run is addressed by id.
+    Returns ``True`` when MLflow took them.
+    """
+    metrics = {k: float(v) for k, v in metrics.items()}
+    try:
+        mlflow = configure(settings)
+        mlflow.MlflowClient().log_batch(run_id, metrics=[
+            mlflow.entities.Metric(k, v, int(time.time() * 1000), step or 0) for k, v in metrics.items()])
+        return True
+    except Exception as exc:  # noqa: BLE001  (tracking must not lose computed results)
+        log.warning("MLflow: logging %d metrics to run %s failed (%s)", len(metrics), run_id, exc)
+        _spool(settings, run_id, {"metrics": metrics, "step": step})
+        return False
+
+
+def set_tags(settings: Settings, run_id: str, tags: dict) -> bool:
+    """Set (scrubbed) tags on a run; on failure keep them in the spool instead of raising."""
+    tags = {k: str(v) for k, v in scrub(tags).items()}
+    try:
+        mlflow = configure(settings)
+        mlflow.MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
+        return True
+    except Exception as exc:  # noqa: BLE001
+        log.warning("MLflow: setting %d tags on run %s failed (%s)", len(tags), run_id, exc)
+        _spool(settings, run_id, {"tags": tags})
+        return False
+
+
+def read_spool(settings: Settings, run_id: str) -> list[dict]:
+    """The records spooled for a run (empty when everything reached MLflow)."""
+    path = _spool_path(settings, run_id)
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def replay_spool(settings: Settings) -> int:
+    """Send every spooled record to MLflow; remove the files that went through. Returns runs replayed."""
+    folder = settings.home / "mlflow-spool"
+    done = 0
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        run_id = path.stem
+        mlflow = configure(settings)
+        client = mlflow.MlflowClient()
+        for record in read_spool(settings, run_id):
+            if "metrics" in record:
+                client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, int(record["time"] * 1000),
+                                                                          record.get("step") or 0)
+                                                  for k, v in record["metrics"].items()])
+            if "tags" in record:
+                client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in record["tags"].items()])
+            if "status" in record:
+                client.set_terminated(run_id, record["status"])
+        path.unlink()
+        done += 1
+    return done
 
 
 def ui_command(settings: Settings) -> str:

@@ -4,15 +4,24 @@ Each call gets one shard (a contiguous run of length-sorted sentences) and write
 file per layer straight to the warehouse, in the activation table's schema. Only
 file paths and counts travel back through Ray's object store; the vectors never do.
 A small ``_done/shard-N.json`` marker is written last, so a re-run of an interrupted
-job skips the shards that finished.
+job skips the shards that finished. A shard that is written again (its actor died and
+Ray retried the call) overwrites its own files: file names depend on the shard only.
+
+Fault injection (tests and chaos drills only): when ``RAYDUND_FAULT_FILE`` names a JSON
+file in the actor's environment, ``{"kill_in_shard": N}`` makes the actor writing shard
+N kill its own process (SIGKILL) after its layer files are written and before its
+marker, once (the file is renamed first, so only one actor fires it);
+``{"sleep_per_shard": S}`` slows every shard by S seconds.
 """
 
 from __future__ import annotations
 
 import json
-from concurrent.futures import Future, ThreadPoolExecutor
 import logging
+import os
+import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +33,9 @@ from raydund.extract.encoder import Encoder, ModelSpec, default_threads, load_mo
 from raydund.lake import ACTIVATION_SCHEMA, encode_half
 
 log = logging.getLogger(__name__)
+
+#: Environment variable naming the fault-injection file (see the module docstring).
+FAULT_ENV = "RAYDUND_FAULT_FILE"
 
 #: Rows buffered per layer before a Parquet row group is written.
 ROW_GROUP_ROWS = 8192
@@ -46,6 +58,27 @@ def split_uri(uri: str) -> tuple[pafs.FileSystem, str]:
 def done_marker(shard: int) -> str:
     """Name of the marker a finished shard leaves behind."""
     return f"_done/shard-{shard:06d}.json"
+
+
+def inject_fault(shard: int) -> None:
+    """Apply the fault the ``RAYDUND_FAULT_FILE`` file asks for at this point of ``shard``."""
+    path = os.environ.get(FAULT_ENV)
+    if not path or not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as fh:
+            fault = json.load(fh)
+    except (OSError, ValueError):
+        return
+    if fault.get("sleep_per_shard"):
+        time.sleep(float(fault["sleep_per_shard"]))
+    if fault.get("kill_in_shard") == shard:
+        try:
+            os.rename(path, f"{path}.fired")  # atomic: exactly one actor fires
+        except OSError:
+            return
+        log.warning("fault injection: killing extraction actor %d in shard %d", os.getpid(), shard)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _constant(value, n: int, type_: pa.DataType) -> pa.Array:
@@ -138,6 +171,7 @@ class ExtractActor:
                 future.exception()  # wait for the writer before closing files
             for writer in writers:
                 writer.close()
+        inject_fault(int(shard["shard"]))
         size = sum(self.fs.get_file_info(p).size for p in paths)
         result = {
             "shard": int(shard["shard"]),

@@ -28,9 +28,13 @@ from raydund.errors import UserError
 from raydund.extract.actor import ExtractActor, split_uri
 from raydund.extract.align import check_aggregation
 from raydund.extract.encoder import UNITS, resolve_model
-from raydund.lake import STORAGE_DTYPES, Lake
+from raydund.lake import STORAGE_DTYPES, Lake, check_name
 
 log = logging.getLogger(__name__)
+
+#: Times the driver re-runs the actor pool on the shards still missing after a system failure
+#: (a node or actor lost beyond Ray Data's own retries). User errors are never retried.
+POOL_ATTEMPTS = 3
 
 
 @dataclasses.dataclass
@@ -87,6 +91,8 @@ class ExtractConfig:
 
     def check(self) -> "ExtractConfig":
         """Validate choices a user typed."""
+        check_name("corpus", self.corpus)
+        check_name("split", self.split)
         check_aggregation(self.aggregation)
         if self.unit not in UNITS:
             raise UserError(f"unknown unit {self.unit!r}; use one of {', '.join(UNITS)}")
@@ -175,9 +181,30 @@ def _finished(fs, root: str) -> dict[int, dict]:
     return done
 
 
+def check_model(spec) -> None:
+    """Fail before any compute when a hub model cannot be found (its config is fetched, not its weights)."""
+    if os.path.isdir(spec.source):
+        return
+    from transformers import AutoConfig  # noqa: PLC0415  (heavy import)
+
+    kwargs = {"revision": spec.revision} if spec.revision else {}
+    try:
+        AutoConfig.from_pretrained(spec.source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load model {spec.source!r}: {str(exc).splitlines()[0]}") from None
+
+
 def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True) -> ExtractResult:
-    """Extract activations of one (model, corpus, split) into the lake, tracked in MLflow."""
+    """Extract activations of one (model, corpus, split) into the lake, tracked in MLflow.
+
+    Everything a user can get wrong (names, an unknown model or corpus, an MLflow server
+    that does not answer) is checked before Ray starts. Shards lost to a dead actor are
+    retried (Ray Data restarts the actor; the driver re-runs what is still missing), and a
+    shard rewritten by a retry overwrites its own files, so the single commit holds
+    exactly one row per (sentence, word, layer).
+    """
     cfg.check()
+    tracking.check_reachable(settings)
     lake = Lake(settings)
     corpus = lake.read_corpus(cfg.corpus, cfg.split)
     corpus_snapshot = lake.table(f"corpus_{cfg.corpus}").current_snapshot().snapshot_id
@@ -186,6 +213,8 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
     if cfg.unit == "word" and "words_b" in corpus.column_names:
         raise UserError(f"corpus {cfg.corpus!r} holds sentence pairs: extract it with --unit cls")
     spec = resolve_model(cfg.model)
+    check_name("model", spec.name)
+    check_model(spec)
     key = job_key(cfg, f"{spec.source}@{spec.revision}", corpus_snapshot)
     table = lake.activations()
     files_uri = f"{table.location()}/data/staging/{key}"
@@ -210,29 +239,71 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
     start = time.perf_counter()
     with tracking.job_run(settings, experiment, f"extract {cfg.split} {cfg.unit}", params,
                           tags={"raydund.stage": "extract"}) as run:
-        if pending:
-            _run_pool(cfg, spec, key, files_uri, pending, done, progress)
+        retried = _run_with_retries(cfg, spec, key, files_uri, shards, pending, done, fs, root, progress)
         records = [done[s["shard"]] for s in shards]
         files = [f for r in records for f in r["files"]]
         snapshot = lake.commit_activation_files(
             files, spec.name, cfg.corpus, cfg.split, cfg.unit,
             properties={"raydund.job_key": key, "mlflow.run_id": run.info.run_id},
         )
+        _check_committed(lake, snapshot, records)
         seconds = time.perf_counter() - start
         result = ExtractResult(
             snapshot_id=snapshot, run_id=run.info.run_id, words=sum(r["words"] for r in records),
             sentences=corpus.num_rows, files=len(files), bytes=sum(r["bytes"] for r in records),
             seconds=seconds, layers=len(records[0]["files"]) if records else 0,
         )
-        mlflow = tracking.configure(settings)
-        mlflow.log_metrics({
+        # the lake holds the result now: a tracking failure from here on is spooled, never raised
+        tracking.log_metrics(settings, run.info.run_id, {
             "words": result.words, "sentences": result.sentences, "words_per_s": result.words_per_second,
             "bytes": result.bytes, "files": result.files, "layers": result.layers, "seconds": seconds,
             "dropped_words": sum(r["dropped"] for r in records), "resumed_shards": len(shards) - len(pending),
+            "pool_retries": retried,
         })
-        mlflow.set_tag("iceberg.snapshot_id", str(snapshot))
-        mlflow.set_tag("iceberg.table", "raydund.activations")
+        tracking.set_tags(settings, run.info.run_id, {"iceberg.snapshot_id": str(snapshot),
+                                                      "iceberg.table": "raydund.activations"})
     return result
+
+
+def _run_with_retries(cfg, spec, key, files_uri, shards, pending, done, fs, root, progress) -> int:
+    """Run the pool until every shard has its ``_done`` marker; return how many re-runs it took.
+
+    Ray Data already restarts a dead actor and retries its call; this covers what is left
+    (the pool giving up, a node lost): the markers on storage say which shards finished.
+    """
+    retried = 0
+    while pending:
+        try:
+            _run_pool(cfg, spec, key, files_uri, pending, done, progress)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (Ray system failures; re-raised after the last attempt)
+            if retried + 1 >= POOL_ATTEMPTS or not _is_ray_failure(exc):
+                raise
+            retried += 1
+            log.warning("extraction pool failed (%s); re-running the missing shards (attempt %d of %d)",
+                        type(exc).__name__, retried + 1, POOL_ATTEMPTS)
+        done.update(_finished(fs, root))
+        pending = [s for s in shards if s["shard"] not in done]
+    return retried
+
+
+def _is_ray_failure(exc: BaseException) -> bool:
+    import ray  # noqa: PLC0415
+
+    return isinstance(exc, (ray.exceptions.RayError, ConnectionError, TimeoutError))
+
+
+def _check_committed(lake: Lake, snapshot_id: int, records: list[dict]) -> None:
+    """The commit added exactly one row per (sentence, word, layer) the shards reported."""
+    snap = lake.activations().snapshot_by_id(snapshot_id)
+    try:
+        added = int(snap.summary["added-records"])
+    except (AttributeError, KeyError, TypeError):
+        added = -1
+    expected = sum(r["words"] * len(r["files"]) for r in records)
+    if added != expected:
+        raise RuntimeError(f"activation commit {snapshot_id} added {added} rows, expected {expected}")
 
 
 def _run_pool(cfg, spec, key, files_uri, pending, done, progress):
