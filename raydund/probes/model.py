@@ -86,7 +86,7 @@ class ProbeBank:
         weights = [torch.stack([init[p][0][cols] for p in probes.tolist()], dim=1).to(dev)  # [n x p x C]
                    for cols, probes in zip(plan.columns, plan.probes)]
         bias = torch.stack([b for _, b in init]).to(dev)  # [P x C]
-        opt = torch.optim.Adam([*weights, bias], lr=self.lr)
+        opt = torch.optim.Adam([*weights, bias], lr=self.lr, fused=True)  # one kernel over all blocks
         gen = torch.Generator().manual_seed(self.seed)  # the batch order: the same for every probe
         Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         yt = torch.as_tensor(y, dtype=torch.float32 if regression else torch.long)
