@@ -44,8 +44,27 @@ class ModelSpec:
     revision: str | None = None
 
 
-def resolve_model(name: str) -> ModelSpec:
-    """Find a model by catalog name (``catalog/models/<name>.yaml``), local folder or hub id."""
+#: Prefix of MLflow model-registry URIs (``models:/name/1``, ``models:/name@alias``, ``models:/name/latest``).
+REGISTRY_PREFIX = "models:/"
+#: Tag on a registered version naming the lake ``model`` of its activations (set by ``raydund finetune``).
+LAKE_MODEL_TAG = "raydund.lake_model"
+
+
+def resolve_model(name: str, settings=None) -> ModelSpec:
+    """Find a model by catalog name (``catalog/models/<name>.yaml``), local folder, hub id or registry URI.
+
+    Parameters
+    ----------
+    name : str
+        ``minilm``, ``/abs/folder``, ``bert-base-cased``, or an MLflow registry URI
+        ``models:/raydund-minilm-sst2/1`` (also ``@alias`` and ``/latest``).
+    settings : Settings, optional
+        Where the MLflow registry and the local model cache are (registry URIs only;
+        default: :meth:`Settings.from_env`).
+    """
+    name = str(name)
+    if name.startswith(REGISTRY_PREFIX):
+        return resolve_registered(name, settings)
     if Path(name).is_dir():
         return ModelSpec(name=Path(name).name, source=str(Path(name).resolve()))
     try:
@@ -65,6 +84,81 @@ def resolve_model(name: str) -> ModelSpec:
         path = str(Path(str(root)) / source.get("path", ""))
         return ModelSpec(name=entry["name"], source=path, revision=entry.get("revision"))
     return ModelSpec(name=entry["name"], source=source["hub"], revision=entry.get("revision"))
+
+
+def _parse_registry_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name/3`` -> (name, "3", None); ``models:/name@champion`` -> (name, None, "champion")."""
+    rest = uri[len(REGISTRY_PREFIX):].strip("/")
+    if "@" in rest and "/" not in rest:
+        model, alias = rest.split("@", 1)
+        if model and alias:
+            return model, None, alias
+    elif rest.count("/") == 1:
+        model, version = rest.split("/")
+        if model and (version.isdigit() or version == "latest"):
+            return model, version, None
+    raise UserError(f"cannot read model URI {uri!r}; use models:/NAME/VERSION, models:/NAME/latest "
+                    f"or models:/NAME@ALIAS")
+
+
+def resolve_registered(uri: str, settings=None) -> ModelSpec:
+    """A registered MLflow model version as a local folder (downloaded once) and its lake name.
+
+    The artifacts of the version are copied to ``$RAYDUND_HOME/models/<name>/<version>``
+    the first time (a temporary folder renamed into place, so a half download is never
+    used) and read from there afterwards. The lake name is the version's
+    ``raydund.lake_model`` tag (``minilm-ft-sst2-v1``), else ``<name>-v<version>``.
+
+    Raises
+    ------
+    UserError
+        A malformed URI, or no such registered model, version or alias.
+    """
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+    from raydund import tracking  # noqa: PLC0415
+    from raydund.config import Settings  # noqa: PLC0415
+
+    settings = settings or Settings.from_env()
+    model, version, alias = _parse_registry_uri(uri)
+    mlflow = tracking.configure(settings)
+    client = mlflow.MlflowClient()
+    try:
+        if alias is not None:
+            mv = client.get_model_version_by_alias(model, alias)
+        elif version == "latest":
+            versions = client.search_model_versions(f"name='{model}'")
+            if not versions:
+                raise UserError(f"registered model {model!r} has no versions")
+            mv = max(versions, key=lambda v: int(v.version))
+        else:
+            mv = client.get_model_version(model, version)
+    except MlflowException as exc:
+        raise UserError(f"no registered model version for {uri!r} in {settings.tracking_uri}: "
+                        f"{str(exc).splitlines()[0]}") from None
+    cache = settings.home / "models" / model / str(mv.version)
+    if not (cache / "config.json").is_file():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.parent / f".{mv.version}.partial-{os.getpid()}"
+        if partial.exists():
+            import shutil  # noqa: PLC0415
+
+            shutil.rmtree(partial)  # left by a killed download of this process id
+        log.info("downloading %s (version %s) to %s", model, mv.version, cache)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"{REGISTRY_PREFIX}{model}/{mv.version}",
+                                            dst_path=str(partial))
+        if not (partial / "config.json").is_file():
+            raise UserError(f"registered model {model!r} version {mv.version} holds no Hugging Face model folder")
+        try:
+            partial.rename(cache)
+        except OSError:  # another process finished the same download first
+            if not (cache / "config.json").is_file():
+                raise
+            import shutil  # noqa: PLC0415
+
+            shutil.rmtree(partial, ignore_errors=True)
+    lake_name = mv.tags.get(LAKE_MODEL_TAG) or f"{model}-v{mv.version}"
+    return ModelSpec(name=lake_name, source=str(cache))
 
 
 def load_model(spec: ModelSpec, device: str = "cpu"):
