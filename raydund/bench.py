@@ -368,3 +368,78 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
 
 __all__ = ["PeakMemory", "bare_loop", "bench_extract", "bench_probes", "bench_similarity", "floor_syrk",
            "neurox_loop"]
+
+
+def bench_scaling(settings: Settings, model: str = "minilm", corpus: str = "conll2000", split: str = "train",
+                  words: tuple[int, ...] = (10_000, 20_000, 40_000), pool_sizes: tuple[int, ...] = (1, 2),
+                  shard_words: int = 5_000, out: str | None = None) -> dict:
+    """Scaling: words/s and peak memory of extraction and of the correlation pass at growing sizes.
+
+    For every size in ``words`` (a prefix of the split, whole sentences), one extraction
+    (1 actor, all cores) and one similarity pass (co-moments of all neurons) run with
+    :class:`PeakMemory` sampling this process and every Ray worker. Then, at the largest
+    size, the same two jobs with 1 and 2 Ray worker processes (``pool_sizes`` actors with
+    cores / actors torch threads; similarity tasks of 2 or 1 CPUs). Linear scaling shows as
+    a constant words/s and a flat peak memory.
+    """
+    from raydund.extract.job import ExtractConfig, ensure_ray, run_extraction  # noqa: PLC0415
+    from raydund.lake import Lake  # noqa: PLC0415
+    from raydund.stats.job import SimilarityConfig, compute_moments  # noqa: PLC0415
+
+    lake = Lake(settings)
+    try:
+        table = lake.read_corpus(corpus, split)
+    except UserError:
+        from raydund.ingest import ingest  # noqa: PLC0415
+
+        ingest(corpus, settings, [split])
+        table = lake.read_corpus(corpus, split)
+    lengths = np.cumsum([len(s) for s in table.column("words").to_pylist()])
+    cores = os.cpu_count() or 1
+    ensure_ray()
+
+    def extract(n_words: int, pool: int) -> dict:
+        limit = int(np.searchsorted(lengths, n_words) + 1)
+        cfg = ExtractConfig(model=model, corpus=corpus, split=split, limit=limit, shard_words=shard_words,
+                            pool_size=pool, threads=max(1, cores // pool), fresh=True)
+        with PeakMemory() as mem:
+            result, seconds = _timed(lambda: run_extraction(cfg, settings, progress=False))
+        return {"words": result.words, "sentences": limit, "shards": -(-result.words // shard_words),
+                "seconds": round(seconds, 1), "words_per_s": round(result.words / seconds, 1),
+                "peak_gb": round(mem.peak_work / 2**30, 2),
+                "added_gb": round((mem.peak_work - mem.baseline) / 2**30, 2),
+                "bytes": result.bytes}
+
+    def correlate(cpus_per_task: float) -> dict:
+        cfg = SimilarityConfig(model=model, corpus=corpus, split=split, cpus_per_task=cpus_per_task)
+        with PeakMemory() as mem:
+            moments, seconds = _timed(lambda: compute_moments(lake, cfg, progress=False))
+        return {"tokens": moments.n, "neurons": int(sum(moments.widths)), "seconds": round(seconds, 1),
+                "words_per_s": round(moments.n / seconds, 1), "peak_gb": round(mem.peak_work / 2**30, 2),
+                "added_gb": round((mem.peak_work - mem.baseline) / 2**30, 2)}
+
+    figures: dict = {"machine": f"{platform.machine()}, {cores} cores, torch {torch.__version__}",
+                     "model": model, "corpus": f"{corpus}/{split}", "shard_words": shard_words,
+                     "sizes": [], "workers": []}
+    for n_words in sorted(words):
+        row = {"target_words": n_words, "extract": extract(n_words, 1), "similarity": correlate(1)}
+        figures["sizes"].append(row)
+        log.info("scaling %s", row)
+    largest = max(words)
+    for pool in pool_sizes:
+        # pool actors share the cores; similarity: `pool` tasks of cores / pool CPUs each
+        figures["workers"].append({"workers": pool, "extract": extract(largest, pool),
+                                   "similarity": correlate(max(1, cores // pool))})
+    print(f"{'words':>8} {'extract w/s':>12} {'peak GB':>8} {'similarity w/s':>15} {'peak GB':>8}")
+    for row in figures["sizes"]:
+        e, s = row["extract"], row["similarity"]
+        print(f"{e['words']:>8} {e['words_per_s']:>12,.0f} {e['peak_gb']:>8.2f} {s['words_per_s']:>15,.0f} "
+              f"{s['peak_gb']:>8.2f}")
+    for row in figures["workers"]:
+        e, s = row["extract"], row["similarity"]
+        print(f"{row['workers']} worker(s) at {e['words']} words: extract {e['words_per_s']:,.0f} w/s, "
+              f"similarity {s['words_per_s']:,.0f} w/s")
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(figures, fh, indent=2)
+    return figures

@@ -100,6 +100,10 @@ def _matrix(title, m) -> str:
 def cmd_cluster(args) -> None:
     from raydund.redundancy import ClusterConfig, run_clustering  # noqa: PLC0415
 
+    from raydund.config import check_unit_interval  # noqa: PLC0415
+
+    for t in args.thresholds:
+        check_unit_interval("--thresholds", t)
     settings = _settings()
     cfg = ClusterConfig(model=args.model, corpus=args.corpus, split=args.split, unit=args.unit,
                         thresholds=tuple(args.thresholds), representative=args.representative, seed=args.seed)
@@ -112,8 +116,11 @@ def cmd_cluster(args) -> None:
 
 
 def cmd_probe(args) -> None:
+    from raydund.config import check_unit_interval  # noqa: PLC0415
     from raydund.probes.job import ProbeConfig, run_probes  # noqa: PLC0415
 
+    check_unit_interval("--redundant-share", args.redundant_share)
+    check_unit_interval("--keep-share", args.keep_share)
     cfg = ProbeConfig(model=args.model, corpus=args.corpus, label=args.label, unit=args.unit, task=args.task,
                       splits=tuple(args.splits), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       l1=args.l1, l2=args.l2, seed=args.seed, control=not args.no_control,
@@ -163,9 +170,25 @@ def cmd_demo(args) -> None:
     run_demo(_settings(), limit=args.limit)
 
 
+def cmd_submit(args) -> None:
+    from raydund.submit import submit  # noqa: PLC0415
+
+    job_id, status = submit(_settings(), args.script, args.args, address=args.address, working_dir=args.working_dir,
+                            forward=tuple(args.env or ()), wait=not args.no_wait)
+    print(f"raydund: job {job_id} {status}")
+    if status not in ("SUCCEEDED", "PENDING", "RUNNING"):
+        sys.exit(1)
+
+
 def cmd_bench(args) -> None:
     from raydund.bench import bench_extract, bench_similarity  # noqa: PLC0415
 
+    if args.bench == "scaling":
+        from raydund.bench import bench_scaling  # noqa: PLC0415
+
+        bench_scaling(_settings(), model=args.model, corpus=args.corpus, split=args.split,
+                      words=tuple(args.words), pool_sizes=tuple(args.pool_sizes), out=args.out)
+        return
     if args.bench == "probes":
         from raydund.bench import bench_probes  # noqa: PLC0415
 
@@ -393,6 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N sentences of each split")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("submit", help="run a jobs/*.py script on a Ray cluster (ray job submit) and stream its logs")
+    p.add_argument("--address", default=None,
+                   help="job server URL (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, http://127.0.0.1:8265)")
+    p.add_argument("--working-dir", default=None, help="uploaded as the job's working dir (default: .)")
+    p.add_argument("--env", action="append", help="also pass this environment variable (never credentials)")
+    p.add_argument("--no-wait", action="store_true", help="return after submitting")
+    p.add_argument("script", help="extract | similarity | cluster | probe | ... or jobs/NAME.py")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
+    p.set_defaults(func=cmd_submit)
+
     p = sub.add_parser("bench", help="benchmarks (see BENCHMARKS.md)")
     bench = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
     b = bench.add_parser("extract", help="words/s: raydund job vs a bare transformers loop vs NeuroX 1.0.9")
@@ -417,6 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--corpus", default="conll2000")
     b.add_argument("--label", default="pos")
     b.add_argument("--train-tokens", type=int, default=50_000, help="first N tokens of train")
+    b.add_argument("--out", default=None, help="write the figures as JSON here")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("scaling", help="words/s and peak memory of extraction and similarity at 1x/2x/4x words")
+    b.add_argument("--model", default="minilm")
+    b.add_argument("--corpus", default="conll2000")
+    b.add_argument("--split", default="train")
+    b.add_argument("--words", type=int, nargs="+", default=[10_000, 20_000, 40_000], help="corpus sizes (words)")
+    b.add_argument("--pool-sizes", type=int, nargs="+", default=[1, 2], help="extraction actors, at the largest size")
     b.add_argument("--out", default=None, help="write the figures as JSON here")
     b.set_defaults(func=cmd_bench)
     return parser
