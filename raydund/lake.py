@@ -238,7 +238,11 @@ class Lake:
         """The Iceberg SQL catalog (created on first use)."""
         if self.settings.warehouse.startswith("file://"):
             self.settings.prepare()
-        catalog = SqlCatalog("raydund", uri=self.settings.catalog_uri, warehouse=self.settings.warehouse)
+        # S3 (or MinIO): the endpoint and region from the standard AWS variables; the keys are
+        # read by pyarrow from the environment (or the instance role), never passed here
+        s3 = {prop: os.environ[var] for prop, var in (("s3.endpoint", "AWS_ENDPOINT_URL"), ("s3.region", "AWS_REGION"))
+              if os.environ.get(var)}
+        catalog = SqlCatalog("raydund", uri=self.settings.catalog_uri, warehouse=self.settings.warehouse, **s3)
         catalog.create_namespace_if_not_exists(NAMESPACE)
         return catalog
 
