@@ -3,8 +3,7 @@ ranking and minimal neuron sets, and the clustering sweep scored on a task.
 
 Pure functions on :class:`~raydund.probes.data.TaskData`: no Ray, no lake, no MLflow
 (``raydund.probes.job`` wires those). Every group of probes over the same rows is one
-:class:`~raydund.probes.model.ProbeBank`; :func:`fit_banks` spreads banks over Ray tasks
-when a cluster is there.
+:class:`~raydund.probes.model.ProbeBank`; :func:`fit_bank` trains one.
 """
 
 from __future__ import annotations
@@ -136,7 +135,7 @@ def minimal_set(splits: Splits, settings: ProbeSettings, ordering: np.ndarray, o
     N = splits.train.X.shape[1]
     percents = percents or percent_grid()
     ks = sorted({max(1, int(round(N * p / 100))) for p in percents if int(round(N * p / 100)) <= len(ordering)})
-    bank = (fit or _fit_one)(settings, masks_for(ordering, ks, N), splits)
+    bank = (fit or fit_bank)(settings, masks_for(ordering, ks, N), splits)
     rows = evaluate(bank, splits, [f"top {k}" for k in ks])
     key = primary_metric(settings.task)
     chosen = None
@@ -148,20 +147,25 @@ def minimal_set(splits: Splits, settings: ProbeSettings, ordering: np.ndarray, o
     return {"rows": rows, "k": chosen, "neurons": ordering[:chosen] if chosen else ordering}
 
 
+def sets_masks(sets: list[np.ndarray], n: int) -> np.ndarray:
+    """One mask per set of neuron positions."""
+    masks = np.zeros((len(sets), n), dtype=bool)
+    for i, neurons in enumerate(sets):
+        masks[i, neurons] = True
+    return masks
+
+
 def reduced_sets(splits: Splits, settings: ProbeSettings, kept: dict[float, np.ndarray], fit=None) -> list[dict]:
     """A probe on each clustering threshold's kept neurons (Table 6 / Figure 2 per task)."""
-    N = splits.train.X.shape[1]
     thresholds = sorted(kept)
-    masks = np.zeros((len(thresholds), N), dtype=bool)
-    for i, t in enumerate(thresholds):
-        masks[i, kept[t]] = True
-    bank = (fit or _fit_one)(settings, masks, splits)
+    bank = (fit or fit_bank)(settings, sets_masks([kept[t] for t in thresholds], splits.train.X.shape[1]), splits)
     rows = evaluate(bank, splits, [f"threshold {t:.2f}" for t in thresholds])
     for t, r in zip(thresholds, rows):
         r["threshold"], r["neurons"] = t, int(len(kept[t]))
     return rows
 
 
-def _fit_one(settings: ProbeSettings, masks: np.ndarray, splits: Splits) -> ProbeBank:
+def fit_bank(settings: ProbeSettings, masks: np.ndarray, splits: Splits) -> ProbeBank:
+    """Train one bank of probes (``masks``) on the train split."""
     return settings.bank(masks).fit(splits.train.X, splits.targets(splits.train),
                                     None if splits.classes is None else len(splits.classes))

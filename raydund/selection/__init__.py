@@ -1,0 +1,1 @@
+"""Selection (paper section 7): LayerSelector + CCFS, the reduced deployable model, timing."""
