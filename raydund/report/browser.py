@@ -144,12 +144,19 @@ function showRanks(layer, neuron) {
   $("ranks-note").textContent = D.rankings.length ? "" : "no rankings stored (run `raydund probe`)";
 }
 
+let shown = "";
+
 function show(layer, neuron) {
-  layer = Math.max(0, Math.min(D.widths.length - 1, Number(layer)));
-  neuron = Math.max(0, Math.min(D.widths[layer] - 1, Number(neuron)));
+  layer = Math.max(0, Math.min(D.widths.length - 1, Number(layer) || 0));
+  neuron = Math.max(0, Math.min(D.widths[layer] - 1, Number(neuron) || 0));
+  // a late "change" (the input losing focus to a click) must not re-render what is shown:
+  // replacing the clicked element would swallow the click
   $("layer").value = String(layer);
   $("neuron").max = D.widths[layer] - 1;
   $("neuron").value = String(neuron);
+  const key = layer + ":" + neuron + ":" + $("threshold").value;
+  if (key === shown) return;
+  shown = key;
   $("current").textContent = "L" + layer + " n" + neuron;
   showWords(layer, neuron);
   showHeat(layer, neuron);
