@@ -1,5 +1,7 @@
 """LayerSelector + CCFS on planted structure; the reduced model reproduces the pipeline."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,78 @@ def test_ls_ccfs_recovers_the_planted_layer_and_neurons():
 def test_thresholds_outside_zero_one_are_refused():
     with pytest.raises(UserError, match="ls thresholds must be in"):
         CCFS(SETTINGS, ls_thresholds=(1.5,))
+
+
+# -- the job on real Ray, Iceberg and MLflow, with a tiny model ------------------------------
+VOCAB = {"the": "DT", "a": "DT", "fox": "NN", "dog": "NN", "stocks": "NN", "jumped": "VB", "fell": "VB",
+         "quick": "JJ", "lazy": "JJ", "brown": "JJ", "heavy": "JJ"}
+
+
+def tagged_corpus(n, seed):
+    """Sentences of the tiny tokenizer's words; each word has one tag (a task its embeddings can learn)."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    words = list(VOCAB)
+    sents = [[words[j] for j in rng.integers(0, len(words), int(rng.integers(3, 9)))] for _ in range(n)]
+    return pa.table({"sentence_id": pa.array(range(n), pa.int64()), "words": sents,
+                     "pos": [[VOCAB[w] for w in s] for s in sents]})
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_transfer_job_registers_a_reduced_model_that_reproduces_the_pipeline(settings, tiny_model_dir):
+    import mlflow
+    import polars as pl
+
+    from raydund.extract.job import ExtractConfig, run_extraction
+    from raydund.lake import Lake
+    from raydund.redundancy import run_similarity
+    from raydund.selection.job import TransferConfig, run_transfer
+    from raydund.stats.job import SimilarityConfig
+
+    lake = Lake(settings)
+    corpus = {"train": tagged_corpus(160, 0), "dev": tagged_corpus(50, 1), "test": tagged_corpus(50, 2)}
+    lake.write_corpus("toy", corpus)
+    model_dir = tiny_model_dir("bert")
+    for split in corpus:
+        run_extraction(ExtractConfig(model=model_dir, corpus="toy", split=split), settings, progress=False)
+    name = Path(model_dir).name  # the lake name of a model folder
+    run_similarity(SimilarityConfig(model=name, corpus="toy", split="train"), settings, progress=False)
+    cfg = TransferConfig(model=name, corpus="toy", labels=("pos",), stats_split="train", epochs=30, lr=2e-2,
+                         batch_size=32, ls_thresholds=(0.01, 0.2), timing_sentences=20)
+    out = run_transfer(cfg, settings)
+
+    rows = [r for r in out["rows"] if r["ls_threshold"] == 0.01]
+    stages = {r["stage"]: r for r in rows}
+    assert set(stages) == {"oracle", "ls", "cc", "ccfs"}
+    assert stages["oracle"]["dev"] > 0.9  # word identity -> tag: the embeddings alone carry it
+    assert stages["ls"]["dev"] >= 0.99 * stages["oracle"]["dev"]
+    assert stages["ccfs"]["dev"] >= 0.99 * stages["ls"]["dev"]
+    assert stages["ccfs"]["neurons"] <= stages["cc"]["neurons"] <= stages["ls"]["neurons"]
+    # the lake table holds both threshold pairs, both splits
+    table = lake.scan("transfer_results").filter(pl.col("model") == name).collect()
+    assert table.height == 2 * 4 * 2 and set(table["ls_threshold"]) == {0.01, 0.2}
+
+    # the registered reduced model, loaded by URI, predicts what the pipeline's evaluation predicted
+    uri = out["registered"]["pos"]
+    loaded = mlflow.pyfunc.load_model(uri)
+    test_words = corpus["test"].column("words").to_pylist()
+    predicted = loaded.predict([" ".join(s) for s in test_words])
+    assert [len(p) for p in predicted] == [len(s) for s in test_words]
+    pipeline = out["results"][0]["test_predictions"]
+    flat = [label for sent in predicted for label in sent]
+    assert flat == pipeline
+    sel = out["results"][0]["model"].selections_[0]
+    layers_kept = sel.layer
+    saved = mlflow.artifacts.download_artifacts(f"{uri}/artifacts/reduced/transformer/config.json")
+    import json
+
+    assert json.load(open(saved))["num_hidden_layers"] == max(layers_kept, 1)  # the rest is cut off for real
+    # lineage and timing were logged
+    client = mlflow.MlflowClient()
+    task_run = next(r for r in client.search_runs([client.get_run(out["run_id"]).info.experiment_id])
+                    if r.data.tags.get("raydund.registered_model") == uri)
+    assert task_run.data.tags["mlflow.parentRunId"] == out["run_id"]
+    timing = out["timing"]
+    assert [r["layers"] for r in timing["forward_by_layers"]] == [2, 3]  # embeddings + 1 or 2 blocks
+    assert timing["reduced_vs_full"][0]["speedup"] > 0

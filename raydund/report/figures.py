@@ -118,3 +118,61 @@ def minimal_set(rows: list[dict], key: str, oracle: float, title: str):
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def ccfs_sweep(rows: list[dict], task: str):
+    """Neurons kept against test score for every (LS, CCFS) threshold pair of one task."""
+    final = [r for r in rows if r["task"] == task and r["stage"] == "ccfs"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter([r["neurons"] for r in final], [100 * r["test"] for r in final])
+    for r in final:
+        ax.annotate(f"{r['ls_threshold']:g}/{r['ccfs_threshold']:g}", (r["neurons"], 100 * r["test"]), fontsize=6)
+    ax.set_xscale("log")
+    ax.set_xlabel("neurons kept (LS + CCFS)")
+    ax.set_ylabel("test score (%)")
+    ax.set_title(f"{task}: threshold sweep (LS / CCFS)")
+    fig.tight_layout()
+    return fig
+
+
+def timing_figures(timing: dict, title: str) -> dict:
+    """Figures 5 and 10-14 from :func:`raydund.selection.timing.run_timing`'s measurements."""
+    out = {}
+    rows = timing["forward_by_layers"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar([r["layers"] for r in rows], [1e3 * r["seconds_per_sentence"] for r in rows], color="#8ab")
+    for r in timing.get("reduced_vs_full", []):
+        ax.axvline(r["layers"], color="#c53", linestyle=":", linewidth=1)
+    ax.set_xlabel("layers kept, embeddings included (red: LS choices)")
+    ax.set_ylabel("forward ms per sentence")
+    ax.set_title(f"{title}: forward time by depth")
+    fig.tight_layout()
+    out["timing_forward_by_layers"] = fig
+
+    rows = timing["probe_cost"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["features"] for r in rows], [r["train_seconds"] for r in rows], marker="o", label="training")
+    ax.plot([r["features"] for r in rows], [r["inference_seconds"] for r in rows], marker="s", label="inference")
+    for k in timing.get("chosen_features", []):
+        ax.axvline(k, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("features (dotted: CCFS choices)")
+    ax.set_ylabel("seconds")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{title}: probe cost by features")
+    fig.tight_layout()
+    out["timing_probe_cost"] = fig
+
+    rows = timing["stages_by_tokens"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for stage in ("extraction", "clustering", "ranking"):
+        fit = timing["linear_fits"][stage]
+        ax.plot([r["tokens"] for r in rows], [r[f"{stage}_seconds"] for r in rows], marker="o",
+                label=f"{stage} (R² {fit['r2']:.3f})")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("seconds")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{title}: stage time by tokens")
+    fig.tight_layout()
+    out["timing_stages_by_tokens"] = fig
+    return out

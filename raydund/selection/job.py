@@ -1,0 +1,264 @@
+"""The efficient-transfer job: LS + CCFS per task on Ray, the reduced model registered, timing.
+
+Tasks (labels) of one (model, corpus) are independent: each is a Ray task that reads its
+activations and the general-redundancy correlations from the lake and runs the threshold
+sweep. The driver then writes the lake table ``transfer_results``, the MLflow runs (a
+parent for the job, a child per task, a grandchild per threshold pair), and registers
+each task's reduced model (first threshold pair) as an MLflow pyfunc model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from raydund import tracking
+from raydund.cluster import DEFAULT_THRESHOLDS
+from raydund.config import Settings
+from raydund.errors import UserError
+from raydund.lake import Lake
+from raydund.probes import analysis
+from raydund.probes.data import TaskData
+from raydund.probes.job import ProbeConfig, load_splits
+from raydund.report import figures
+from raydund.selection.ccfs import CCFS, Correlations, selection_table_rows
+from raydund.selection.reduced import log_reduced, save_reduced
+
+log = logging.getLogger(__name__)
+
+TRANSFER_RESULTS = "transfer_results"
+
+
+@dataclasses.dataclass
+class TransferConfig:
+    """LS + CCFS on some tasks of one (model, corpus).
+
+    Attributes
+    ----------
+    labels : tuple of str
+        Corpus label columns, one task each (``pos``, ``chunk``, ``semtag``, ``label``).
+    stats_split : str
+        The split whose general-redundancy correlations CC restricts (``raydund similarity``).
+    train_limit : int, optional
+        Train on the first N training rows only (the paper uses the first 150k tokens).
+    ls_thresholds, ccfs_thresholds : tuple of float
+        Relative losses allowed (0.01 = 1%); every pair is run, the first is registered.
+    timing : bool
+        Also run the timing analysis (:mod:`raydund.selection.timing`).
+    """
+
+    model: str
+    corpus: str
+    labels: tuple[str, ...]
+    unit: str = "word"
+    task: str = "classification"
+    splits: tuple[str, str, str] = ("train", "dev", "test")
+    stats_split: str = "dev"
+    train_limit: int | None = None
+    ls_thresholds: tuple[float, ...] = (0.01,)
+    ccfs_thresholds: tuple[float, ...] = (0.01,)
+    cluster_thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    l1: float = 1e-5
+    l2: float = 1e-5
+    seed: int = 0
+    register: bool = True
+    timing: bool = True
+    timing_sentences: int = 200
+
+    def probe_config(self, label: str) -> ProbeConfig:
+        return ProbeConfig(model=self.model, corpus=self.corpus, label=label, unit=self.unit, task=self.task,
+                           splits=self.splits, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           l1=self.l1, l2=self.l2, seed=self.seed)
+
+    def ccfs(self) -> CCFS:
+        return CCFS(self.probe_config(self.labels[0]).settings(), self.ls_thresholds, self.ccfs_thresholds,
+                    self.cluster_thresholds)
+
+
+def fit_task(cfg: TransferConfig, label: str, settings: Settings) -> dict:
+    """One task: its splits and the correlations from the lake, then the CCFS sweep."""
+    from raydund.redundancy import load_correlations  # noqa: PLC0415
+
+    lake = Lake(settings)
+    model = cfg.ccfs()  # validates the thresholds before any reading
+    splits = load_splits(lake, cfg.probe_config(label))
+    if cfg.train_limit:
+        tr = splits.train
+        n = int(cfg.train_limit)
+        splits = analysis.make_splits(TaskData(tr.X[:n], tr.labels[:n], tr.words[:n], tr.widths),
+                                      splits.dev, splits.test, cfg.task)
+    r, layer_of, constant, snap = load_correlations(lake, cfg.model, cfg.corpus, cfg.stats_split, cfg.unit)
+    start = time.perf_counter()
+    model.fit(splits, Correlations(r, layer_of, constant))
+    return {"label": label, "model": model, "seconds": time.perf_counter() - start,
+            "classes": splits.classes, "widths": splits.train.widths, "train_rows": len(splits.train.X),
+            "correlation_snapshot_id": snap, "test_predictions": _test_predictions(model, splits)}
+
+
+def _test_predictions(model: CCFS, splits: analysis.Splits) -> list:
+    """The pipeline's test predictions of the registered selection (the reduced model must match them)."""
+    sel = model.selections_[0]
+    scores = splits.test.X[:, sel.neurons] @ sel.coef + sel.intercept
+    return scores[:, 0].tolist() if splits.classes is None else [splits.classes[i] for i in scores.argmax(1)]
+
+
+def extraction_run(settings: Settings, model: str, corpus: str, split: str, unit: str) -> dict:
+    """The MLflow params of the extraction that wrote (model, corpus, split, unit): source, aggregation."""
+    mlflow = tracking.configure(settings)
+    exp = mlflow.MlflowClient().get_experiment_by_name(tracking.experiment_name(model, corpus))
+    runs = [] if exp is None else mlflow.MlflowClient().search_runs(
+        [exp.experiment_id], filter_string=(f"tags.`raydund.stage` = 'extract' and params.split = '{split}' "
+                                            f"and params.unit = '{unit}' and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise UserError(f"no finished extraction of {model} {corpus}/{split} ({unit}) in MLflow")
+    return {"run_id": runs[0].info.run_id, **runs[0].data.params}
+
+
+def run_transfer(cfg: TransferConfig, settings: Settings) -> dict:
+    """LS + CCFS for every label of ``cfg``; returns the table rows, registered models and run ids."""
+    from raydund.extract.job import ensure_ray  # noqa: PLC0415
+    from raydund.probes.job import _remote  # noqa: PLC0415
+
+    cfg.ccfs()  # bad thresholds fail here, before Ray starts
+    if not cfg.labels:
+        raise UserError("give at least one task label")
+    lake = Lake(settings)
+    source = extraction_run(settings, cfg.model, cfg.corpus, cfg.splits[2], cfg.unit)
+    ray = ensure_ray()
+    mlflow = tracking.configure(settings)
+    params = {**{k: v for k, v in dataclasses.asdict(cfg).items() if k != "cluster_thresholds"},
+              "labels": ",".join(cfg.labels), "splits": ",".join(cfg.splits),
+              "cluster_thresholds": ",".join(map(str, cfg.cluster_thresholds)),
+              "activations_snapshot_id": lake.activations().current_snapshot().snapshot_id,
+              "extraction_run_id": source["run_id"], "model_source": source.get("model_source", "")}
+    futures = [_remote(ray, fit_task, threads=1).remote(cfg, label, settings) for label in cfg.labels]
+    results = ray.get(futures)
+    rows, registered = [], {}
+    with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus),
+                          f"transfer {','.join(cfg.labels)}", params,
+                          tags={"raydund.stage": "transfer"}) as parent:
+        for res in results:
+            task_rows, model_uri = _track_task(mlflow, parent, cfg, res, source, settings)
+            rows += task_rows
+            if model_uri:
+                registered[res["label"]] = model_uri
+        mlflow.log_table(_frame(rows), artifact_file="tables/transfer.json")
+        mlflow.log_text(format_table(rows), "tables/transfer.txt")
+        timing = None
+        if cfg.timing:
+            from raydund.selection.timing import run_timing  # noqa: PLC0415
+
+            timing = run_timing(cfg, results, source, settings, mlflow)
+        snap = lake.replace(TRANSFER_RESULTS, transfer_table(cfg, rows), ("model", "corpus"),
+                            {"model": cfg.model, "corpus": cfg.corpus}, {"mlflow.run_id": parent.info.run_id})
+        mlflow.set_tag("iceberg.snapshot_id.transfer_results", str(snap))
+    return {"rows": rows, "registered": registered, "run_id": parent.info.run_id, "timing": timing,
+            "results": results}
+
+
+def _track_task(mlflow, parent, cfg: TransferConfig, res: dict, source: dict, settings: Settings):
+    """A child run per task, a grandchild per threshold pair; the reduced model of the first pair."""
+    label, model = res["label"], res["model"]
+    total = int(sum(res["widths"]))
+    exp = parent.info.experiment_id
+    rows = []
+    with mlflow.start_run(run_name=f"ccfs {label}", nested=True, experiment_id=exp) as child:
+        mlflow.log_params({"task": label, "train_rows": res["train_rows"],
+                           "correlation_snapshot_id": res["correlation_snapshot_id"]})
+        mlflow.log_metrics({f"seconds_{k}": v for k, v in model.seconds_.items()})
+        for sel in model.selections_:
+            sel_rows = selection_table_rows(label, sel, total)
+            rows += sel_rows
+            with mlflow.start_run(run_name=f"ls={sel.ls_threshold} ccfs={sel.ccfs_threshold}", nested=True,
+                                  experiment_id=exp):
+                mlflow.log_params({"task": label, "ls_threshold": sel.ls_threshold,
+                                   "ccfs_threshold": sel.ccfs_threshold, "cc_threshold": sel.cc_threshold})
+                mlflow.log_metrics({f"{r['stage']}_{m}": r[m] for r in sel_rows for m in ("dev", "test", "neurons")}
+                                   | {"layers": sel.layer + 1})
+        fig = figures.ccfs_sweep(rows, label) if len(model.selections_) > 1 else None
+        if fig is not None:
+            mlflow.log_figure(fig, f"figures/ccfs_sweep_{label}.png")
+            figures.close(fig)
+        sel = model.selections_[0]
+        width = res["widths"][0]
+        neurons = [{"layer": int(p // width), "neuron": int(p % width), "position": int(p)} for p in sel.neurons]
+        mlflow.log_dict({"neurons": neurons, "ls_threshold": sel.ls_threshold, "ccfs_threshold": sel.ccfs_threshold,
+                         "cc_threshold": sel.cc_threshold, "layer": sel.layer,
+                         "scores": {k: {"dev": v["dev"], "test": v["test"], "neurons": v["neurons"]}
+                                    for k, v in sel.scores.items()},
+                         "lineage": {"transfer_run_id": parent.info.run_id, "extraction_run_id": source["run_id"],
+                                     "correlation_snapshot_id": res["correlation_snapshot_id"],
+                                     "model_source": source.get("model_source")}},
+                        "ccfs/selection.json")
+        mlflow.log_dict({"predictions": res["test_predictions"]}, "ccfs/test_predictions.json")
+        model_uri = None
+        if cfg.register:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = save_reduced(
+                    Path(tmp) / "reduced", source["model_source"], sel.layer, sel.neurons, sel.coef, sel.intercept,
+                    {"classes": res["classes"], "unit": cfg.unit, "task": cfg.task, "label": label,
+                     "aggregation": source.get("aggregation", "last"), "model": cfg.model, "corpus": cfg.corpus})
+                name = registered_name(cfg.model, cfg.corpus, label)
+                info = log_reduced(mlflow, folder, name)
+            version = _latest_version(mlflow, name)
+            model_uri = f"models:/{name}/{version}"
+            mlflow.MlflowClient().set_model_version_tag(name, version, "raydund.transfer_run_id", parent.info.run_id)
+            mlflow.MlflowClient().set_model_version_tag(name, version, "raydund.task_run_id", child.info.run_id)
+            mlflow.set_tag("raydund.registered_model", model_uri)
+            log.info("registered %s (%s)", model_uri, info.model_uri)
+    return rows, model_uri
+
+
+def registered_name(model: str, corpus: str, label: str) -> str:
+    """Registry name of a reduced model: one per (base model, corpus, task)."""
+    return f"raydund-ccfs-{model}-{corpus}-{label}"
+
+
+def _latest_version(mlflow, name: str) -> str:
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
+    return str(max(int(v.version) for v in versions))
+
+
+def _frame(rows: list[dict]):
+    import pandas as pd  # noqa: PLC0415
+
+    return pd.DataFrame(rows)
+
+
+def format_table(rows: list[dict]) -> str:
+    """The Table 3/9/10 layout as text: per task, oracle / LS / CC / CCFS with layers, neurons, scores."""
+    lines = [f"{'task':<10} {'ls,ccfs':<11} {'stage':<7} {'layers':>6} {'neurons':>8} {'reduct.':>8} "
+             f"{'dev':>7} {'test':>7}"]
+    for r in rows:
+        layers = "all" if r["layers"] is None else str(r["layers"])
+        lines.append(f"{r['task']:<10} {r['ls_threshold']:g},{r['ccfs_threshold']:<7g} {r['stage']:<7} {layers:>6} "
+                     f"{r['neurons']:>8} {100 * r['reduction']:>7.1f}% {100 * r['dev']:>6.2f} {100 * r['test']:>6.2f}")
+    return "\n".join(lines)
+
+
+def transfer_table(cfg: TransferConfig, rows: list[dict]) -> pa.Table:
+    """Lake rows: (task, ls_threshold, ccfs_threshold, stage, layers, neurons, split, metric, value)."""
+    out = []
+    for r in rows:
+        for split in ("dev", "test"):
+            out.append((r["task"], r["ls_threshold"], r["ccfs_threshold"], r["stage"], r["layers"], r["neurons"],
+                        split, r["metric"], float(r[split])))
+    cols = list(zip(*out)) if out else [[]] * 9
+    n = len(out)
+    return pa.table({
+        "model": pa.array([cfg.model] * n, pa.string()), "corpus": pa.array([cfg.corpus] * n, pa.string()),
+        "unit": pa.array([cfg.unit] * n, pa.string()), "task": pa.array(cols[0], pa.string()),
+        "ls_threshold": pa.array(cols[1], pa.float64()), "ccfs_threshold": pa.array(cols[2], pa.float64()),
+        "stage": pa.array(cols[3], pa.string()), "layers": pa.array(cols[4], pa.int32()),
+        "neurons": pa.array(cols[5], pa.int32()), "split": pa.array(cols[6], pa.string()),
+        "metric": pa.array(cols[7], pa.string()), "value": pa.array(cols[8], pa.float64()),
+    })

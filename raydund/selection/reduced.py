@@ -1,0 +1,148 @@
+"""The CCFS result as a deployable model: raw text in, labels out.
+
+The transformer is cut after the LayerSelector's layer (its later blocks are not in the
+saved weights at all), only the selected neurons are read from the hidden states, and
+the final probe maps them to labels. Saved as an MLflow pyfunc model:
+
+- ``transformer/``: ``save_pretrained`` of the truncated model and its tokenizer;
+- ``probe.npz``: the neuron positions, the probe's weights and intercept;
+- ``meta.json``: classes, unit, aggregation, task, layer.
+
+``ReducedModel.predict`` takes a pandas DataFrame with a ``text`` column (words split on
+whitespace; ``text_b`` for sentence pairs) or a list of strings, and returns one list of
+labels per sentence (``unit="word"``) or one label per sentence (``unit="cls"``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raydund.errors import UserError
+
+
+def truncate(model, blocks: int):
+    """Keep the embeddings and the first ``blocks`` transformer blocks of ``model`` (modified in place).
+
+    At least one block is kept: transformers records the hidden states (the embedding
+    output included) as the blocks run, so a model with none returns no states. The block list is found as the ``ModuleList`` with ``config.num_hidden_layers``
+    entries (``encoder.layer`` for BERT/RoBERTa, ``layer`` for XLNet, ``h`` for GPT-2).
+    """
+    n = int(model.config.num_hidden_layers)
+    if not 0 <= blocks <= n:
+        raise UserError(f"cannot keep {blocks} blocks of a {n}-block model")
+    blocks = max(int(blocks), 1)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n and name:
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, torch.nn.ModuleList(list(module)[:blocks]))
+            model.config.num_hidden_layers = blocks
+            return model
+    raise UserError(f"cannot find the transformer blocks of {type(model).__name__} to cut")
+
+
+def save_reduced(path: str | Path, model_source: str, layer: int, neurons: np.ndarray, coef: np.ndarray,
+                 intercept: np.ndarray, meta: dict) -> Path:
+    """Write the artefacts of a reduced model into ``path`` (a fresh folder)."""
+    from raydund.extract.encoder import ModelSpec, load_model  # noqa: PLC0415
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=False)
+    model, tokenizer = load_model(ModelSpec("source", model_source))
+    truncate(model, layer)
+    model.save_pretrained(path / "transformer")
+    tokenizer.save_pretrained(path / "transformer")
+    np.savez(path / "probe.npz", neurons=np.asarray(neurons, dtype=np.int64),
+             coef=np.asarray(coef, dtype=np.float32), intercept=np.asarray(intercept, dtype=np.float32))
+    (path / "meta.json").write_text(json.dumps({**meta, "layer": int(layer)}, indent=1), encoding="utf-8")
+    return path
+
+
+try:
+    from mlflow.pyfunc import PythonModel as _PythonModel
+except ImportError:  # pragma: no cover - mlflow is a dependency; keeps the module importable without it
+    _PythonModel = object
+
+
+class ReducedModel(_PythonModel):
+    """MLflow pyfunc: truncated transformer -> selected neurons -> final probe.
+
+    Also usable without MLflow: ``ReducedModel.from_folder(path)``.
+    """
+
+    def load_context(self, context):
+        self._load(Path(context.artifacts["reduced"]))
+
+    @classmethod
+    def from_folder(cls, path: str | Path) -> "ReducedModel":
+        model = cls()
+        model._load(Path(path))
+        return model
+
+    def _load(self, path: Path) -> None:
+        from raydund.extract.encoder import Encoder, ModelSpec, load_model  # noqa: PLC0415
+
+        self.meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        probe = np.load(path / "probe.npz")
+        self.neurons, self.coef, self.intercept = probe["neurons"], probe["coef"], probe["intercept"]
+        model, tokenizer = load_model(ModelSpec("reduced", str(path / "transformer")))
+        self.encoder = Encoder(model, tokenizer, self.meta["aggregation"], self.meta.get("batch_size", 32))
+        width = int(model.config.hidden_size)
+        self._layer, self._index = self.neurons // width, self.neurons % width
+
+    def features(self, sentences: list[list[str]], sentences_b: list[list[str]] | None = None) -> list[np.ndarray]:
+        """Per sentence, ``[words x k]`` (or ``[1 x k]`` for cls) values of the selected neurons."""
+        out = [None] * len(sentences)
+        if self.meta["unit"] == "cls":
+            chunks = self.encoder.encode_cls(sentences, sentences_b)
+        else:
+            chunks = self.encoder.encode_words(sentences)
+        parts: dict[int, list] = {}
+        for chunk in chunks:
+            values = chunk.layers[self._layer, :, self._index].T  # [n x k]
+            for row, (s, w) in enumerate(zip(chunk.sentence_pos, chunk.word_ids)):
+                parts.setdefault(int(s), []).append((int(w), values[row]))
+        for s in range(len(sentences)):
+            rows = sorted(parts.get(s, []), key=lambda p: p[0])
+            out[s] = np.stack([v for _, v in rows]) if rows else np.zeros((0, len(self.neurons)), np.float32)
+        return out
+
+    def predict(self, context, model_input, params=None):
+        """Labels for raw text: one list per sentence (words) or one label per sentence (cls)."""
+        texts, texts_b = _texts(model_input)
+        sentences = [t.split() for t in texts]
+        if any(not s for s in sentences):
+            raise UserError("every input sentence needs at least one word")
+        pairs = [t.split() for t in texts_b] if texts_b is not None else None
+        classes = self.meta.get("classes")
+        out = []
+        for feats in self.features(sentences, pairs):
+            scores = feats @ self.coef + self.intercept
+            labels = scores[:, 0].tolist() if classes is None else [classes[i] for i in scores.argmax(1)]
+            out.append(labels[0] if self.meta["unit"] == "cls" else labels)
+        return out
+
+
+def _texts(model_input) -> tuple[list[str], list[str] | None]:
+    if isinstance(model_input, str):
+        return [model_input], None
+    if isinstance(model_input, (list, tuple)):
+        return [str(t) for t in model_input], None
+    columns = getattr(model_input, "columns", None)
+    if columns is None or "text" not in columns:
+        raise UserError("give a list of sentences or a DataFrame with a 'text' column (and 'text_b' for pairs)")
+    b = [str(t) for t in model_input["text_b"]] if "text_b" in columns else None
+    return [str(t) for t in model_input["text"]], b
+
+
+def log_reduced(mlflow, folder: Path, registered_name: str | None):
+    """Log a reduced-model folder as an MLflow pyfunc model (and register it); returns the ModelInfo."""
+    package = Path(__file__).resolve().parents[1]
+    return mlflow.pyfunc.log_model(
+        name="reduced_model", python_model=ReducedModel(), artifacts={"reduced": str(folder)},
+        code_paths=[str(package)], registered_model_name=registered_name,
+        pip_requirements=["torch", "transformers", "numpy", "mlflow"])
