@@ -90,7 +90,10 @@ case "${1:-}" in
     wait_nodes 1
     for i in $(seq 1 "$WORKERS"); do
       # shellcheck disable=SC2046
-      start_node "worker-$i" --address "$HOST:$GCS_PORT" --node-ip-address "$HOST" --num-cpus "$CPUS" $(node_ports)
+      # its own temp dir: nodes sharing one would garbage-collect each other's job working dirs
+      mkdir -p "$STATE/ray-worker-$i"
+      start_node "worker-$i" --address "$HOST:$GCS_PORT" --node-ip-address "$HOST" --num-cpus "$CPUS" \
+        --temp-dir "$STATE/ray-worker-$i" $(node_ports)
     done
     wait_nodes $((WORKERS + 1))
     if [ -z "${NO_MLFLOW:-}" ]; then "$HERE/mlflow-server.sh" start; fi
