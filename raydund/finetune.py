@@ -593,7 +593,7 @@ def run_finetune(cfg: FinetuneConfig, settings: Settings) -> FinetuneResult:
         mlflow.set_tags({"raydund.registered_model": name, "raydund.model_version": version.version,
                          LAKE_MODEL_TAG: version.tags[LAKE_MODEL_TAG]})
     return FinetuneResult(
-        registered_name=name, version=version.version, lake_model=version.tags[LAKE_MODEL_TAG], task=task,
+        registered_name=name, version=str(version.version), lake_model=version.tags[LAKE_MODEL_TAG], task=task,
         test=test, dev={k[4:]: v for k, v in state["history"][-1].items() if k.startswith("dev_")},
         history=state["history"], start_epochs=state["start_epochs"], run_id=run.info.run_id, job_key=key,
         seconds=time.perf_counter() - start,
@@ -635,7 +635,7 @@ def _result_of(client, version, task: str, key: str, seconds: float) -> Finetune
                 record[name] = values[0] if values else float("nan")
         history.append(record)
     return FinetuneResult(
-        registered_name=version.name, version=version.version, lake_model=version.tags[LAKE_MODEL_TAG],
+        registered_name=version.name, version=str(version.version), lake_model=version.tags[LAKE_MODEL_TAG],
         task=task, test={k[5:]: v for k, v in metrics.items() if k.startswith("test_")},
         dev={k[4:-6]: v for k, v in metrics.items() if k.startswith("dev_") and k.endswith("_final")},
         history=sorted(history, key=lambda r: r["epoch"]), start_epochs=[], run_id=version.run_id, job_key=key,

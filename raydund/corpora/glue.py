@@ -104,8 +104,9 @@ def _fields(path, lineno: int, row: str, cols: _Columns) -> list[str]:
     """Split one row, checking its field count against the header."""
     fields = row.split("\t")
     if len(fields) != cols.width:
+        hint = " (a sentence pair with a missing side?)" if cols.b is not None and len(fields) < cols.width else ""
         raise CorpusError(path, lineno, f"expected {cols.width} tab-separated columns (as in the header), "
-                                        f"found {len(fields)}")
+                                        f"found {len(fields)}{hint}")
     return fields
 
 
@@ -129,6 +130,8 @@ def _label(path, lineno: int, value: str, cols: _Columns) -> str | float:
         return score
     if cols.allowed is not None and value not in cols.allowed:
         raise CorpusError(path, lineno, f"label {value!r} is not one of {sorted(cols.allowed)}")
+    if not value:
+        raise CorpusError(path, lineno, "empty label")
     return value
 
 
