@@ -125,7 +125,7 @@ def cmd_probe(args) -> None:
                       splits=tuple(args.splits), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       l1=args.l1, l2=args.l2, seed=args.seed, control=not args.no_control,
                       cluster_split=args.cluster_split, redundant_share=args.redundant_share,
-                      keep_share=args.keep_share)
+                      keep_share=args.keep_share, train_limit=args.train_limit)
     out = run_probes(cfg, _settings())
     key = "pearson" if cfg.task == "regression" else "accuracy"
     control = {r["probe"]: r for r in out["control"] or []}
@@ -140,6 +140,27 @@ def cmd_probe(args) -> None:
     for r in out["reduced"]:
         print(f"clustering threshold {r['threshold']:.1f}: {r['neurons']} neurons, dev {100 * r['dev'][key]:.2f}")
     print(f"MLflow run {out['run_id']}")
+
+
+def cmd_transfer(args) -> None:
+    from raydund.selection.job import TransferConfig, format_table, run_transfer  # noqa: PLC0415
+
+    cfg = TransferConfig(model=args.model, corpus=args.corpus, labels=tuple(args.label), unit=args.unit,
+                         task=args.task, splits=tuple(args.splits), stats_split=args.stats_split,
+                         train_limit=args.train_limit, ls_thresholds=tuple(args.ls_threshold or (0.01,)),
+                         ccfs_thresholds=tuple(args.ccfs_threshold or (0.01,)), epochs=args.epochs, lr=args.lr,
+                         seed=args.seed, timing=not args.no_timing, register=not args.no_register)
+    out = run_transfer(cfg, _settings())
+    print(format_table(out["rows"]))
+    for label, uri in out["registered"].items():
+        print(f"reduced model for {label}: {uri}")
+    print(f"MLflow run {out['run_id']}  (raydund report {out['run_id']})")
+
+
+def cmd_report(args) -> None:
+    from raydund.report.html import build_report  # noqa: PLC0415
+
+    print(build_report(_settings(), args.run))
 
 
 def cmd_tables(args) -> None:
@@ -347,7 +368,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-share", type=float, default=0.97, help="minimal set keeps this share of the oracle")
     p.add_argument("--no-control", action="store_true", help="skip the control task")
     p.add_argument("--cluster-split", default=None, help="also score the clustering sweep of this split")
+    p.add_argument("--train-limit", type=int, default=None, help="train on the first N training rows only")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("transfer", help="efficient transfer: LayerSelector + CCFS per task, reduced model registered")
+    _add_target(p)
+    p.add_argument("--label", action="append", required=True, help="a task label column (repeat for several)")
+    p.add_argument("--task", choices=["classification", "regression"], default="classification")
+    p.add_argument("--splits", nargs=3, default=["train", "dev", "test"], metavar=("TRAIN", "DEV", "TEST"))
+    p.add_argument("--stats-split", default="dev", help="split whose correlations (raydund similarity) CC uses")
+    p.add_argument("--ls-threshold", type=float, action="append", help="relative loss LS may take (default 0.01)")
+    p.add_argument("--ccfs-threshold", type=float, action="append", help="relative loss CC and FS may take (0.01)")
+    p.add_argument("--train-limit", type=int, default=None, help="train on the first N training rows only")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-timing", action="store_true", help="skip the timing analysis")
+    p.add_argument("--no-register", action="store_true", help="do not register the reduced models")
+    p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("report", help="one self-contained HTML page with the paper's figures and tables for a run")
+    p.add_argument("run", help="MLflow run id of a `raydund transfer` job")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("explore", help="look at neurons: top words, labels, clusters, heatmaps, an HTML browser")
     explore = p.add_subparsers(dest="explore", required=True, metavar="WHAT")

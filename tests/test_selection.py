@@ -126,3 +126,43 @@ def test_transfer_job_registers_a_reduced_model_that_reproduces_the_pipeline(set
     timing = out["timing"]
     assert [r["layers"] for r in timing["forward_by_layers"]] == [2, 3]  # embeddings + 1 or 2 blocks
     assert timing["reduced_vs_full"][0]["speedup"] > 0
+
+    # the report: one self-contained page; every figure loads in headless Chromium, no console errors
+    from browser import page_of
+
+    from raydund.probes.job import ProbeConfig, run_probes
+    from raydund.report.html import build_report
+
+    from raydund.redundancy import ClusterConfig, run_clustering
+
+    run_clustering(ClusterConfig(model=name, corpus="toy", split="train"), settings)
+    run_probes(ProbeConfig(model=name, corpus="toy", label="pos", epochs=5, control=False), settings)
+    page_path = build_report(settings, out["run_id"])
+    assert page_path == settings.report_dir(name, "toy") / "index.html"
+    with page_of(page_path) as (page, problems):
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.complete && e.naturalWidth > 0])")
+        headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
+        text = page.inner_text("body")
+    assert problems == []
+    names = {alt for alt, _ in images}
+    assert all(ok for _, ok in images) and {"cka_heatmap", "cc_threshold_curve", "layerwise_pos",
+                                             "timing_forward_by_layers", "timing_probe_cost"} <= names
+    assert headings == ["General redundancy", "Task-specific redundancy", "Efficient transfer: LayerSelector + CCFS",
+                        "Timing (measured)"]
+    assert "ccfs" in text and "POS" not in text  # toy corpus: no paper row to compare with
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(out["run_id"], "report")}
+    assert "report/index.html" in logged
+
+
+def test_report_refuses_a_run_that_is_not_a_transfer(settings):
+    from raydund import tracking
+    from raydund.report.html import build_report
+
+    mlflow = tracking.configure(settings)
+    with tracking.job_run(settings, "raydund/m/c", "other", {"model": "m"}) as run:
+        pass
+    with pytest.raises(UserError, match="not a transfer run"):
+        build_report(settings, run.info.run_id)
+    with pytest.raises(UserError, match="no MLflow run"):
+        build_report(settings, "0" * 32)
+    assert mlflow.active_run() is None

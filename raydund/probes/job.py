@@ -49,6 +49,8 @@ class ProbeConfig:
         Also train control-task probes (selectivity).
     cluster_split : str, optional
         Score the clustering sweep of this split (``raydund cluster``) on the task.
+    train_limit : int, optional
+        Train on the first N training rows only (the paper uses the first 150k tokens).
     """
 
     model: str
@@ -68,6 +70,7 @@ class ProbeConfig:
     control: bool = True
     cluster_split: str | None = None
     dev_fraction: float = 0.1
+    train_limit: int | None = None
 
     def settings(self) -> analysis.ProbeSettings:
         """The probe hyperparameters of this config (fields of the same names)."""
@@ -96,6 +99,9 @@ def load_splits(lake: Lake, cfg: ProbeConfig) -> analysis.Splits:
     else:
         dev = load_task(lake, cfg.model, cfg.corpus, dev_name, cfg.label, cfg.unit)
     test = load_task(lake, cfg.model, cfg.corpus, test_name, cfg.label, cfg.unit)
+    if cfg.train_limit:
+        n = int(cfg.train_limit)
+        train = TaskData(train.X[:n], train.labels[:n], train.words[:n], train.widths)
     return analysis.make_splits(train, dev, test, cfg.task)
 
 

@@ -23,7 +23,6 @@ from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.lake import Lake
 from raydund.probes import analysis
-from raydund.probes.data import TaskData
 from raydund.probes.job import ProbeConfig, load_splits
 from raydund.report import figures
 from raydund.selection.ccfs import CCFS, Correlations, selection_table_rows
@@ -76,7 +75,7 @@ class TransferConfig:
     def probe_config(self, label: str) -> ProbeConfig:
         return ProbeConfig(model=self.model, corpus=self.corpus, label=label, unit=self.unit, task=self.task,
                            splits=self.splits, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           l1=self.l1, l2=self.l2, seed=self.seed)
+                           l1=self.l1, l2=self.l2, seed=self.seed, train_limit=self.train_limit)
 
     def ccfs(self) -> CCFS:
         return CCFS(self.probe_config(self.labels[0]).settings(), self.ls_thresholds, self.ccfs_thresholds,
@@ -90,11 +89,6 @@ def fit_task(cfg: TransferConfig, label: str, settings: Settings) -> dict:
     lake = Lake(settings)
     model = cfg.ccfs()  # validates the thresholds before any reading
     splits = load_splits(lake, cfg.probe_config(label))
-    if cfg.train_limit:
-        tr = splits.train
-        n = int(cfg.train_limit)
-        splits = analysis.make_splits(TaskData(tr.X[:n], tr.labels[:n], tr.words[:n], tr.widths),
-                                      splits.dev, splits.test, cfg.task)
     r, layer_of, constant, snap = load_correlations(lake, cfg.model, cfg.corpus, cfg.stats_split, cfg.unit)
     start = time.perf_counter()
     model.fit(splits, Correlations(r, layer_of, constant))

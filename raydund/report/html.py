@@ -1,0 +1,270 @@
+"""``raydund report RUN``: one self-contained HTML page with the paper's figures and tables.
+
+Everything comes from the lake (CKA, clusters, probe results, LS + CCFS) and from the
+transfer run's MLflow artefacts (timing); figures are PNGs embedded as data URIs, so the
+page opens anywhere with no server and no network, and the same PNGs go to MLflow.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from raydund import tracking
+from raydund.cluster import SPANS, composition
+from raydund.config import Settings
+from raydund.errors import UserError
+from raydund.lake import Lake
+from raydund.report import figures
+
+log = logging.getLogger(__name__)
+
+#: Published numbers (Dalvi et al. 2020, Tables 9 and 10: BERT-base, test accuracy %, LS layers,
+#: CCFS neurons) for the tasks whose data raydund has; keyed by (corpus, label).
+PAPER = {
+    ("conll2000", "pos"): {"task": "POS", "oracle": 95.2, "ls": 94.8, "ls_layers": 3, "ccfs": 93.9, "neurons": 300},
+    ("ptb_wsj_sample", "pos"): {"task": "POS", "oracle": 95.2, "ls": 94.8, "ls_layers": 3, "ccfs": 93.9,
+                                "neurons": 300},
+    ("pmb_semtag", "semtag"): {"task": "SEM", "oracle": 92.0, "ls": 91.2, "ls_layers": 3, "ccfs": 90.1,
+                               "neurons": 400},
+    ("pmb_semtag", "ccg"): {"task": "CCG", "oracle": 90.1, "ls": 89.2, "ls_layers": 8, "ccfs": 90.2, "neurons": 400},
+    ("conll2000", "chunk"): {"task": "Chunking", "oracle": 94.6, "ls": 94.0, "ls_layers": 7, "ccfs": 93.7,
+                             "neurons": 600},
+    ("sst2", "label"): {"task": "SST-2", "oracle": 90.6, "ls": 88.2, "ls_layers": None, "ccfs": None, "neurons": 30},
+    ("mrpc", "label"): {"task": "MRPC", "oracle": 86.0, "ls": 86.0, "ls_layers": None, "ccfs": None, "neurons": 100},
+    ("rte", "label"): {"task": "RTE", "oracle": 69.3, "ls": 69.3, "ls_layers": None, "ccfs": None, "neurons": 30},
+    ("stsb", "label"): {"task": "STS-B", "oracle": 89.7, "ls": 89.1, "ls_layers": None, "ccfs": None, "neurons": 400},
+}
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}.figs{display:flex;flex-wrap:wrap;gap:1em}
+.figs img{max-width:520px;border:1px solid #eee}.note{color:#666;font-size:.85em}
+"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    figures.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _table(header: list[str], rows: list[list], left: int = 1) -> str:
+    def cell(i, v, tag):
+        cls = ' class="l"' if i < left else ""
+        text = "" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+        return f"<{tag}{cls}>{html.escape(text)}</{tag}>"
+
+    head = "".join(cell(i, h, "th") for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell(i, v, "td") for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+class Report:
+    """Collects sections and figures; writes the HTML page and the PNGs."""
+
+    def __init__(self, title: str):
+        self.title, self.parts, self.images = title, [], {}
+
+    def section(self, title: str) -> None:
+        self.parts.append(f"<h2>{html.escape(title)}</h2>")
+
+    def text(self, text: str, cls: str = "") -> None:
+        self.parts.append(f'<p class="{cls}">{html.escape(text)}</p>')
+
+    def raw(self, markup: str) -> None:
+        self.parts.append(markup)
+
+    def figures(self, named: dict) -> None:
+        tags = []
+        for name, fig in named.items():
+            data = _png(fig)
+            self.images[name] = data
+            tags.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
+        self.parts.append('<div class="figs">' + "".join(tags) + "</div>")
+
+    def write(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in self.images.items():
+            (folder / f"{name}.png").write_bytes(base64.b64decode(data))
+        page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(self.title)}</title>"
+                f"<style>{STYLE}</style></head><body><h1>{html.escape(self.title)}</h1>"
+                + "\n".join(self.parts) + "</body></html>")
+        path = folder / "index.html"
+        path.write_text(page, encoding="utf-8")
+        return path
+
+
+def _scan(lake: Lake, name: str, model: str, corpus: str) -> pl.DataFrame:
+    if f"raydund.{name}" not in lake.table_names():
+        return pl.DataFrame()
+    return lake.scan(name).filter((pl.col("model") == model) & (pl.col("corpus") == corpus)).collect()
+
+
+def general_section(rep: Report, lake: Lake, model: str, corpus: str) -> None:
+    """CKA heatmaps (Figure 1), clustering curve and composition (Figures 2 and 3)."""
+    rep.section("General redundancy")
+    sim = _scan(lake, "layer_similarity", model, corpus)
+    if sim.height:
+        split = sim["split"][0]
+        named = {}
+        for measure in ("cka", "cka_debiased"):
+            part = sim.filter((pl.col("measure") == measure) & (pl.col("split") == split)
+                              & (pl.col("variant") == "all"))
+            if part.height:
+                L = int(part["layer_a"].max()) + 1
+                M = np.full((L, L), np.nan)
+                M[part["layer_a"].to_numpy(), part["layer_b"].to_numpy()] = part["value"].to_numpy()
+                M = np.where(np.isnan(M), M.T, M)
+                named[f"{measure}_heatmap"] = figures.cka_heatmap(M, f"{measure.replace('_', ' ')} ({split})")
+        rep.figures(named)
+    clusters = _scan(lake, "clusters", model, corpus)
+    if clusters.height:
+        summary = []
+        for (t,), g in clusters.sort("threshold").group_by("threshold", maintain_order=True):
+            comp = composition(g["cluster_id"].to_numpy(), g["layer"].to_numpy())
+            summary.append({"threshold": t, "neurons_kept": int(g["kept"].sum()), "neurons_total": g.height, **comp})
+        rep.figures({"cc_threshold_curve": figures.threshold_curve(summary, "correlation clustering"),
+                     "cc_composition": figures.composition_bars(summary, SPANS, "cluster composition")})
+        rep.raw(_table(["threshold", "neurons kept", "of", "reduction %"],
+                       [[r["threshold"], r["neurons_kept"], r["neurons_total"],
+                         100 * (1 - r["neurons_kept"] / r["neurons_total"])] for r in summary], left=0))
+    if not sim.height and not clusters.height:
+        rep.text("No general-redundancy results: run `raydund similarity` and `raydund cluster`.", "note")
+
+
+def _probe_rows(frame: pl.DataFrame, analysis: str) -> list[dict]:
+    """probe_results rows back into the {probe, dev: {...}, test: {...}} shape of the analyses."""
+    part = frame.filter(pl.col("analysis") == analysis)
+    rows = {}
+    for r in part.iter_rows(named=True):
+        row = rows.setdefault(r["probe"], {"probe": r["probe"], "k": r["k"], "dev": {}, "test": {}})
+        metric = r["metric"]
+        if ":" in metric:
+            name, cls = metric.split(":", 1)
+            row[r["split"]].setdefault(name, {})[cls] = r["value"]
+        else:
+            row[r["split"]][metric] = r["value"]
+    return list(rows.values())
+
+
+def task_section(rep: Report, lake: Lake, model: str, corpus: str) -> None:
+    """Per task: layer-wise redundancy (Figure 4, Table 7), per class (Figures 7-9), minimal set (Table 8)."""
+    probes = _scan(lake, "probe_results", model, corpus)
+    if not probes.height:
+        return
+    rep.section("Task-specific redundancy")
+    for (task,), frame in probes.group_by("task", maintain_order=True):
+        layer_rows = _probe_rows(frame, "layerwise")
+        key = "pearson" if any("pearson" in r["dev"] for r in layer_rows) else "accuracy"
+        oracle = next((r for r in layer_rows if r["probe"] == "oracle"), None)
+        if oracle is None:
+            continue
+        rep.raw(f"<h3>{html.escape(task)}</h3>")
+        named = {f"layerwise_{task}": figures.layerwise(layer_rows, key, f"{task}: layer-wise")}
+        if key == "accuracy" and 0 < len(oracle["dev"].get("per_class", {})) <= 10:
+            named[f"per_class_{task}"] = figures.per_class(layer_rows, f"{task}: per class")
+        minimal = sorted(_probe_rows(frame, "minimal_set"), key=lambda r: r["k"] or 0)
+        if minimal:
+            named[f"minimal_set_{task}"] = figures.minimal_set(minimal, key, oracle["dev"][key], f"{task}: top-k")
+        rep.figures(named)
+        rep.raw(_table(["probe", f"dev {key} %", f"test {key} %", "share of oracle"],
+                       [[r["probe"], 100 * r["dev"][key], 100 * r["test"][key], r["dev"][key] / oracle["dev"][key]]
+                        for r in layer_rows]))
+
+
+def transfer_section(rep: Report, lake: Lake, model: str, corpus: str) -> None:
+    """LS + CCFS per task (Tables 3, 9, 10), with the paper's published BERT-base numbers beside."""
+    rows = _scan(lake, "transfer_results", model, corpus)
+    if not rows.height:
+        return
+    rep.section("Efficient transfer: LayerSelector + CCFS")
+    wide = (rows.pivot(on="split", index=["task", "ls_threshold", "ccfs_threshold", "stage", "layers", "neurons"],
+                       values="value").sort("task", "ls_threshold", "ccfs_threshold"))
+    order = {"oracle": 0, "ls": 1, "cc": 2, "ccfs": 3}
+    total = int(wide.filter(pl.col("stage") == "oracle")["neurons"].max())
+    body = []
+    for r in sorted(wide.iter_rows(named=True), key=lambda r: (r["task"], r["ls_threshold"], r["ccfs_threshold"],
+                                                                 order[r["stage"]])):
+        body.append([r["task"], f"{r['ls_threshold']:g} / {r['ccfs_threshold']:g}", r["stage"],
+                     "all" if r["layers"] is None else r["layers"], r["neurons"],
+                     100 * (1 - r["neurons"] / total), 100 * r["dev"], 100 * r["test"]])
+    rep.raw(_table(["task", "thresholds LS / CCFS", "stage", "layers", "neurons", "reduction %", "dev %", "test %"],
+                   body, left=3))
+    paper = []
+    for task in wide["task"].unique().sort():
+        ref = PAPER.get((corpus, task))
+        if ref is None:
+            continue
+        ours = {r["stage"]: r for r in wide.filter(pl.col("task") == task).iter_rows(named=True)
+                if r["ls_threshold"] == wide["ls_threshold"][0] and r["ccfs_threshold"] == wide["ccfs_threshold"][0]}
+        paper.append([f"{task} (paper: {ref['task']})", 100 * ours["oracle"]["test"], ref["oracle"],
+                      100 * ours["ls"]["test"], ref["ls"], ours["ls"]["layers"], ref["ls_layers"],
+                      100 * ours["ccfs"]["test"], ref["ccfs"], ours["ccfs"]["neurons"], ref["neurons"]])
+    if paper:
+        rep.raw("<h3>Side by side with the paper (BERT-base, Tables 9 and 10)</h3>")
+        rep.raw(_table(["task", "oracle", "paper", "LS", "paper", "LS layers", "paper", "CCFS", "paper",
+                        "CCFS neurons", "paper"], paper))
+        rep.text(f"Here: {model} on {corpus} (test %). The paper's model is BERT-base (13 x 768 = 9,984 neurons) "
+                 "trained on 150k tokens; its CoNLL/PMB releases and splits can differ.", "note")
+
+
+def timing_section(rep: Report, timing: dict | None) -> None:
+    """Figures 5 and 10-14: measured forward, probe and stage times."""
+    if not timing:
+        return
+    rep.section("Timing (measured)")
+    rep.figures(figures.timing_figures(timing, f"{timing['sentences']} sentences"))
+    rep.raw(_table(["task", "layers", "neurons", "full model s", "reduced model s", "speed-up"],
+                   [[r["task"], r["layers"], r["neurons"], r["full_seconds"], r["reduced_seconds"], r["speedup"]]
+                    for r in timing["reduced_vs_full"]]))
+    rep.raw(_table(["stage", "seconds per 1k tokens", "R² of a line in T"],
+                   [[s, 1000 * f["slope"], f["r2"]] for s, f in timing["linear_fits"].items()]))
+
+
+def build_report(settings: Settings, run_id: str) -> Path:
+    """Render the report of a transfer run (``raydund transfer``) and log its page and PNGs to that run."""
+    mlflow = tracking.configure(settings)
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001  (MLflow raises its own exception types for unknown ids)
+        raise UserError(f"no MLflow run {run_id!r} in {settings.tracking_uri}") from None
+    params = run.data.params
+    if run.data.tags.get("raydund.stage") != "transfer":
+        raise UserError(f"run {run_id} is not a transfer run (`raydund transfer` prints the id)")
+    model, corpus = params["model"], params["corpus"]
+    lake = Lake(settings)
+    rep = Report(f"raydund: {model} on {corpus}")
+    rep.text(f"MLflow run {run_id}; tasks {params.get('labels')}; LS thresholds {params.get('ls_thresholds')}, "
+             f"CCFS thresholds {params.get('ccfs_thresholds')}; activations snapshot "
+             f"{params.get('activations_snapshot_id')}.", "note")
+    browser = settings.report_dir(model, corpus) / "browser" / "index.html"
+    if browser.exists():
+        rep.raw('<p><a href="browser/index.html">Neuron browser</a></p>')
+    general_section(rep, lake, model, corpus)
+    task_section(rep, lake, model, corpus)
+    transfer_section(rep, lake, model, corpus)
+    timing = None
+    try:
+        timing = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="timing/timing.json"))
+                            .read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001  (no timing logged for this run)
+        log.info("run %s has no timing artefact", run_id)
+    timing_section(rep, timing)
+    path = rep.write(settings.report_dir(model, corpus))
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifact(str(path), "report")
+        for name in rep.images:
+            mlflow.log_artifact(str(path.parent / f"{name}.png"), "report/figures")
+    return path
