@@ -163,6 +163,29 @@ def cmd_report(args) -> None:
     print(build_report(_settings(), args.run))
 
 
+def cmd_finetune(args) -> None:
+    from raydund.finetune import FinetuneConfig, run_finetune  # noqa: PLC0415
+
+    cfg = FinetuneConfig(model=args.model, corpus=args.corpus, task=args.task, label=args.label, lr=args.lr,
+                         epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
+                         warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, seed=args.seed,
+                         dev_fraction=args.dev_fraction, train_limit=args.train_limit, num_workers=args.num_workers,
+                         use_gpu={"auto": None, "yes": True, "no": False}[args.gpu], cpus_per_worker=args.num_cpus,
+                         threads=args.threads, max_failures=args.max_failures, fresh=args.fresh)
+    out = run_finetune(cfg, _settings())
+    for record in out.history:
+        dev = ", ".join(f"{k[4:]} {v:.4f}" for k, v in record.items() if k.startswith("dev_"))
+        print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, dev {dev}")
+    print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in out.test.items()))
+    if out.reused:
+        print(f"job {out.job_key} had already finished: nothing trained")
+    elif len(out.start_epochs) > 1:
+        print(f"resumed from the checkpoint after epoch {out.start_epochs[-1] - 1}")
+    print(f"registered model {out.uri}  (MLflow run {out.run_id})")
+    print(f"extract it with: raydund extract --model {out.uri} --corpus {cfg.corpus} --unit cls --split ...")
+    print(f"its activations are stored as model {out.lake_model!r}")
+
+
 def cmd_tables(args) -> None:
     import polars as pl  # noqa: PLC0415
 
@@ -370,6 +393,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-split", default=None, help="also score the clustering sweep of this split")
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N training rows only")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("finetune", help="fine-tune on a sentence-level task (Ray Train) and register the model in MLflow")
+    p.add_argument("--model", default="minilm", help="catalog name, local folder or hub id (default: minilm)")
+    p.add_argument("--corpus", required=True, help="an ingested sentence-level corpus (sst2, mrpc, rte, stsb)")
+    p.add_argument("--task", choices=["classification", "regression"], default=None,
+                   help="default: from the labels (scores: regression)")
+    p.add_argument("--label", default="label", help="label column of the corpus")
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per step per worker")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per input (pairs: both sides)")
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dev-fraction", type=float, default=0.1, help="share of train held out as dev (seeded)")
+    p.add_argument("--train-limit", type=int, default=None, help="only the first N train sentences")
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (data parallel)")
+    p.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto", help="one GPU per worker")
+    p.add_argument("--num-cpus", type=float, default=1, help="CPUs Ray reserves per worker")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: CPUs / workers)")
+    p.add_argument("--max-failures", type=int, default=0, help="worker restarts (each resumes from a checkpoint)")
+    p.add_argument("--fresh", action="store_true", help="drop this job's checkpoints and train again")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("transfer", help="efficient transfer: LayerSelector + CCFS per task, reduced model registered")
     _add_target(p)
