@@ -500,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("catalog", help="list the corpora and models the catalog declares")
     p.set_defaults(func=cmd_catalog)
 
-    p = sub.add_parser("demo", help="ingest CoNLL-2000 and extract MiniLM activations for train/dev/test")
+    p = sub.add_parser("demo", help="the whole analysis on MiniLM x CoNLL-2000 (POS, chunking) and PMB semantic tags")
     p.add_argument("--limit", type=int, default=None, help="only the first N sentences of each split")
     p.set_defaults(func=cmd_demo)
 

@@ -1,7 +1,10 @@
-"""The README's main command: CoNLL-2000 in, MiniLM activations of every layer out,
-then the general-redundancy analysis (CKA of every layer pair, correlation clustering).
+"""The README's main command: the paper's analyses on MiniLM, end to end.
 
-Later stages (probes, selection) extend this walk-through.
+CoNLL-2000 (POS, chunking) and PMB semantic tags: ingest, activations of every layer for
+train/dev/test, general redundancy on dev (CKA, correlation clustering), task-specific
+redundancy per task (layer-wise probes, control task, minimal neuron set, the clustering
+sweep per task), LayerSelector + CCFS with a registered reduced model and timing, the
+neuron browser, and one HTML report per corpus.
 """
 
 from __future__ import annotations
@@ -10,15 +13,22 @@ import logging
 
 from raydund import tracking
 from raydund.config import Settings
+from raydund.explore import build_browser
 from raydund.extract.job import ExtractConfig, run_extraction
 from raydund.ingest import ingest
 from raydund.lake import Lake, partition_counts
+from raydund.probes.job import ProbeConfig, run_probes
 from raydund.redundancy import ClusterConfig, run_clustering, run_similarity
+from raydund.report.html import build_report
+from raydund.selection.job import TransferConfig, format_table, run_transfer
 from raydund.stats.job import SimilarityConfig
 
 log = logging.getLogger(__name__)
 
-DEMO_CORPUS = "conll2000"
+#: The demo's tasks: corpus -> label columns (the paper's POS, Chunking and SEM).
+DEMO_TASKS = {"conll2000": ("pos", "chunk"), "pmb_semtag": ("semtag",)}
+#: Probes train on the first 30k train tokens (the paper: 150k) so the demo fits 2 CPU cores.
+DEMO_TRAIN_TOKENS = 30_000
 DEMO_MODEL = "minilm"
 DEMO_SPLITS = ("train", "dev", "test")
 #: General redundancy on ~44k tokens, as the paper does on the PTB dev set.
@@ -55,22 +65,52 @@ X, keys = lake.layer_matrix("minilm", "conll2000", "dev", layer=3)
 '''
 
 
-def run_demo(settings: Settings, limit: int | None = None) -> None:
-    """Ingest CoNLL-2000, extract MiniLM for train/dev/test, show what was written."""
-    result = ingest(DEMO_CORPUS, settings)
-    print(f"ingested {DEMO_CORPUS}: " + ", ".join(f"{s}={n} sentences" for s, n in result.sentences.items()))
+def prepare_corpus(settings: Settings, corpus: str, limit: int | None = None) -> None:
+    """Ingest a corpus, extract MiniLM for train/dev/test, general redundancy on its dev split."""
+    result = ingest(corpus, settings)
+    print(f"ingested {corpus}: " + ", ".join(f"{s}={n} sentences" for s, n in result.sentences.items()))
     for split in DEMO_SPLITS:
-        r = run_extraction(ExtractConfig(model=DEMO_MODEL, corpus=DEMO_CORPUS, split=split, limit=limit), settings)
-        print(f"extracted {DEMO_MODEL} {DEMO_CORPUS}/{split}: {r.words} words x {r.layers} layers, "
+        r = run_extraction(ExtractConfig(model=DEMO_MODEL, corpus=corpus, split=split, limit=limit), settings)
+        print(f"extracted {DEMO_MODEL} {corpus}/{split}: {r.words} words x {r.layers} layers, "
               f"{r.bytes / 1e6:.0f} MB, {r.words_per_second:,.0f} words/s (snapshot {r.snapshot_id})")
-    sim = run_similarity(SimilarityConfig(model=DEMO_MODEL, corpus=DEMO_CORPUS, split=ANALYSIS_SPLIT), settings)
-    print(f"\ngeneral redundancy on {DEMO_CORPUS}/{ANALYSIS_SPLIT} ({sim['tokens']} tokens x {sim['neurons']} neurons):")
+    sim = run_similarity(SimilarityConfig(model=DEMO_MODEL, corpus=corpus, split=ANALYSIS_SPLIT), settings)
+    print(f"\ngeneral redundancy on {corpus}/{ANALYSIS_SPLIT} ({sim['tokens']} tokens x {sim['neurons']} neurons):")
     print("linear CKA between layers (0 = embeddings):")
     for i, row in enumerate(sim["similarity"].cka):
         print(f"  {i}: " + " ".join(f"{v:.2f}" for v in row))
-    cc = run_clustering(ClusterConfig(model=DEMO_MODEL, corpus=DEMO_CORPUS, split=ANALYSIS_SPLIT), settings)
+    cc = run_clustering(ClusterConfig(model=DEMO_MODEL, corpus=corpus, split=ANALYSIS_SPLIT), settings)
     print("correlation clustering (threshold on 1 - |r|: neurons kept):")
     print("  " + ", ".join(f"{r['threshold']:.1f}: {r['neurons_kept']} ({r['reduction']:.0%} fewer)" for r in cc.summary_))
+
+
+def analyse_tasks(settings: Settings, corpus: str, labels: tuple[str, ...], train_limit: int) -> str:
+    """Task-specific redundancy per label, then LS + CCFS and the report; returns the report's path."""
+    for label in labels:
+        out = run_probes(ProbeConfig(model=DEMO_MODEL, corpus=corpus, label=label, train_limit=train_limit,
+                                     cluster_split=ANALYSIS_SPLIT), settings)
+        redundant = [r["probe"] for r in out["layerwise"] if r["redundant"]]
+        oracle = next(r for r in out["layerwise"] if r["probe"] == "oracle")
+        print(f"\n{corpus} {label}: oracle test accuracy {100 * oracle['test']['accuracy']:.2f}; "
+              f"layers within 99% of it: {', '.join(redundant) or 'none'}; minimal neuron set: {out['minimal']['k']}")
+    transfer = run_transfer(TransferConfig(model=DEMO_MODEL, corpus=corpus, labels=labels, train_limit=train_limit),
+                            settings)
+    print(f"\nLayerSelector + CCFS on {corpus} (thresholds 1% / 1%; dev and test accuracy %):")
+    print(format_table(transfer["rows"]))
+    for r in transfer["timing"]["reduced_vs_full"]:
+        print(f"  {r['task']}: the reduced model ({r['layers']} layers, {r['neurons']} neurons) runs "
+              f"{r['speedup']:.1f}x faster than the full model + oracle probe")
+    for label, uri in transfer["registered"].items():
+        print(f"  registered reduced model for {label}: {uri}")
+    build_browser(settings, DEMO_MODEL, corpus, split=ANALYSIS_SPLIT)
+    return str(build_report(settings, transfer["run_id"]))
+
+
+def run_demo(settings: Settings, limit: int | None = None, train_limit: int = DEMO_TRAIN_TOKENS) -> None:
+    """The paper's analyses on MiniLM: CoNLL-2000 (POS, chunking) and PMB semantic tags, end to end."""
+    reports = []
+    for corpus, labels in DEMO_TASKS.items():
+        prepare_corpus(settings, corpus, limit)
+        reports.append(analyse_tasks(settings, corpus, labels, train_limit))
     lake = Lake(settings)
     print("\nlake tables:")
     print(lake.summary())
@@ -78,3 +118,6 @@ def run_demo(settings: Settings, limit: int | None = None) -> None:
     print(f"\nwarehouse: {settings.warehouse}\ncatalog:   {settings.catalog_uri}")
     print(f"MLflow UI: {tracking.ui_command(settings)}   (then open http://127.0.0.1:5000)")
     print("\nquery the tables with polars:\n" + QUERIES)
+    print("reports (open in a browser; the neuron browser is linked from each):")
+    for path in reports:
+        print(f"  {path}")
