@@ -53,12 +53,11 @@ wait_nodes() {  # wait until the GCS reports N alive nodes
   "$PYTHON" - "$HOST:$GCS_PORT" "$1" <<'PY'
 import sys, time
 import ray
-from ray.util.state import list_nodes
 deadline = time.time() + 180
 while time.time() < deadline:
     try:
         ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
-        alive = [n for n in list_nodes(address=None) if n.state == "ALIVE"]
+        alive = [n for n in ray.nodes() if n["Alive"]]
         ray.shutdown()
         if len(alive) >= int(sys.argv[2]):
             print(f"{len(alive)} Ray nodes alive")
