@@ -112,7 +112,7 @@ case "${1:-}" in
       [ -e "$pidfile" ] || continue
       pid=$(cat "$pidfile")
       kill -TERM -- "-$pid" 2>/dev/null || true   # the node's whole process group, nothing else
-      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+      for _ in $(seq 1 10); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
       kill -KILL -- "-$pid" 2>/dev/null || true
       rm -f "$pidfile"
     done
