@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -491,10 +490,7 @@ def train_loop(config: dict) -> None:
 # -- the driver ---------------------------------------------------------------------------
 def _existing_version(client, name: str, key: str):
     """The registered version an earlier run of this job produced, if any."""
-    try:
-        versions = client.search_model_versions(f"name='{name}'")
-    except Exception:  # noqa: BLE001  (no such registered model yet)
-        return None
+    versions = client.search_model_versions(f"name='{name}'")  # empty when the model is not registered yet
     found = [v for v in versions if v.tags.get(JOB_KEY_TAG) == key]
     return max(found, key=lambda v: int(v.version)) if found else None
 
@@ -653,6 +649,8 @@ def sentence_demo(settings: Settings, corpus: str = "sst2", model: str = "minilm
     ``train_limit`` sentences (fine-tuning and extraction take the same ones); the
     probes hold out the same 10% dev rows as the fine-tuning (same seed) and test on
     the official dev. Prints nothing; returns a summary for the caller to show.
+    Extraction resolves the registry URI with :meth:`Settings.from_env`, so ``settings``
+    must be the environment's (as the CLI's are).
 
     Parameters
     ----------
