@@ -12,6 +12,7 @@ Three measurements on the same sentences, in one process, one after the other:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -366,8 +367,8 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
     return result
 
 
-__all__ = ["PeakMemory", "bare_loop", "bench_extract", "bench_probes", "bench_similarity", "floor_syrk",
-           "neurox_loop"]
+__all__ = ["PeakMemory", "bare_loop", "bench_extract", "bench_large", "bench_probes", "bench_similarity",
+           "floor_syrk", "large_model", "neurox_loop"]
 
 
 def bench_scaling(settings: Settings, model: str = "minilm", corpus: str = "conll2000", split: str = "train",
@@ -442,4 +443,156 @@ def bench_scaling(settings: Settings, model: str = "minilm", corpus: str = "conl
     if out:
         with open(out, "w", encoding="utf-8") as fh:
             json.dump(figures, fh, indent=2)
+    return figures
+
+
+def large_model(settings: Settings, layers: int = 24, hidden: int = 1024, heads: int = 16,
+                intermediate: int = 4096, seed: int = 0) -> str:
+    """A BERT-large-shaped model with random weights, saved once under ``RAYDUND_HOME/models``.
+
+    ``transformers.BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+    intermediate_size=4096)``: the compute and memory of ``bert-large-cased`` without its
+    weights (none can be fetched here), with the MiniLM catalog model's WordPiece tokenizer
+    (vocabulary 30,522) so CoNLL-2000 sentences tokenise as a real BERT's would. Returns the folder.
+    """
+    from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: PLC0415
+
+    from raydund.extract.encoder import resolve_model  # noqa: PLC0415
+
+    folder = settings.home / "models" / f"bert-large-random-l{layers}-h{hidden}"
+    if (folder / "config.json").exists():
+        return str(folder)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm").source, use_fast=True)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate)
+    tmp = folder.with_name(folder.name + ".tmp")
+    BertModel(config).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)  # complete or absent
+    return str(folder)
+
+
+def bench_large(settings: Settings, words: tuple[int, ...] = (20_000,), corpus: str = "conll2000", label: str = "pos",
+                eval_words: int | None = None, batch_size: int = 16, shard_words: int = 5_000,
+                stages: tuple[str, ...] = ("extract", "similarity", "cluster", "probes"),
+                memory_limit_gb: float | None = 20.0, out: str | None = None) -> dict:
+    """The whole analysis on a BERT-large-shaped model (25 hidden states x 1024 = 25,600 neurons).
+
+    For every size in ``words`` (a prefix of the corpus's train split, whole sentences):
+    extraction into the lake (train, plus ``eval_words`` of dev and of test for the probes;
+    default a tenth of the size), the streaming co-moment pass with r and all-layer CKA
+    (``raydund similarity``'s job), the correlation-clustering sweep on all neurons
+    (``raydund cluster``'s job) and the layer-wise probes (25 layers, the oracle, the
+    prefixes; in process, all cores). Each stage is timed and its peak memory sampled
+    (:class:`PeakMemory`: this process and Ray's workers, PSS), next to its memory plan.
+    ``memory_limit_gb`` sets ``RAYDUND_MEMORY_LIMIT_GB`` (the issue's 20 GB) unless it is
+    set already. The JSON is rewritten after every stage, so a long run leaves partial figures.
+    """
+    from raydund import memory  # noqa: PLC0415
+    from raydund.extract.job import ExtractConfig, ensure_ray, run_extraction  # noqa: PLC0415
+    from raydund.lake import Lake  # noqa: PLC0415
+    from raydund.probes import analysis  # noqa: PLC0415
+    from raydund.probes.job import ProbeConfig, load_splits  # noqa: PLC0415
+    from raydund.redundancy import ClusterConfig, run_clustering, run_similarity  # noqa: PLC0415
+    from raydund.stats.job import SimilarityConfig  # noqa: PLC0415
+
+    if memory_limit_gb and not os.environ.get("RAYDUND_MEMORY_LIMIT_GB"):
+        os.environ["RAYDUND_MEMORY_LIMIT_GB"] = str(memory_limit_gb)
+    lake = Lake(settings)
+    tables = {}
+    for split in ("train", "dev", "test"):
+        try:
+            tables[split] = lake.read_corpus(corpus, split)
+        except UserError:
+            from raydund.ingest import ingest  # noqa: PLC0415
+
+            ingest(corpus, settings, ["train", "dev", "test"])
+            tables[split] = lake.read_corpus(corpus, split)
+    lengths = {s: np.cumsum([len(x) for x in t.column("words").to_pylist()]) for s, t in tables.items()}
+    folder = large_model(settings)
+    model = os.path.basename(folder)
+    cores = os.cpu_count() or 1
+    ensure_ray()
+    figures: dict = {"machine": f"{platform.machine()}, {cores} cores, {memory.total_ram() / 1e9:.1f} GB RAM, "
+                                f"torch {torch.__version__}, numpy {np.__version__}",
+                     "model": "BertConfig(hidden 1024, 24 layers, 16 heads, intermediate 4096), random weights",
+                     "neurons": 25 * 1024, "memory_limit_gb": memory.memory_limit() / 1e9, "sizes": []}
+
+    def save():
+        if out:
+            with open(out, "w", encoding="utf-8") as fh:
+                json.dump(figures, fh, indent=2)
+
+    def measured(fn):
+        with PeakMemory() as mem:
+            result, seconds = _timed(fn)
+        return result, {"seconds": round(seconds, 1), "peak_gb": round(mem.peak_work / 1e9, 2),
+                        "added_gb": round((mem.peak_work - mem.baseline) / 1e9, 2),
+                        "peak_gb_with_ray_daemons": round(mem.peak_all / 1e9, 2)}
+
+    for n_words in sorted(words):
+        row: dict = {"target_words": n_words}
+        figures["sizes"].append(row)
+        limits = {"train": int(np.searchsorted(lengths["train"], n_words) + 1)}
+        n_eval = eval_words or max(1_000, n_words // 10)
+        for s in ("dev", "test"):
+            limits[s] = int(np.searchsorted(lengths[s], n_eval) + 1)
+        row["words"] = {s: int(lengths[s][min(limits[s], len(lengths[s])) - 1]) for s in limits}
+        if "extract" in stages:
+            def extract_all():
+                out_ = {}
+                for s, limit in limits.items():
+                    cfg = ExtractConfig(model=folder, corpus=corpus, split=s, limit=limit, batch_size=batch_size,
+                                        shard_words=shard_words, threads=cores, fresh=True)
+                    t0 = time.perf_counter()
+                    res = run_extraction(cfg, settings, progress=False)
+                    out_[s] = {"words": res.words, "seconds": round(time.perf_counter() - t0, 1), "bytes": res.bytes}
+                return out_
+
+            parts, row["extract"] = measured(extract_all)
+            row["extract"]["splits"] = parts
+            row["extract"]["train_words_per_s"] = round(parts["train"]["words"] / parts["train"]["seconds"], 1)
+            log.info("large %d words: extract %s", n_words, row["extract"])
+            save()
+        tokens = row["words"]["train"]
+        if "similarity" in stages:
+            plan = memory.similarity_plan(25 * 1024, 25, tokens, 1)
+            res, row["similarity"] = measured(lambda: run_similarity(
+                SimilarityConfig(model=model, corpus=corpus, split="train"), settings, progress=False))
+            row["similarity"].update(planned_peak_gb=round(plan.peak / 1e9, 2), tokens=res["tokens"],
+                                     cka_adjacent_mean=round(res["cka_adjacent_mean"], 4))
+            del res
+            log.info("large %d words: similarity %s", n_words, row["similarity"])
+            save()
+        if "cluster" in stages:
+            plan = memory.clustering_plan(25 * 1024, 25)
+            cc, row["cluster"] = measured(lambda: run_clustering(
+                ClusterConfig(model=model, corpus=corpus, split="train"), settings))
+            row["cluster"].update(planned_peak_gb=round(plan.peak / 1e9, 2),
+                                  clusters={f"{r['threshold']:.1f}": r["clusters"] for r in cc.summary_})
+            del cc
+            log.info("large %d words: cluster %s", n_words, row["cluster"])
+            save()
+        if "probes" in stages:
+            torch.set_num_threads(cores)
+            cfg = ProbeConfig(model=model, corpus=corpus, label=label)
+
+            def probes():
+                from raydund.probes.job import check_memory  # noqa: PLC0415
+
+                check_memory(lake, dataclasses.replace(cfg, control=False))
+                splits = load_splits(lake, cfg)
+                return analysis.layerwise(splits, cfg.settings()), splits.train.X.shape
+
+            (layer, shape), row["probes"] = measured(probes)
+            oracle = next(r for r in layer["rows"] if r["probe"] == "oracle")
+            best = max((r for r in layer["rows"] if r["probe"].startswith("layer ")), key=lambda r: r["dev"]["accuracy"])
+            row["probes"].update(train_rows=shape[0], features=shape[1], probes=len(layer["rows"]),
+                                 oracle_dev_accuracy=round(oracle["dev"]["accuracy"], 4),
+                                 best_layer=best["probe"], best_layer_dev_accuracy=round(best["dev"]["accuracy"], 4))
+            log.info("large %d words: probes %s", n_words, row["probes"])
+            save()
+    print(json.dumps(figures, indent=2))
+    save()
     return figures

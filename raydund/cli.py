@@ -233,6 +233,12 @@ def cmd_bench(args) -> None:
         bench_scaling(_settings(), model=args.model, corpus=args.corpus, split=args.split,
                       words=tuple(args.words), pool_sizes=tuple(args.pool_sizes), out=args.out)
         return
+    if args.bench == "large":
+        from raydund.bench import bench_large  # noqa: PLC0415
+
+        bench_large(_settings(), words=tuple(args.words), corpus=args.corpus, label=args.label,
+                    stages=tuple(args.stages), out=args.out)
+        return
     if args.bench == "probes":
         from raydund.bench import bench_probes  # noqa: PLC0415
 
@@ -546,6 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split", default="train")
     b.add_argument("--words", type=int, nargs="+", default=[10_000, 20_000, 40_000], help="corpus sizes (words)")
     b.add_argument("--pool-sizes", type=int, nargs="+", default=[1, 2], help="extraction actors, at the largest size")
+    b.add_argument("--out", default=None, help="write the figures as JSON here")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("large", help="BERT-large shape (25,600 neurons, random weights): every stage, time + memory")
+    b.add_argument("--words", type=int, nargs="+", default=[20_000], help="train words per run (CoNLL-2000 prefix)")
+    b.add_argument("--corpus", default="conll2000")
+    b.add_argument("--label", default="pos")
+    b.add_argument("--stages", nargs="+", choices=["extract", "similarity", "cluster", "probes"],
+                   default=["extract", "similarity", "cluster", "probes"])
     b.add_argument("--out", default=None, help="write the figures as JSON here")
     b.set_defaults(func=cmd_bench)
     return parser

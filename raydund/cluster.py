@@ -15,7 +15,6 @@ import dataclasses
 import fastcluster
 import numpy as np
 from scipy.cluster.hierarchy import fcluster
-from scipy.spatial.distance import squareform
 
 #: The paper's sweep: 0.0 to 0.9 by 0.1.
 DEFAULT_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))
@@ -23,13 +22,35 @@ REPRESENTATIVES = ("random", "central")
 SPANS = ("same layer", "adjacent layers", "within 3 layers", "more than 3 apart")
 
 
-def condensed_distance(r: np.ndarray) -> np.ndarray:
-    """Condensed ``1 - |r|`` (clipped to [0, 1], symmetric, zero diagonal) for linkage."""
-    d = 1.0 - np.abs(r)
-    d = (d + d.T) / 2
-    np.clip(d, 0.0, 1.0, out=d)
-    np.fill_diagonal(d, 0.0)
-    return squareform(d, checks=False)
+def condensed_distance(r: np.ndarray, index: np.ndarray | None = None, block: int = 512) -> np.ndarray:
+    """Condensed ``1 - |r|`` (clipped to [0, 1], symmetric, zero diagonal) for linkage.
+
+    Built straight into one float64 vector (``n (n - 1) / 2`` values), ``block`` rows at
+    a time: no square copy of ``r``. ``index`` selects the neurons (rows and columns of
+    ``r``; default all). ``r`` may be float32 (as stored); every value is taken to float64
+    before ``1 - |r|``, and the pair ``(i, j)`` gets ``((1 - |r_ij|) + (1 - |r_ji|)) / 2``,
+    what symmetrising the square ``1 - |r|`` gives. Raises ``ValueError`` on NaN.
+    """
+    n = len(r) if index is None else len(index)
+    out = np.empty(n * (n - 1) // 2)
+    start = 0
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        if index is None:
+            rows, cols = r[a:b], r[:, a:b].T
+        else:
+            rows, cols = r[np.ix_(index[a:b], index)], r[np.ix_(index, index[a:b])].T
+        d = 1.0 - np.abs(np.asarray(rows, dtype=np.float64))
+        d += 1.0 - np.abs(np.asarray(cols, dtype=np.float64))
+        d /= 2
+        if np.isnan(d).any():
+            raise ValueError("correlations contain NaN outside the constant neurons")
+        np.clip(d, 0.0, 1.0, out=d)
+        for i in range(a, b):
+            stop = start + n - i - 1
+            out[start:stop] = d[i - a, i + 1 :]
+            start = stop
+    return out
 
 
 def span_class(layers: np.ndarray) -> int:
@@ -50,7 +71,8 @@ def composition(labels: np.ndarray, layer_of: np.ndarray) -> dict[str, float]:
     return {name: (c / total if total else 0.0) for name, c in zip(SPANS, counts)}
 
 
-def pick_representatives(labels: np.ndarray, how: str, r: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+def pick_representatives(labels: np.ndarray, how: str, r: np.ndarray | None = None, seed: int = 0,
+                         index: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask with exactly one True per cluster.
 
     Parameters
@@ -59,7 +81,8 @@ def pick_representatives(labels: np.ndarray, how: str, r: np.ndarray | None = No
         ``random``: a uniformly drawn member (seeded); ``central``: the member with the
         highest mean |r| to the other members (ties: lowest index).
     r : numpy.ndarray
-        Correlations among the clustered neurons (needed for ``central``).
+        Correlations among the clustered neurons (needed for ``central``), or, with
+        ``index``, among all neurons (``index[i]`` is the row of ``labels[i]``'s neuron).
     """
     if how not in REPRESENTATIVES:
         raise ValueError(f"unknown representative choice {how!r}; use one of {REPRESENTATIVES}")
@@ -71,7 +94,8 @@ def pick_representatives(labels: np.ndarray, how: str, r: np.ndarray | None = No
         if how == "random" or len(members) == 1:
             keep[members[rng.integers(len(members))] if how == "random" else members[0]] = True
         else:
-            score = np.abs(r[np.ix_(members, members)]).mean(axis=1)
+            rows = members if index is None else index[members]
+            score = np.abs(r[np.ix_(rows, rows)].astype(np.float64)).mean(axis=1)
             keep[members[int(np.argmax(score))]] = True
     return keep
 
@@ -110,16 +134,16 @@ class CorrelationClustering:
         """Cluster the neurons whose correlation matrix is ``r`` (NaN rows = constant)."""
         constant = np.isnan(np.diag(r)) if constant is None else np.asarray(constant, dtype=bool)
         self.neurons_ = np.flatnonzero(~constant)
-        sub = r[np.ix_(self.neurons_, self.neurons_)]
-        if np.isnan(sub).any():
-            raise ValueError("correlations contain NaN outside the constant neurons")
+        index = None if len(self.neurons_) == len(r) else self.neurons_  # no gather when all are clustered
         layers = np.asarray(layer_of)[self.neurons_]
         if len(self.neurons_) < 2:
             raise ValueError("need at least two non-constant neurons to cluster")
-        self.linkage_ = fastcluster.linkage(condensed_distance(sub), method="average", preserve_input=False)
+        # the condensed float64 distances are the only big array here; linkage works on them in place
+        self.linkage_ = fastcluster.linkage(condensed_distance(r, index), method="average", preserve_input=False)
         self.labels_ = np.stack([fcluster(self.linkage_, t, criterion="distance") for t in self.thresholds])
         self.keep_ = np.stack([
-            pick_representatives(labels, self.representative, sub, seed=self.seed) for labels in self.labels_])
+            pick_representatives(labels, self.representative, r, seed=self.seed, index=self.neurons_)
+            for labels in self.labels_])
         total = len(r)
         self.summary_ = [
             {

@@ -18,7 +18,9 @@ import numpy as np
 import pyarrow as pa
 import polars as pl
 
-from raydund import tracking
+from pyiceberg.expressions import And, EqualTo
+
+from raydund import memory, tracking
 from raydund.cluster import DEFAULT_THRESHOLDS, SPANS, CorrelationClustering
 from raydund.config import Settings
 from raydund.errors import UserError
@@ -39,8 +41,11 @@ def _variant(cfg: SimilarityConfig) -> str:
     return "no_first" if cfg.skip_first else "all"
 
 
-def similarity_tables(sim: Similarity, cfg: SimilarityConfig) -> tuple[pa.Table, pa.Table]:
-    """The CKA matrices (long: one row per layer pair and estimator) and r (one row per neuron)."""
+def similarity_tables(sim: Similarity, cfg: SimilarityConfig, rows_per_batch: int = 2048) -> tuple[pa.Table, pa.Table]:
+    """The CKA matrices (long: one row per layer pair and estimator) and r (one row per neuron).
+
+    r is stored as float32 and converted ``rows_per_batch`` rows at a time.
+    """
     L = len(sim.widths)
     a, b = np.meshgrid(np.arange(L), np.arange(L), indexing="ij")
     key = {"model": cfg.model, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit, "variant": _variant(cfg)}
@@ -53,8 +58,15 @@ def similarity_tables(sim: Similarity, cfg: SimilarityConfig) -> tuple[pa.Table,
     N = len(sim.constant)
     layers = layer_of(sim.widths)
     index = np.concatenate([np.arange(w) for w in sim.widths]).astype(np.int32)
-    r32 = sim.r.astype(np.float32)
-    r_col = pa.ListArray.from_arrays(pa.array(np.arange(0, (N + 1) * N, N, dtype=np.int32)), pa.array(r32.ravel()))
+    # r as float32 rows, converted batch by batch (one chunk per batch, never a float64 copy of r)
+    step = max(1, min(N, rows_per_batch))
+    chunks = []
+    for a in range(0, N, step):
+        b = min(N, a + step)
+        r32 = np.ascontiguousarray(sim.r[a:b], dtype=np.float32)
+        chunks.append(pa.ListArray.from_arrays(pa.array(np.arange(0, (b - a + 1) * N, N, dtype=np.int32)),
+                                               pa.array(r32.ravel())))
+    r_col = pa.chunked_array(chunks, type=pa.list_(pa.float32()))
     r_table = pa.table({**{k: [v] * N for k, v in key.items()}, "layer": layers.astype(np.int32),
                         "neuron": index, "position": np.arange(N, dtype=np.int32), "mean": sim.mean,
                         "std": sim.std, "constant": sim.constant, "r": r_col})
@@ -72,8 +84,9 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
     start = time.perf_counter()
     with tracking.job_run(settings, experiment, f"similarity {cfg.split}", params,
                           tags={"raydund.stage": "similarity"}) as run:
-        moments = compute_moments(lake, cfg, progress)
-        sim = similarity(moments)
+        moments = compute_moments(lake, cfg, progress)  # checks its memory plan before it starts
+        sim = similarity(moments, inplace=True)  # G becomes r: one N x N float64 array in all
+        del moments
         cka_table, r_table = similarity_tables(sim, cfg)
         where = {"model": cfg.model, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit,
                  "variant": _variant(cfg)}
@@ -104,18 +117,48 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
 
 
 def load_correlations(lake: Lake, model: str, corpus: str, split: str, unit: str = "word",
-                      variant: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """r (N x N), layer of each neuron, constant mask, and the table's snapshot id."""
+                      variant: str = "all", dtype=np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """r (N x N), layer of each neuron, constant mask, and the table's snapshot id.
+
+    The rows are streamed from the table straight into one preallocated ``[N x N]`` array
+    of ``dtype`` (float32, as stored, takes half the memory of float64 and loses nothing).
+    """
     table = lake.table(NEURON_CORRELATION)
-    frame = (pl.scan_iceberg(table)
+    snapshot = table.current_snapshot()
+    meta = _correlation_meta(lake, model, corpus, split, unit, variant)
+    N = meta.height
+    r = np.empty((N, N), dtype=dtype)
+    filled = np.zeros(N, dtype=bool)
+    where = And(EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split), EqualTo("unit", unit),
+                EqualTo("variant", variant))
+    scan = table.scan(row_filter=where, selected_fields=("position", "r"),
+                      snapshot_id=snapshot.snapshot_id if snapshot else None)
+    for batch in scan.to_arrow_batch_reader():
+        if batch.num_rows == 0:
+            continue
+        pos = batch.column("position").to_numpy()
+        col = batch.column("r")
+        values = col.flatten().to_numpy(zero_copy_only=False)
+        if len(values) != batch.num_rows * N:
+            raise UserError(f"neuron_correlation rows of {model} {corpus}/{split} are not {N} long; re-run similarity")
+        r[pos] = values.reshape(batch.num_rows, N)
+        filled[pos] = True
+    if not filled.all():
+        raise UserError(f"neuron_correlation of {model} {corpus}/{split} misses {int((~filled).sum())} rows")
+    return r, meta["layer"].to_numpy(), meta["constant"].to_numpy(), snapshot.snapshot_id
+
+
+def _correlation_meta(lake: Lake, model: str, corpus: str, split: str, unit: str, variant: str) -> pl.DataFrame:
+    """position, layer, constant of every neuron of one correlation matrix (small columns only)."""
+    frame = (lake.scan(NEURON_CORRELATION)
              .filter((pl.col("model") == model) & (pl.col("corpus") == corpus) & (pl.col("split") == split)
                      & (pl.col("unit") == unit) & (pl.col("variant") == variant))
-             .sort("position").collect())
+             .select("position", "layer", "constant").sort("position").collect())
     if frame.height == 0:
         raise UserError(f"no correlations for {model} {corpus}/{split}; run `raydund similarity` first")
-    r = np.stack(frame["r"].to_numpy()) if frame["r"].dtype != pl.List else np.array(frame["r"].to_list(), dtype=np.float64)
-    return (r.astype(np.float64), frame["layer"].to_numpy(), frame["constant"].to_numpy(),
-            table.current_snapshot().snapshot_id)
+    if not np.array_equal(frame["position"].to_numpy(), np.arange(frame.height)):
+        raise UserError(f"neuron_correlation of {model} {corpus}/{split} has gaps in its positions; re-run similarity")
+    return frame
 
 
 @dataclasses.dataclass
@@ -135,7 +178,11 @@ class ClusterConfig:
 def run_clustering(cfg: ClusterConfig, settings: Settings) -> CorrelationClustering:
     """Cluster the neurons at every threshold; lake table + MLflow parent/child runs."""
     lake = Lake(settings)
-    r, layers, constant, snap = load_correlations(lake, cfg.model, cfg.corpus, cfg.split, cfg.unit, cfg.variant)
+    meta = _correlation_meta(lake, cfg.model, cfg.corpus, cfg.split, cfg.unit, cfg.variant)
+    memory.check(memory.clustering_plan(meta.height, int(meta["layer"].max()) + 1, len(cfg.thresholds)))
+    # float32 as stored: the distances are built from it in float64, block by block
+    r, layers, constant, snap = load_correlations(lake, cfg.model, cfg.corpus, cfg.split, cfg.unit, cfg.variant,
+                                                  dtype=np.float32)
     params = {**dataclasses.asdict(cfg), "thresholds": ",".join(map(str, cfg.thresholds)),
               "neuron_correlation_snapshot_id": snap}
     mlflow = tracking.configure(settings)

@@ -44,11 +44,24 @@ def load_task(lake: Lake, model: str, corpus: str, split: str, label: str, unit:
         & (pl.col("unit") == unit)).select(pl.col("layer").max()).collect().item() or -1) + 1
     if n_layers == 0:
         raise UserError(f"no activations for {model} {corpus}/{split} ({unit}); run `raydund extract` first")
-    mats, keys = [], None
+    # memory: every layer is copied into one preallocated [T x N] float32 as it is read (no
+    # list of layers beside an hstack of them); layers of different widths fall back to hstack
+    mats, keys, out, widths = [], None, None, []
     for layer in range(n_layers):
         X, k = lake.layer_matrix(model, corpus, split, layer, unit)
-        mats.append(X)
         keys = keys or k
+        widths.append(X.shape[1])
+        if layer == 0:
+            out = np.empty((len(X), X.shape[1] * n_layers), dtype=np.float32)
+        if out is not None and X.shape == (len(out), widths[0]):
+            out[:, layer * widths[0] : (layer + 1) * widths[0]] = X
+            mats.append(None)
+        else:
+            if out is not None:  # widths differ: collect the layers copied so far back
+                mats = [out[:, i * widths[0] : (i + 1) * widths[0]].copy() for i in range(layer)]
+                out = None
+            mats.append(X)
+        del X
     corpus_frame = pl.from_arrow(lake.read_corpus(corpus, split))
     if label not in corpus_frame.columns:
         raise UserError(f"corpus {corpus!r} has no label {label!r}; columns: {', '.join(corpus_frame.columns)}")
@@ -62,8 +75,8 @@ def load_task(lake: Lake, model: str, corpus: str, split: str, label: str, unit:
                                  how="left", maintain_order="left").with_columns(pl.col("words").list.join(" "))
     if aligned[label].null_count():
         raise UserError(f"{aligned[label].null_count()} activation rows have no {label!r} label in {corpus}/{split}")
-    return TaskData(np.hstack(mats), aligned[label].to_numpy(), aligned["words"].to_numpy(),
-                    tuple(m.shape[1] for m in mats))
+    return TaskData(out if out is not None else np.hstack(mats), aligned[label].to_numpy(),
+                    aligned["words"].to_numpy(), tuple(widths))
 
 
 def encode(labels: np.ndarray, classes: list) -> np.ndarray:

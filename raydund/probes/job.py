@@ -124,6 +124,7 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
     ray = ensure_ray()
     lake = Lake(settings)
     start = time.perf_counter()
+    check_memory(lake, cfg)  # before a byte is read: a task that cannot fit says so with the numbers
     splits = load_splits(lake, cfg)
     probe_settings = cfg.settings()
     kept = _cluster_sets(lake, cfg) if cfg.cluster_split else {}
@@ -134,6 +135,7 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus), f"probes {cfg.label}",
                           params, tags={"raydund.stage": "probes", "raydund.task": cfg.label}) as parent:
         splits_ref = ray.put(splits)  # one copy in the object store, read zero-copy by every task
+        splits = ray.get(splits_ref)  # ... and by the driver: its own copy of X is freed here
         layer_task = _remote(ray, analysis.layerwise).remote(splits_ref, probe_settings, cfg.redundant_share)
         control_task = None
         if cfg.control and cfg.task == "classification" and cfg.unit == "word":
@@ -165,6 +167,25 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
         mlflow.set_tag("iceberg.snapshot_id.neuron_rankings", str(snap_r))
     results["run_id"] = parent.info.run_id
     return results
+
+
+def check_memory(lake: Lake, cfg: ProbeConfig) -> None:
+    """Raise UserError when the task's arrays and probe banks would not fit (:mod:`raydund.memory`)."""
+    from raydund import memory  # noqa: PLC0415
+
+    names = dict.fromkeys(cfg.splits)  # dev carved from train counts once
+    shapes = {name: memory.activation_shape(lake, cfg.model, cfg.corpus, name, cfg.unit) for name in names}
+    train_name = cfg.splits[0]
+    tokens, widths = shapes[train_name]
+    if cfg.train_limit:
+        tokens = min(tokens, int(cfg.train_limit))
+    eval_tokens = sum(t for name, (t, _) in shapes.items() if name != train_name)
+    classes = 1
+    if cfg.task == "classification":
+        labels = pl.from_arrow(lake.read_corpus(cfg.corpus, train_name).select([cfg.label]))[cfg.label]
+        classes = labels.explode().n_unique() if labels.dtype == pl.List else labels.n_unique()
+    tasks = 1 + int(cfg.control) + int(bool(cfg.cluster_split))
+    memory.check(memory.probe_plan(sum(widths), len(widths), tokens, eval_tokens, classes, tasks))
 
 
 def _cluster_sets(lake: Lake, cfg: ProbeConfig) -> dict[float, np.ndarray]:

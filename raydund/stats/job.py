@@ -21,7 +21,9 @@ import pyarrow.parquet as pq
 
 from raydund.errors import UserError
 from raydund.lake import Lake, vectors_to_matrix
-from raydund.stats.moments import Moments, add_block_rows, centred_chunk, extras
+from raydund import memory
+from raydund.stats.moments import (Moments, add_block_rows, add_packed_lower, centred_chunk, extras, pack_upper,
+                                   symmetrize, to_numpy)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ class SimilarityConfig:
         while another multiplies; wider tasks hold less memory per core.
     num_gpus : float
         GPUs per task; products run in float64 on the GPU when there is one.
+    device : str, optional
+        Force the products' device: ``"cpu"`` (NumPy BLAS), ``"cuda"``; default: a GPU when
+        the task sees one (``RAYDUND_DEVICE`` overrides), see :func:`products_device`.
     """
 
     model: str
@@ -60,6 +65,7 @@ class SimilarityConfig:
     chunk_rows: int = 4096
     cpus_per_task: float = 1
     num_gpus: float = 0
+    device: str | None = None
 
 
 def slices_of(files: list[tuple[int, str]]) -> list[dict[int, str]]:
@@ -119,10 +125,14 @@ def _open(uri: str) -> pq.ParquetFile:
 
 
 def slice_task(slices: list[dict[int, str]], shift: np.ndarray, blocks: list[int], with_extras: bool,
-               skip_first: bool, chunk_rows: int) -> dict:
+               skip_first: bool, chunk_rows: int, device: str | None = None) -> dict:
     """Ray task body: block rows ``blocks`` of ``G`` (and optionally ``n, s, Q, U``) over some
-    slices, streamed in chunks of ``chunk_rows`` tokens into one accumulator."""
-    device = _device()
+    slices, streamed in chunks of ``chunk_rows`` tokens into one accumulator.
+
+    When the task owns all of ``G`` its upper triangle comes back packed (``"packed"``,
+    half the bytes of G through the object store); otherwise the block rows (``"blocks"``).
+    """
+    device = products_device(device)
     acc, extra, off = {}, None, None
     chunks = (mats for paths in slices for mats in iter_slice(paths, chunk_rows, skip_first))
     for mats in chunks:
@@ -136,19 +146,38 @@ def slice_task(slices: list[dict[int, str]], shift: np.ndarray, blocks: list[int
         add_block_rows(acc, D, off, blocks, len(off) - 1, device)
         if extra is not None:
             extras(extra, [D[:, off[l] : off[l + 1]] for l in range(len(off) - 1)])
-    out = {"blocks": acc}
+        del D, mats  # the next chunk's buffers replace these, never sit beside them
+    acc = to_numpy(acc)
+    out = {}
+    if "all" in acc:
+        out["packed"] = pack_upper(acc.pop("all"))  # the N x N accumulator is freed right after
+    out["blocks"] = acc
     if extra is not None:
         out.update(n=extra.n, s=extra.s, Q=extra.Q, U=extra.U)
     return out
 
 
-def _device() -> str:
+def products_device(requested: str | None = None) -> str:
+    """Where the co-moment products run: ``"cpu"`` (NumPy BLAS) or a torch device.
+
+    ``requested`` wins, then ``RAYDUND_DEVICE``; otherwise ``"cuda"`` when this process
+    sees a GPU (a Ray task given ``num_gpus`` does; one without sees none) and ``"cpu"``
+    when it does not or torch is missing. Both run :func:`~raydund.stats.moments.add_block_rows`.
+    """
+    choice = requested or os.environ.get("RAYDUND_DEVICE") or "auto"
+    if choice != "auto":
+        return choice
     try:
         import torch  # noqa: PLC0415
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
+
+
+def slice_tokens(slices: list[dict[int, str]]) -> int:
+    """Tokens of all slices, from the Parquet footers of one layer (no data read)."""
+    return sum(_open(paths[min(paths)]).metadata.num_rows for paths in slices)
 
 
 def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) -> Moments:
@@ -160,33 +189,43 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
 
     ensure_ray()
     slices = slices_of(lake.activation_files(cfg.model, cfg.corpus, cfg.split, cfg.unit))
-    first = next(iter_slice(slices[0], cfg.chunk_rows, cfg.skip_first))
-    widths = tuple(m.shape[1] for m in first)
-    shift = np.concatenate([m.astype(np.float64).mean(axis=0) for m in first])
-    del first
+    widths = tuple(m.shape[1] for m in next(iter_slice(slices[0], 1)))  # one row per layer
     N, L = sum(widths), len(widths)
     groups = cfg.groups or 1
-    plan = balance_blocks(L, groups)
     cpus = min(cfg.cpus_per_task, ray.cluster_resources().get("CPU", 1))  # never more than the cluster has
+    # one task per worker and block group, each streaming its share of the slices into ONE
+    # accumulator: the number of G-sized partial states is the number of workers, not of slices;
+    # and no more workers than there is memory for (BERT-large's 25,600 neurons: one)
+    wanted = max(1, min(len(slices), int(ray.cluster_resources().get("CPU", 1) // cpus)))
+    tokens = slice_tokens(slices)
+    workers = memory.fit_workers(N, L, tokens, wanted, groups, cfg.chunk_rows)
+    memory.check(memory.similarity_plan(N, L, tokens, workers, groups, cfg.chunk_rows))
+    if workers < wanted:
+        log.info("%d worker(s) instead of %d: one N x N accumulator each would not fit", workers, wanted)
+    first = next(iter_slice(slices[0], cfg.chunk_rows, cfg.skip_first))
+    shift = np.concatenate([m.astype(np.float64).mean(axis=0) for m in first])
+    del first
+    plan = balance_blocks(L, groups)
     task = ray.remote(num_cpus=cpus, num_gpus=cfg.num_gpus)(slice_task)
     shift_ref = ray.put(shift)
-    # one task per worker and block group, each streaming its share of the slices into ONE
-    # accumulator: the number of G-sized partial states is the number of workers, not of slices
-    workers = max(1, min(len(slices), int(ray.cluster_resources().get("CPU", 1) // cpus)))
     shares = [slices[w::workers] for w in range(workers)]
     jobs = [(share, blocks, g == 0) for share in shares for g, blocks in enumerate(plan)]
-    total = Moments.empty(widths, shift)
+    total = Moments.empty(widths, shift)  # zero pages: memory is taken as parts are added
     off = total.offsets
-    pending, cursor = [], 0
+    pending, cursor, packed = [], 0, False
     limit = workers  # bounded in-flight work = bounded memory
     with tqdm(total=len(jobs), desc=f"co-moments {cfg.corpus}/{cfg.split}", unit="task", disable=not progress) as bar:
         while cursor < len(jobs) or pending:
             while cursor < len(jobs) and len(pending) < limit:
                 share, blocks, with_extras = jobs[cursor]
-                pending.append(task.remote(share, shift_ref, blocks, with_extras, cfg.skip_first, cfg.chunk_rows))
+                pending.append(task.remote(share, shift_ref, blocks, with_extras, cfg.skip_first, cfg.chunk_rows,
+                                           cfg.device))
                 cursor += 1
             ready, pending = ray.wait(pending, num_returns=1)
             part = ray.get(ready[0])
+            if "packed" in part:  # read from the object store without a copy, added row by row
+                add_packed_lower(total.G, part["packed"])
+                packed = True
             for l, rows in part["blocks"].items():
                 if l == "all":
                     total.G += rows
@@ -199,6 +238,8 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
                 total.U += part["U"]
             del part, ready  # release the partial state from the object store now
             bar.update(1)
+    if packed:  # the parts filled the lower triangle; the upper one is what Moments reads
+        symmetrize(total.G, "lower")
     if total.n < 4:
         raise UserError(f"only {total.n} tokens: too few for correlations and debiased CKA")
     log.info("co-moments of %d tokens x %d neurons from %d slices (%d tasks)", total.n, N, len(slices), len(jobs))
@@ -210,5 +251,5 @@ def layer_of(widths: tuple[int, ...]) -> np.ndarray:
     return np.repeat(np.arange(len(widths)), widths)
 
 
-__all__ = ["SimilarityConfig", "balance_blocks", "compute_moments", "iter_slice", "layer_of", "slices_of",
-           "slice_task"]
+__all__ = ["SimilarityConfig", "balance_blocks", "compute_moments", "iter_slice", "layer_of", "products_device",
+           "slice_task", "slice_tokens", "slices_of"]

@@ -168,14 +168,18 @@ def add_block_rows(acc: dict, D: np.ndarray, off: np.ndarray, rows: list[int], n
 
     ``acc`` maps a row to its ``[width_l x (N - off_l)]`` array, or ``"all"`` to the
     upper triangle of ``D^T D`` (N x N) when the task owns every row.
+
+    Parameters
+    ----------
+    device : str
+        ``"cpu"``: NumPy/SciPy BLAS in float64 (``dsyrk``/``dgemm`` straight into the
+        accumulators). Anything else is a torch device (``"cuda"``, ``"cuda:1"``;
+        ``"torch:cpu"`` runs the same torch code on the CPU, for tests): the
+        accumulators are float64 torch tensors on that device (``"all"`` then holds the
+        full product; its upper triangle is what is read). See :func:`to_numpy`.
     """
     if device != "cpu":
-        import torch  # noqa: PLC0415
-
-        Dt = torch.from_numpy(np.ascontiguousarray(D)).to(device)
-        for l in rows:
-            block = (Dt[:, off[l] : off[l + 1]].T @ Dt[:, off[l] :]).cpu().numpy()
-            acc[l] = acc[l] + block if l in acc else block
+        _torch_block_rows(acc, D, off, rows, n_layers, device)
         return
     from scipy.linalg.blas import dgemm, dsyrk  # noqa: PLC0415
 
@@ -189,6 +193,92 @@ def add_block_rows(acc: dict, D: np.ndarray, off: np.ndarray, rows: list[int], n
             acc[l] = np.zeros((int(off[l + 1] - off[l]), int(off[-1] - off[l])), order="F")
         acc[l] = dgemm(1.0, D[:, off[l] : off[l + 1]], D[:, off[l] :], beta=1.0, c=acc[l], trans_a=1,
                        overwrite_c=1)
+
+
+def torch_device(device: str):
+    """The torch device of a products device name (``"torch:cpu"`` is torch on the CPU)."""
+    import torch  # noqa: PLC0415
+
+    return torch.device("cpu" if device == "torch:cpu" else device)
+
+
+def _torch_block_rows(acc: dict, D: np.ndarray, off: np.ndarray, rows: list[int], n_layers: int,
+                      device: str) -> None:
+    """The torch version of :func:`add_block_rows`: float64 products added in place on ``device``."""
+    import torch  # noqa: PLC0415
+
+    # float64 products are never TF32; say so anyway, in case a float32 path is added here
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch_device(device)
+    Dt = torch.from_numpy(np.asarray(D, dtype=np.float64)).to(dev)
+    N = Dt.shape[1]
+    if sorted(rows) == list(range(n_layers)):
+        if "all" not in acc:
+            acc["all"] = torch.zeros((N, N), dtype=torch.float64, device=dev)
+        acc["all"].addmm_(Dt.T, Dt)
+        return
+    for l in rows:
+        a, b = int(off[l]), int(off[l + 1])
+        if l not in acc:
+            acc[l] = torch.zeros((b - a, N - a), dtype=torch.float64, device=dev)
+        acc[l].addmm_(Dt[:, a:b].T, Dt[:, a:])
+
+
+def to_numpy(acc: dict) -> dict:
+    """Accumulators as float64 NumPy arrays (torch tensors are moved to the host one by one)."""
+    out = {}
+    for key in list(acc):
+        value = acc.pop(key)
+        out[key] = value.cpu().numpy() if hasattr(value, "cpu") else value
+        del value
+    return out
+
+
+def pack_upper(A: np.ndarray) -> np.ndarray:
+    """The upper triangle of a square matrix, diagonal included, column by column (float64).
+
+    ``N (N + 1) / 2`` values, half of ``A``: what a worker ships to the driver. Column
+    ``j`` contributes ``A[:j + 1, j]`` (contiguous when ``A`` is Fortran-ordered).
+    """
+    N = A.shape[0]
+    out = np.empty(N * (N + 1) // 2)
+    start = 0
+    for j in range(N):
+        out[start : start + j + 1] = A[: j + 1, j]
+        start += j + 1
+    return out
+
+
+def add_packed_lower(G: np.ndarray, packed: np.ndarray) -> None:
+    """``G[j, :j + 1] += column j of the packed upper triangle`` (rows of a C-ordered ``G``).
+
+    The lower triangle of ``G`` then holds the transposed upper triangle; call
+    :func:`symmetrize` with ``source="lower"`` when every part is in.
+    """
+    N = G.shape[0]
+    start = 0
+    for j in range(N):
+        G[j, : j + 1] += packed[start : start + j + 1]
+        start += j + 1
+
+
+def symmetrize(G: np.ndarray, source: str = "upper", block: int = 1024) -> np.ndarray:
+    """Copy one triangle of a square matrix onto the other, in place, strip by strip.
+
+    ``source="upper"``: the upper triangle (diagonal included) is authoritative, as in
+    :meth:`Moments.full_G`; ``"lower"``: the lower one. No N x N temporary.
+    """
+    N = G.shape[0]
+    for a in range(0, N, block):
+        b = min(N, a + block)
+        tile = G[a:b, a:b]
+        if source == "upper":
+            tile[...] = np.triu(tile) + np.triu(tile, 1).T
+            G[b:, a:b] = G[a:b, b:].T
+        else:
+            tile[...] = np.tril(tile) + np.tril(tile, -1).T
+            G[a:b, b:] = G[b:, a:b].T
+    return G
 
 
 def extras(acc: Moments, Ds: list[np.ndarray]) -> None:
