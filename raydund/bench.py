@@ -148,10 +148,12 @@ class PeakMemory:
     is what the measured work added.
     """
 
-    def __init__(self, interval: float = 0.5):
+    def __init__(self, interval: float = 0.5, own_only: bool = False):
         import threading  # noqa: PLC0415
 
         self.interval, self.peak_work, self.peak_all, self.baseline = interval, 0, 0, None
+        #: only this process's descendants (its own local Ray), not other users' ``ray::`` processes
+        self.own_only = own_only
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -161,12 +163,14 @@ class PeakMemory:
         me = psutil.Process()
         work = me.memory_full_info().pss
         infra = 0
-        for proc in psutil.process_iter(["name", "cmdline"]):
+        procs = me.children(recursive=True) if self.own_only else psutil.process_iter(["name", "cmdline"])
+        for proc in procs:
             try:
                 if proc.pid == me.pid:
                     continue
-                cmd = " ".join(proc.info["cmdline"] or [])
-                if proc.info["name"] and proc.info["name"].startswith("ray::") or cmd.startswith("ray::"):
+                info = proc.info if hasattr(proc, "info") else proc.as_dict(["name", "cmdline"])
+                cmd = " ".join(info["cmdline"] or [])
+                if info["name"] and info["name"].startswith("ray::") or cmd.startswith("ray::"):
                     work += proc.memory_full_info().pss
                 elif "ray" in cmd and ("raylet" in cmd or "gcs_server" in cmd or "dashboard" in cmd
                                        or "default_worker" in cmd or "log_monitor" in cmd):
@@ -326,13 +330,16 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
         ranks = analysis.rankings(splits, layer["oracle_weights"])
         return layer, analysis.minimal_set(splits, ps, ranks["lca"], oracle), ranks
 
+    cpu0 = time.process_time()
     (layer, minimal, ranks), t_ours = _timed(ours)
+    cpu_ours = time.process_time() - cpu0
     masks, names = layer_masks(splits.train.widths)
     masks = list(masks) + list(analysis.masks_for(ranks["lca"], [r["k"] for r in minimal["rows"]],
                                                   splits.train.X.shape[1]))
     ours_test = [r["test"]["accuracy"] for r in layer["rows"]] + [r["test"]["accuracy"] for r in minimal["rows"]]
     result = {"train_tokens": len(splits.train.X), "neurons": splits.train.X.shape[1],
-              "classes": len(splits.classes), "probes": len(masks), "raydund_s": round(t_ours, 1)}
+              "classes": len(splits.classes), "probes": len(masks), "raydund_s": round(t_ours, 1),
+              "raydund_cpu_s": round(cpu_ours, 1), "load_average_1min": round(os.getloadavg()[0], 2)}
     try:
         from neurox.interpretation import linear_probe  # noqa: PLC0415
     except ImportError:
@@ -353,9 +360,12 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
                 accs.append(acc * known.mean())  # unseen test labels count as errors, as in raydund
             return accs
 
+        cpu0 = time.process_time()
         nx_test, t_nx = _timed(neurox_all)
+        cpu_nx = time.process_time() - cpu0
         diffs = 100 * np.abs(np.array(ours_test) - np.array(nx_test))
-        result.update(neurox_s=round(t_nx, 1), speedup=round(t_nx / t_ours, 2),
+        result.update(neurox_s=round(t_nx, 1), speedup=round(t_nx / t_ours, 2), neurox_cpu_s=round(cpu_nx, 1),
+                      cpu_speedup=round(cpu_nx / cpu_ours, 2), load_average_1min_after=round(os.getloadavg()[0], 2),
                       max_test_accuracy_diff_points=round(float(diffs.max()), 2),
                       mean_test_accuracy_diff_points=round(float(diffs.mean()), 2),
                       oracle_test_accuracy=round(100 * ours_test[names.index("oracle")], 2),
@@ -525,7 +535,7 @@ def bench_large(settings: Settings, words: tuple[int, ...] = (20_000,), corpus: 
                 json.dump(figures, fh, indent=2)
 
     def measured(fn):
-        with PeakMemory() as mem:
+        with PeakMemory(own_only=True) as mem:  # the machine is shared: count this run's processes only
             result, seconds = _timed(fn)
         return result, {"seconds": round(seconds, 1), "peak_gb": round(mem.peak_work / 1e9, 2),
                         "added_gb": round((mem.peak_work - mem.baseline) / 1e9, 2),

@@ -200,8 +200,10 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
     tokens = slice_tokens(slices)
     workers = memory.fit_workers(N, L, tokens, wanted, groups, cfg.chunk_rows)
     memory.check(memory.similarity_plan(N, L, tokens, workers, groups, cfg.chunk_rows))
-    if workers < wanted:
-        log.info("%d worker(s) instead of %d: one N x N accumulator each would not fit", workers, wanted)
+    if workers < wanted:  # the fewer workers get the cores of those that do not fit (BLAS threads)
+        cpus = min(ray.cluster_resources().get("CPU", 1), cpus * wanted // workers)
+        log.info("%d worker(s) of %g CPUs instead of %d: one N x N accumulator each would not fit", workers, cpus,
+                 wanted)
     first = next(iter_slice(slices[0], cfg.chunk_rows, cfg.skip_first))
     shift = np.concatenate([m.astype(np.float64).mean(axis=0) for m in first])
     del first
