@@ -31,6 +31,8 @@ HEADROOM_MIN = 2 * 2**30
 #: Resident size of one Python process with numpy/pyarrow/torch imported (a Ray worker, the driver).
 PROCESS_BYTES = int(0.4 * GB)
 F64, F32 = 8, 4
+#: Share of the limit the similarity workers' accumulators may take together (see :func:`fit_workers`).
+ACCUMULATOR_SHARE = 0.25
 
 
 @dataclasses.dataclass
@@ -119,11 +121,17 @@ def condensed_bytes(neurons: int) -> int:
 
 
 def block_row_bytes(neurons: int, layers: int, groups: int) -> int:
-    """The largest share of ``G``'s block rows one task holds when ``groups`` tasks split them."""
-    if groups <= 1:
+    """The largest share of ``G``'s block rows one task holds when ``groups`` tasks split them.
+
+    One group holds one N x N ``dsyrk`` accumulator up to ``SYRK_MAX_NEURONS`` neurons and
+    its block rows (the upper block triangle) above.
+    """
+    from raydund.stats.moments import SYRK_MAX_NEURONS  # noqa: PLC0415
+
+    if groups <= 1 and neurons <= SYRK_MAX_NEURONS:
         return neurons * neurons * F64
     width = neurons / layers
-    loads = [0.0] * min(groups, layers)
+    loads = [0.0] * max(1, min(groups, layers))
     for layer in range(layers):  # the same greedy split as stats.job.balance_blocks
         g = loads.index(min(loads))
         loads[g] += width * (neurons - layer * width)
@@ -143,30 +151,38 @@ def similarity_plan(neurons: int, layers: int, tokens: int = 0, workers: int = 1
     N, W = int(neurons), max(1, int(workers))
     nn = N * N * F64
     acc = block_row_bytes(N, layers, groups)
-    shipped = packed_bytes(N) if groups <= 1 else acc
+    shipped = packed_bytes(N) if acc == N * N * F64 else acc  # one dsyrk target ships packed
     chunk = min(chunk_rows, max(tokens, 1) if tokens else chunk_rows) * N * (F64 + 2 * F32)
     procs = (W + 1) * PROCESS_BYTES
     phases = {
         "accumulate": {"accumulators": W * acc, "chunk buffers": W * chunk, "driver G": nn if W > 1 else 0,
                        "processes": procs},
-        "transfer": {"accumulators": W * acc, "packed for transfer": W * shipped, "driver G": nn,
+        "transfer": {"accumulators": W * acc, "shipped to the driver": W * shipped, "driver G": nn,
                      "processes": procs},
         "statistics": {"G -> r (N x N float64)": nn, "r float32 for the table": N * N * F32,
                        "row-block temporaries": 2 * min(1024, N) * N * F64, "processes": PROCESS_BYTES},
     }
     if W == 1:  # the worker has finished (and freed its accumulator) before the driver fills G
-        phases["transfer"] = {"accumulator": acc, "packed for transfer": shipped, "processes": procs}
-        phases["unpack"] = {"packed in the object store": shipped, "driver G": nn, "processes": procs}
+        phases["transfer"] = {"accumulator": acc, "shipped to the driver": shipped, "processes": procs}
+        phases["unpack"] = {"in the object store": shipped, "driver G": nn, "processes": procs}
     return StagePlan("similarity", phases, {"neurons": N, "layers": int(layers), "tokens": int(tokens),
                                             "workers": W, "groups": int(groups)})
 
 
 def fit_workers(neurons: int, layers: int, tokens: int, wanted: int, groups: int = 1, chunk_rows: int = 4096,
                 limit: int | None = None) -> int:
-    """The most workers (at most ``wanted``, at least 1) whose similarity plan fits the limit."""
+    """The most workers (at most ``wanted``, at least 1) whose similarity plan fits the limit
+    and whose accumulators together take at most :data:`ACCUMULATOR_SHARE` of it.
+
+    The pass is bound by BLAS, so one worker given all the cores is as fast as several
+    with one core each; extra workers only buy parallel Parquet decoding, at one G-sized
+    accumulator each (BERT-large: 2.7 GB), so they are used only where they are cheap.
+    """
     limit = memory_limit() if limit is None else limit
+    acc = block_row_bytes(neurons, layers, groups)
     for w in range(max(1, wanted), 1, -1):
-        if similarity_plan(neurons, layers, tokens, w, groups, chunk_rows).peak <= limit:
+        if (similarity_plan(neurons, layers, tokens, w, groups, chunk_rows).peak <= limit
+                and w * acc <= ACCUMULATOR_SHARE * limit):
             return w
     return 1
 

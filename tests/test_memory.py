@@ -36,7 +36,7 @@ def test_plan_sizes_match_the_arrays_they_describe():
     packed = pack_upper(acc["all"])
     plan = memory.similarity_plan(N, L, T, workers=1)
     assert plan.phases["transfer"]["accumulator"] == acc["all"].nbytes
-    assert plan.phases["transfer"]["packed for transfer"] == packed.nbytes
+    assert plan.phases["transfer"]["shipped to the driver"] == packed.nbytes
     assert plan.phases["unpack"]["driver G"] == m.G.nbytes
     assert plan.phases["statistics"]["r float32 for the table"] == m.G.astype(np.float32).nbytes
     sim = similarity(m.update(Z))
@@ -61,8 +61,12 @@ def test_bert_large_fits_one_worker_not_two_in_20_gb():
     limit = int(20e9)
     one = memory.similarity_plan(N, L, 20_000, workers=1)
     two = memory.similarity_plan(N, L, 20_000, workers=2)
-    assert one.peak < limit < two.peak
+    # one accumulator of block rows (the upper block triangle, ~half of N x N), shipped as it is
+    acc = sum(1024 * (N - 1024 * l) * 8 for l in range(L))
+    assert one.phases["transfer"]["accumulator"] == one.phases["transfer"]["shipped to the driver"] == acc
+    assert one.peak < 10e9 and two.peak > one.peak + acc
     assert memory.fit_workers(N, L, 20_000, wanted=2, limit=limit) == 1
+    assert memory.fit_workers(9984, 13, 150_000, wanted=2, limit=limit) == 2  # paper scale keeps both
     assert memory.clustering_plan(N, L).peak < 8e9  # r float32 + condensed float64 + blocks
     assert abs(memory.condensed_bytes(N) / 1e9 - 2.62) < 0.01
 
@@ -74,7 +78,7 @@ def test_over_the_limit_is_refused_with_the_numbers(monkeypatch):
     line = str(err.value)
     assert line.startswith("stage similarity needs ~")
     assert "limit 0.5 GB (RAYDUND_MEMORY_LIMIT_GB or detected RAM - headroom)" in line
-    assert "neurons=25600" in line and "(N x N float64) 5.24" in line
+    assert "neurons=25600" in line and "driver G 5.24" in line
     monkeypatch.setenv("RAYDUND_MEMORY_LIMIT_GB", "abc")
     with pytest.raises(UserError, match="not a number"):
         memory.memory_limit()
@@ -189,3 +193,23 @@ def test_torch_products_path_equals_blas_and_numpy(rows):
         for l in rows:
             np.testing.assert_allclose(tch[l], full[off[l] : off[l + 1], off[l] :], rtol=1e-12, atol=1e-9)
             np.testing.assert_allclose(blas[l], tch[l], rtol=1e-12, atol=1e-9)
+
+
+def test_block_rows_above_the_syrk_limit_equal_the_dsyrk_path(monkeypatch):
+    """Above SYRK_MAX_NEURONS one task keeps per-block-row accumulators (half the memory)."""
+    from raydund.stats import moments as moments_mod
+
+    Z = data(T=300)
+    ref = Moments.empty(WIDTHS, Z[:40].mean(0))
+    ref.update(Z)
+    monkeypatch.setattr(moments_mod, "SYRK_MAX_NEURONS", 10)
+    acc = {}
+    D = np.asfortranarray(Z - ref.shift)
+    add_block_rows(acc, D, ref.offsets, list(range(len(WIDTHS))), len(WIDTHS))
+    assert sorted(acc) == list(range(len(WIDTHS)))  # no "all"
+    m = Moments.empty(WIDTHS, ref.shift)
+    m.update(Z)
+    np.testing.assert_allclose(m.full_G(), ref.full_G(), rtol=1e-12, atol=1e-9)
+    a, b = similarity(m), similarity(ref)
+    np.testing.assert_allclose(a.r, b.r, atol=1e-9)
+    np.testing.assert_allclose(a.cka_debiased, b.cka_debiased, atol=1e-9)

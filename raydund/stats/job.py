@@ -129,8 +129,10 @@ def slice_task(slices: list[dict[int, str]], shift: np.ndarray, blocks: list[int
     """Ray task body: block rows ``blocks`` of ``G`` (and optionally ``n, s, Q, U``) over some
     slices, streamed in chunks of ``chunk_rows`` tokens into one accumulator.
 
-    When the task owns all of ``G`` its upper triangle comes back packed (``"packed"``,
-    half the bytes of G through the object store); otherwise the block rows (``"blocks"``).
+    When the task owns all of ``G`` (and it is one ``dsyrk`` target, up to
+    ``SYRK_MAX_NEURONS``) its upper triangle comes back packed (``"packed"``, half the
+    bytes of G through the object store); otherwise the block rows (``"blocks"``, the
+    upper block triangle: also about half).
     """
     device = products_device(device)
     acc, extra, off = {}, None, None

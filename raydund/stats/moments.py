@@ -162,12 +162,20 @@ def centred_chunk(mats: list[np.ndarray], shift: np.ndarray, off: np.ndarray) ->
     return D
 
 
+#: Above this many neurons a task that owns every block row keeps one accumulator per block
+#: row (``dgemm`` each, the upper block triangle: about half of N x N) instead of one N x N
+#: ``dsyrk`` target: half the memory, and no single BLAS call on a 5 GB matrix (SciPy's
+#: bundled 32-bit-index OpenBLAS crashed in ``dgemm_oncopy`` on a 25,600 x 25,600 ``dsyrk``).
+SYRK_MAX_NEURONS = 16_384
+
+
 def add_block_rows(acc: dict, D: np.ndarray, off: np.ndarray, rows: list[int], n_layers: int,
                    device: str = "cpu") -> None:
     """``acc[l] += D_l^T D[:, off_l:]`` for each block row; all rows at once is one ``dsyrk``.
 
     ``acc`` maps a row to its ``[width_l x (N - off_l)]`` array, or ``"all"`` to the
-    upper triangle of ``D^T D`` (N x N) when the task owns every row.
+    upper triangle of ``D^T D`` (N x N) when the task owns every row and there are at
+    most :data:`SYRK_MAX_NEURONS` neurons.
 
     Parameters
     ----------
@@ -183,7 +191,7 @@ def add_block_rows(acc: dict, D: np.ndarray, off: np.ndarray, rows: list[int], n
         return
     from scipy.linalg.blas import dgemm, dsyrk  # noqa: PLC0415
 
-    if sorted(rows) == list(range(n_layers)):
+    if sorted(rows) == list(range(n_layers)) and D.shape[1] <= SYRK_MAX_NEURONS:
         if "all" not in acc:
             acc["all"] = np.zeros((D.shape[1], D.shape[1]), order="F")
         acc["all"] = dsyrk(1.0, D, beta=1.0, c=acc["all"], trans=1, lower=0, overwrite_c=1)
