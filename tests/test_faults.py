@@ -35,6 +35,12 @@ BIN = Path(sys.executable).parent
 VOCAB = ["the", "quick", "brown", "fox", "jumped", "over", "lazy", "dog", "stocks", "fell", "sharply", ","]
 
 
+def base_env() -> dict:
+    """This process's environment without locations an earlier test left (mlflow.set_tracking_uri sets one)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("RAYDUND_", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"))}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,7 +83,7 @@ def cluster():
     state = tempfile.mkdtemp(prefix="rdf", dir="/tmp")
     fault = Path(state) / "fault.json"
     gcs = free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHON": sys.executable, "NO_MLFLOW": "1",
+    env = {**base_env(), "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHON": sys.executable, "NO_MLFLOW": "1",
            "RAYDUND_CLUSTER_DIR": state, "RAY_GCS_PORT": str(gcs), "RAY_DASHBOARD_PORT": str(free_port()),
            "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "RAYDUND_FAULT_FILE": str(fault)}
     env.pop("RAY_ADDRESS", None)
@@ -207,7 +213,7 @@ WRITER = textwrap.dedent("""
 
 
 def test_two_processes_writing_one_table_both_commit(settings):
-    env = {**os.environ, "RAYDUND_HOME": str(settings.home)}
+    env = {**base_env(), "RAYDUND_HOME": str(settings.home)}
     Lake(settings).replace("concurrent", pa.table({"writer": pa.array([-1], pa.int32()),
                                                    "round": pa.array([-1], pa.int32()),
                                                    "value": pa.array([0], pa.int64())}), ("writer",), {"writer": -1})
@@ -259,7 +265,7 @@ def test_two_threads_committing_activation_files_conflict_and_both_land(settings
 
 def test_unreachable_mlflow_is_one_line_before_any_compute(settings, tiny_model_dir):
     Lake(settings).write_corpus("toy", {"train": corpus()})
-    env = {**os.environ, "RAYDUND_HOME": str(settings.home), "HF_HUB_OFFLINE": "1",
+    env = {**base_env(), "RAYDUND_HOME": str(settings.home), "HF_HUB_OFFLINE": "1",
            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     start = time.time()
     out = subprocess.run([str(BIN / "raydund"), "extract", "--model", tiny_model_dir("bert"), "--corpus", "toy",
@@ -334,7 +340,7 @@ def test_logging_failure_after_the_work_keeps_the_results(settings, tiny_model_d
 ])
 def test_bad_configuration_is_one_line_exit_2(settings, args, message):
     Lake(settings).write_corpus("toy", {"train": corpus()})
-    env = {**os.environ, "RAYDUND_HOME": str(settings.home), "HF_HUB_OFFLINE": "1"}
+    env = {**base_env(), "RAYDUND_HOME": str(settings.home), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([str(BIN / "raydund"), *args], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert message in out.stderr and out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr

@@ -25,6 +25,12 @@ BIN = Path(sys.executable).parent
 SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY)", re.IGNORECASE)
 
 
+def base_env() -> dict:
+    """This process's environment without locations an earlier test left (mlflow.set_tracking_uri sets one)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("RAYDUND_", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"))}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,7 +119,7 @@ def test_no_literal_credentials_in_infra():
 
 @pytest.mark.parametrize("script,args", [("ray-head.sh", ["start"]), ("cluster.sh", ["up"])])
 def test_scripts_refuse_an_exposed_ray_without_token_auth(script, args):
-    env = {**os.environ, "RAY_HOST": "0.0.0.0", "RAY_AUTH_MODE": "disabled", "RAYDUND_HOME": tempfile.mkdtemp()}
+    env = {**base_env(), "RAY_HOST": "0.0.0.0", "RAY_AUTH_MODE": "disabled", "RAYDUND_HOME": tempfile.mkdtemp()}
     out = subprocess.run(["bash", str(INFRA / "local" / script), *args], env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2 and "without token auth" in out.stderr
@@ -191,7 +197,7 @@ def test_local_cluster_scripts_and_submit(settings, tiny_model_dir, tmp_path):
     from raydund.lake import Lake
 
     mlflow_port, dash = free_port(), free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHON": sys.executable,
+    env = {**base_env(), "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHON": sys.executable,
            "RAYDUND_HOME": str(settings.home), "RAYDUND_CLUSTER_DIR": tempfile.mkdtemp(prefix="rdc", dir="/tmp"),
            "RAY_GCS_PORT": str(free_port()), "RAY_DASHBOARD_PORT": str(dash), "MLFLOW_PORT": str(mlflow_port),
            "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
