@@ -125,7 +125,7 @@ def cmd_probe(args) -> None:
                       splits=tuple(args.splits), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       l1=args.l1, l2=args.l2, seed=args.seed, control=not args.no_control,
                       cluster_split=args.cluster_split, redundant_share=args.redundant_share,
-                      keep_share=args.keep_share, train_limit=args.train_limit)
+                      keep_share=args.keep_share, train_limit=args.train_limit, standardize=args.standardize)
     out = run_probes(cfg, _settings())
     key = "pearson" if cfg.task == "regression" else "accuracy"
     control = {r["probe"]: r for r in out["control"] or []}
@@ -149,7 +149,8 @@ def cmd_transfer(args) -> None:
                          task=args.task, splits=tuple(args.splits), stats_split=args.stats_split,
                          train_limit=args.train_limit, ls_thresholds=tuple(args.ls_threshold or (0.01,)),
                          ccfs_thresholds=tuple(args.ccfs_threshold or (0.01,)), epochs=args.epochs, lr=args.lr,
-                         seed=args.seed, timing=not args.no_timing, register=not args.no_register)
+                         seed=args.seed, timing=not args.no_timing, register=not args.no_register,
+                         standardize=args.standardize)
     out = run_transfer(cfg, _settings())
     print(format_table(out["rows"]))
     for label, uri in out["registered"].items():
@@ -398,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-control", action="store_true", help="skip the control task")
     p.add_argument("--cluster-split", default=None, help="also score the clustering sweep of this split")
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N training rows only")
+    p.add_argument("--standardize", action="store_true", help="probes on z-scored neurons (e.g. [CLS] of low layers)")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("finetune", help="fine-tune on a sentence-level task (Ray Train) and register the model in MLflow")
@@ -437,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-timing", action="store_true", help="skip the timing analysis")
     p.add_argument("--no-register", action="store_true", help="do not register the reduced models")
+    p.add_argument("--standardize", action="store_true", help="probes on z-scored neurons")
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("report", help="one self-contained HTML page with the paper's figures and tables for a run")

@@ -4,7 +4,9 @@ CoNLL-2000 (POS, chunking) and PMB semantic tags: ingest, activations of every l
 train/dev/test, general redundancy on dev (CKA, correlation clustering), task-specific
 redundancy per task (layer-wise probes, control task, minimal neuron set, the clustering
 sweep per task), LayerSelector + CCFS with a registered reduced model and timing, the
-neuron browser, and one HTML report per corpus.
+neuron browser, and one HTML report per corpus. Then a sentence-level task: MiniLM
+fine-tuned on SST-2 (a subsample) with Ray Train, registered, its [CLS] extracted,
+layer-wise probes and the clustering sweep on it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from raydund import tracking
 from raydund.config import Settings
 from raydund.explore import build_browser
 from raydund.extract.job import ExtractConfig, run_extraction
+from raydund.finetune import sentence_demo
 from raydund.ingest import ingest
 from raydund.lake import Lake, partition_counts
 from raydund.probes.job import ProbeConfig, run_probes
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 DEMO_TASKS = {"conll2000": ("pos", "chunk"), "pmb_semtag": ("semtag",)}
 #: Probes train on the first 30k train tokens (the paper: 150k) so the demo fits 2 CPU cores.
 DEMO_TRAIN_TOKENS = 30_000
+#: The sentence-level task: SST-2 fine-tuned on its first 2,000 train sentences (1 epoch).
+DEMO_SST2_SENTENCES = 2_000
 DEMO_MODEL = "minilm"
 DEMO_SPLITS = ("train", "dev", "test")
 #: General redundancy on ~44k tokens, as the paper does on the PTB dev set.
@@ -106,11 +111,16 @@ def analyse_tasks(settings: Settings, corpus: str, labels: tuple[str, ...], trai
 
 
 def run_demo(settings: Settings, limit: int | None = None, train_limit: int = DEMO_TRAIN_TOKENS) -> None:
-    """The paper's analyses on MiniLM: CoNLL-2000 (POS, chunking) and PMB semantic tags, end to end."""
+    """The paper's analyses on MiniLM: CoNLL-2000 (POS, chunking), PMB semantic tags and SST-2, end to end."""
     reports = []
     for corpus, labels in DEMO_TASKS.items():
         prepare_corpus(settings, corpus, limit)
         reports.append(analyse_tasks(settings, corpus, labels, train_limit))
+    sst = sentence_demo(settings, corpus="sst2", train_limit=DEMO_SST2_SENTENCES)
+    print(f"\nSST-2 (first {DEMO_SST2_SENTENCES} train sentences): fine-tuned MiniLM registered as {sst['uri']}, "
+          f"test {sst['metric']} {100 * sst['finetune_test'][sst['metric']]:.1f}; [CLS] probes per layer (test %):")
+    print("  " + ", ".join(f"{name}: {100 * v['test']:.1f}" for name, v in sst["probe_layers"].items()))
+    print("  clustering sweep, neurons kept: " + ", ".join(f"{t:.1f}: {n}" for t, n in sst["clusters"].items()))
     lake = Lake(settings)
     print("\nlake tables:")
     print(lake.summary())

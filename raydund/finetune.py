@@ -697,7 +697,7 @@ def sentence_demo(settings: Settings, corpus: str = "sst2", model: str = "minilm
                                       thresholds=tuple(thresholds or DEFAULT_THRESHOLDS), seed=seed), settings)
     probes = run_probes(ProbeConfig(model=ft.lake_model, corpus=corpus, label="label", unit="cls", task=ft.task,
                                     splits=("train", "train", "dev"), seed=seed, control=False,
-                                    cluster_split="train"), settings)
+                                    cluster_split="train", standardize=True), settings)
     key = primary_metric(ft.task)
     layers = {r["probe"]: {"dev": r["dev"][key], "test": r["test"][key]} for r in probes["layerwise"]}
     return {

@@ -170,3 +170,23 @@ def test_control_task_and_selectivity():
     control = analysis.control_task(splits, SETTINGS)
     rows = {r["probe"]: r for r in analysis.selectivity_rows(layer["rows"], control)}
     assert rows["layer 2"]["selectivity_dev"] > rows["layer 0"]["selectivity_dev"]
+
+
+def test_standardized_probes_learn_tiny_activations_and_fold_back_to_raw_weights():
+    """Activations scaled by 1e-3 (as [CLS] of low layers): raw probes stall, z-scored ones learn;
+    the folded coef_/intercept_ score raw rows exactly as the z-scored probe does."""
+    data = planted(T=1500, layer=1)
+    small = TaskData(data.X * 1e-3, data.labels, data.words, data.widths)
+    splits = analysis.make_splits(*split(small), "classification")
+    raw = analysis.layerwise(splits, analysis.ProbeSettings(epochs=20, lr=1e-2))
+    std = analysis.layerwise(splits, analysis.ProbeSettings(epochs=20, lr=1e-2, standardize=True))
+    acc = lambda out: {r["probe"]: r["dev"]["accuracy"] for r in out["rows"]}  # noqa: E731
+    assert acc(std)["layer 1"] > 0.9 > 0.6 > acc(raw)["layer 1"]
+    bank = std["bank"]
+    X = splits.dev.X
+    mu, sd = splits.train.X.mean(0), splits.train.X.std(0)
+    oracle = bank.masks.sum(1).argmax()
+    z = (X - mu) / sd
+    W_z = bank.coef_[oracle] * sd[:, None]  # back to the z-scored weights
+    b_z = bank.intercept_[oracle] + mu @ bank.coef_[oracle]
+    np.testing.assert_allclose(bank.decision_function(X)[oracle], z @ W_z + b_z, rtol=1e-3, atol=1e-3)

@@ -212,7 +212,7 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
         corpus = corpus.slice(0, cfg.limit)
     if cfg.unit == "word" and "words_b" in corpus.column_names:
         raise UserError(f"corpus {cfg.corpus!r} holds sentence pairs: extract it with --unit cls")
-    spec = resolve_model(cfg.model)
+    spec = resolve_model(cfg.model, settings)
     check_name("model", spec.name)
     check_model(spec)
     key = job_key(cfg, f"{spec.source}@{spec.revision}", corpus_snapshot)

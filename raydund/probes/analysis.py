@@ -28,6 +28,7 @@ class ProbeSettings:
     batch_size: int = 128
     epochs: int = 10
     seed: int = 0
+    standardize: bool = False
 
     def bank(self, masks: np.ndarray) -> ProbeBank:
         """An untrained bank of probes with these settings (the field names are ProbeBank's)."""

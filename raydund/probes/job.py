@@ -51,6 +51,8 @@ class ProbeConfig:
         Score the clustering sweep of this split (``raydund cluster``) on the task.
     train_limit : int, optional
         Train on the first N training rows only (the paper uses the first 150k tokens).
+    standardize : bool
+        Probes train on z-scored neurons (see :class:`~raydund.probes.model.ProbeBank`).
     """
 
     model: str
@@ -71,6 +73,7 @@ class ProbeConfig:
     cluster_split: str | None = None
     dev_fraction: float = 0.1
     train_limit: int | None = None
+    standardize: bool = False
 
     def settings(self) -> analysis.ProbeSettings:
         """The probe hyperparameters of this config (fields of the same names)."""

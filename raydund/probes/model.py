@@ -44,6 +44,11 @@ class ProbeBank:
         Adam learning rate, rows per step, passes over the data (shuffled each epoch).
     seed : int
         Seeds initialisation and shuffling.
+    standardize : bool
+        Train on z-scored neurons (train mean and std, float64; constant neurons left as
+        they are). Off by default (the paper and NeuroX train on raw activations); it
+        helps where activations barely vary, such as the [CLS] of lower layers. The fitted
+        ``coef_``/``intercept_`` are folded back to raw activations either way.
     device : str, optional
         ``cuda`` when available unless given.
 
@@ -64,6 +69,7 @@ class ProbeBank:
     batch_size: int = 128
     epochs: int = 10
     seed: int = 0
+    standardize: bool = False
     device: str | None = None
 
     def _device(self) -> torch.device:
@@ -91,6 +97,9 @@ class ProbeBank:
         Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         yt = torch.as_tensor(y, dtype=torch.float32 if regression else torch.long)
         T = len(Xt)
+        mu, sd = _moments(X) if self.standardize else (None, None)
+        if mu is not None:  # z-score each batch (no copy of X), in block order
+            mu_b, sd_b = (plan.columns_of(torch.from_numpy(v[None, :])).to(dev) for v in (mu, sd))
         with torch.no_grad():
             for _ in range(self.epochs):
                 order = torch.randperm(T, generator=gen)
@@ -98,6 +107,8 @@ class ProbeBank:
                     idx = order[start : start + self.batch_size]
                     B = len(idx)
                     xb = plan.columns_of(Xt[idx]).to(dev)
+                    if mu is not None:
+                        xb = (xb - mu_b) / sd_b
                     yb = yt[idx].to(dev)
                     out = plan.scores(xb, weights, bias)  # [B x P x C]
                     if regression:  # d/d out of mean (out - y)^2
@@ -119,6 +130,10 @@ class ProbeBank:
         for W, cols, probes in zip(weights, plan.columns, plan.probes):
             self.coef_[np.ix_(probes.cpu().numpy(), cols)] = W.cpu().numpy().transpose(1, 0, 2)
         self.intercept_ = bias.cpu().numpy()
+        if mu is not None:  # w (x - mu) / sd + b  ==  (w / sd) x + (b - sum(w mu / sd))
+            scaled = self.coef_ / sd[None, :, None].astype(np.float32)
+            self.intercept_ = (self.intercept_ - np.einsum("pnc,n->pc", scaled, mu)).astype(np.float32)
+            self.coef_ = scaled
         self.n_classes_ = C
         return self
 
@@ -209,6 +224,21 @@ class Plan:
         for W, probes in zip(weights, self.probes):
             sq.index_add_(0, probes, W.pow(2).sum(dim=(0, 2)))
         return sq.sqrt()
+
+
+def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations in float64 (1 where a column is constant), as float32."""
+    mu = np.zeros(X.shape[1])
+    sq = np.zeros(X.shape[1])
+    for start in range(0, len(X), 65536):  # chunks: no float64 copy of X
+        part = np.asarray(X[start : start + 65536], dtype=np.float64)
+        mu += part.sum(0)
+    mu /= max(len(X), 1)
+    for start in range(0, len(X), 65536):
+        sq += ((np.asarray(X[start : start + 65536], dtype=np.float64) - mu) ** 2).sum(0)
+    sd = np.sqrt(sq / max(len(X), 1))
+    sd[sd <= 1e-12 * max(float(np.median(sd)), 1e-30)] = 1.0
+    return mu.astype(np.float32), sd.astype(np.float32)
 
 
 def init_probe(mask: np.ndarray, n_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

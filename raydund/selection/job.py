@@ -68,6 +68,7 @@ class TransferConfig:
     l1: float = 1e-5
     l2: float = 1e-5
     seed: int = 0
+    standardize: bool = False
     register: bool = True
     timing: bool = True
     timing_sentences: int = 200
@@ -75,7 +76,8 @@ class TransferConfig:
     def probe_config(self, label: str) -> ProbeConfig:
         return ProbeConfig(model=self.model, corpus=self.corpus, label=label, unit=self.unit, task=self.task,
                            splits=self.splits, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           l1=self.l1, l2=self.l2, seed=self.seed, train_limit=self.train_limit)
+                           l1=self.l1, l2=self.l2, seed=self.seed, train_limit=self.train_limit,
+                           standardize=self.standardize)
 
     def ccfs(self) -> CCFS:
         return CCFS(self.probe_config(self.labels[0]).settings(), self.ls_thresholds, self.ccfs_thresholds,
