@@ -145,8 +145,8 @@ def similarity_plan(neurons: int, layers: int, tokens: int = 0, workers: int = 1
     Phases: ``accumulate`` (every worker holds its accumulator and one chunk, float64 plus
     the float32 batches it came from; with several workers the driver's G already fills),
     ``transfer`` (a worker packs its upper triangle for the object store while the driver
-    unpacks another into G), ``statistics`` (G -> covariance -> r in place; r as float32
-    for the lake table; row-block temporaries).
+    unpacks another into G), ``statistics`` (G -> covariance -> r in place; r written to
+    the lake as float32 rows, one batch at a time; row-block temporaries).
     """
     N, W = int(neurons), max(1, int(workers))
     nn = N * N * F64
@@ -159,8 +159,9 @@ def similarity_plan(neurons: int, layers: int, tokens: int = 0, workers: int = 1
                        "processes": procs},
         "transfer": {"accumulators": W * acc, "shipped to the driver": W * shipped, "driver G": nn,
                      "processes": procs},
-        "statistics": {"G -> r (N x N float64)": nn, "r float32 for the table": N * N * F32,
-                       "row-block temporaries": 2 * min(1024, N) * N * F64, "processes": PROCESS_BYTES},
+        "statistics": {"G -> r (N x N float64)": nn, "row-block temporaries": 2 * min(1024, N) * N * F64,
+                       "r float32 rows being written (batch, Arrow and Parquet copies)": 4 * min(1024, N) * N * F32,
+                       "processes": PROCESS_BYTES},
     }
     if W == 1:  # the worker has finished (and freed its accumulator) before the driver fills G
         phases["transfer"] = {"accumulator": acc, "shipped to the driver": shipped, "processes": procs}

@@ -41,11 +41,21 @@ def _variant(cfg: SimilarityConfig) -> str:
     return "no_first" if cfg.skip_first else "all"
 
 
-def similarity_tables(sim: Similarity, cfg: SimilarityConfig, rows_per_batch: int = 2048) -> tuple[pa.Table, pa.Table]:
+def similarity_tables(sim: Similarity, cfg: SimilarityConfig, rows_per_batch: int | None = None
+                      ) -> tuple[pa.Table, pa.Table]:
     """The CKA matrices (long: one row per layer pair and estimator) and r (one row per neuron).
 
-    r is stored as float32 and converted ``rows_per_batch`` rows at a time.
+    r is stored as float32. With ``rows_per_batch`` the r table is one of the batches of
+    :func:`correlation_batches` (the whole of it by default).
     """
+    cka_table = cka_rows(sim, cfg)
+    N = len(sim.constant)
+    batches = list(correlation_batches(sim, cfg, rows_per_batch or N))
+    return cka_table, pa.concat_tables(batches)
+
+
+def cka_rows(sim: Similarity, cfg: SimilarityConfig) -> pa.Table:
+    """The CKA matrices, long: one row per layer pair and estimator."""
     L = len(sim.widths)
     a, b = np.meshgrid(np.arange(L), np.arange(L), indexing="ij")
     key = {"model": cfg.model, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit, "variant": _variant(cfg)}
@@ -54,23 +64,69 @@ def similarity_tables(sim: Similarity, cfg: SimilarityConfig, rows_per_batch: in
         rows.append(pa.table({**{k: [v] * L * L for k, v in key.items()}, "measure": [name] * L * L,
                               "layer_a": a.ravel().astype(np.int32), "layer_b": b.ravel().astype(np.int32),
                               "value": matrix.ravel()}))
-    cka_table = pa.concat_tables(rows)
+    return pa.concat_tables(rows)
+
+
+def correlation_batches(sim: Similarity, cfg: SimilarityConfig, rows_per_batch: int = 1024):
+    """The ``neuron_correlation`` rows, ``rows_per_batch`` neurons at a time (r as float32).
+
+    Only one batch of float32 rows exists at a time: r (N x N float64) is converted as
+    the batches are written.
+    """
     N = len(sim.constant)
-    layers = layer_of(sim.widths)
+    layers = layer_of(sim.widths).astype(np.int32)
     index = np.concatenate([np.arange(w) for w in sim.widths]).astype(np.int32)
-    # r as float32 rows, converted batch by batch (one chunk per batch, never a float64 copy of r)
-    step = max(1, min(N, rows_per_batch))
-    chunks = []
-    for a in range(0, N, step):
-        b = min(N, a + step)
+    key = {"model": cfg.model, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit, "variant": _variant(cfg)}
+    for a in range(0, N, max(1, rows_per_batch)):
+        b = min(N, a + rows_per_batch)
         r32 = np.ascontiguousarray(sim.r[a:b], dtype=np.float32)
-        chunks.append(pa.ListArray.from_arrays(pa.array(np.arange(0, (b - a + 1) * N, N, dtype=np.int32)),
-                                               pa.array(r32.ravel())))
-    r_col = pa.chunked_array(chunks, type=pa.list_(pa.float32()))
-    r_table = pa.table({**{k: [v] * N for k, v in key.items()}, "layer": layers.astype(np.int32),
-                        "neuron": index, "position": np.arange(N, dtype=np.int32), "mean": sim.mean,
-                        "std": sim.std, "constant": sim.constant, "r": r_col})
-    return cka_table, r_table
+        r_col = pa.ListArray.from_arrays(pa.array(np.arange(0, (b - a + 1) * N, N, dtype=np.int32)),
+                                         pa.array(r32.ravel()))
+        yield pa.table({**{k: [v] * (b - a) for k, v in key.items()}, "layer": layers[a:b], "neuron": index[a:b],
+                        "position": np.arange(a, b, dtype=np.int32), "mean": sim.mean[a:b], "std": sim.std[a:b],
+                        "constant": sim.constant[a:b], "r": r_col})
+
+
+def replace_in_batches(lake: Lake, name: str, batches, partitions: tuple[str, ...], where: dict,
+                       properties: dict | None = None) -> int:
+    """:meth:`Lake.replace` for data that arrives in batches: ONE Iceberg transaction that
+    deletes the rows matching ``where`` and writes the batches one after the other (each
+    becomes its own files as it comes), committed once at the end. Returns the snapshot id.
+    """
+    from raydund.lake import _conform, table_identifier  # noqa: PLC0415
+
+    batches = iter(batches)
+    first = next(batches)
+    ident = table_identifier(name)
+    lake._create_if_missing(ident, first.schema, partitions)
+    tbl = lake.catalog.load_table(ident)
+    if not set(tbl.schema().as_arrow().names) >= set(first.schema.names):
+        with tbl.update_schema() as update:
+            update.union_by_name(first.schema)
+        tbl = lake.catalog.load_table(ident)
+    conditions = [EqualTo(k, v) for k, v in where.items()]
+    condition = conditions[0] if len(conditions) == 1 else And(*conditions)
+    props = {k: str(v) for k, v in (properties or {}).items()}
+    schema = tbl.schema().as_arrow()
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings(), tbl.transaction() as tx:
+        warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+        tx.overwrite(_conform(first, schema), overwrite_filter=condition, snapshot_properties=props)
+        del first
+        for batch in batches:
+            tx.append(_conform(batch, schema), snapshot_properties=props)
+            del batch
+    _release_arrow_memory()
+    return lake.catalog.load_table(ident).current_snapshot().snapshot_id
+
+
+def _release_arrow_memory() -> None:
+    """Hand the Arrow memory pool's free pages back to the OS (its allocator keeps them otherwise)."""
+    try:
+        pa.default_memory_pool().release_unused()
+    except AttributeError:  # pragma: no cover - old pyarrow
+        pass
 
 
 def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = True) -> dict:
@@ -87,12 +143,14 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
         moments = compute_moments(lake, cfg, progress)  # checks its memory plan before it starts
         sim = similarity(moments, inplace=True)  # G becomes r: one N x N float64 array in all
         del moments
-        cka_table, r_table = similarity_tables(sim, cfg)
+        cka_table = cka_rows(sim, cfg)
         where = {"model": cfg.model, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit,
                  "variant": _variant(cfg)}
         props = {"mlflow.run_id": run.info.run_id}
         snap_cka = lake.replace(LAYER_SIMILARITY, cka_table, ("model", "corpus"), where, props)
-        snap_r = lake.replace(NEURON_CORRELATION, r_table, ("model", "corpus", "split"), where, props)
+        # r as float32 rows, batch by batch, in one commit: never a second N x N copy
+        snap_r = replace_in_batches(lake, NEURON_CORRELATION, correlation_batches(sim, cfg),
+                                    ("model", "corpus", "split"), where, props)
         mlflow = tracking.configure(settings)
         L = len(sim.widths)
         adjacent = [sim.cka[i, i + 1] for i in range(L - 1)]
@@ -143,6 +201,8 @@ def load_correlations(lake: Lake, model: str, corpus: str, split: str, unit: str
             raise UserError(f"neuron_correlation rows of {model} {corpus}/{split} are not {N} long; re-run similarity")
         r[pos] = values.reshape(batch.num_rows, N)
         filled[pos] = True
+        del batch, col, values
+    _release_arrow_memory()
     if not filled.all():
         raise UserError(f"neuron_correlation of {model} {corpus}/{split} misses {int((~filled).sum())} rows")
     return r, meta["layer"].to_numpy(), meta["constant"].to_numpy(), snapshot.snapshot_id
@@ -150,12 +210,16 @@ def load_correlations(lake: Lake, model: str, corpus: str, split: str, unit: str
 
 def _correlation_meta(lake: Lake, model: str, corpus: str, split: str, unit: str, variant: str) -> pl.DataFrame:
     """position, layer, constant of every neuron of one correlation matrix (small columns only)."""
-    frame = (lake.scan(NEURON_CORRELATION)
-             .filter((pl.col("model") == model) & (pl.col("corpus") == corpus) & (pl.col("split") == split)
-                     & (pl.col("unit") == unit) & (pl.col("variant") == variant))
-             .select("position", "layer", "constant").sort("position").collect())
-    if frame.height == 0:
+    where = And(EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split), EqualTo("unit", unit),
+                EqualTo("variant", variant))
+    try:
+        data = lake.table(NEURON_CORRELATION).scan(row_filter=where,
+                                                   selected_fields=("position", "layer", "constant")).to_arrow()
+    except UserError:
+        data = None
+    if data is None or data.num_rows == 0:
         raise UserError(f"no correlations for {model} {corpus}/{split}; run `raydund similarity` first")
+    frame = pl.from_arrow(data).sort("position")
     if not np.array_equal(frame["position"].to_numpy(), np.arange(frame.height)):
         raise UserError(f"neuron_correlation of {model} {corpus}/{split} has gaps in its positions; re-run similarity")
     return frame

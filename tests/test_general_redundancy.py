@@ -122,3 +122,36 @@ def test_balance_blocks_covers_every_row_once():
             assert sorted(l for group in plan for l in group) == list(range(L))
             loads = [sum(L - l for l in group) for group in plan]
             assert max(loads) - min(loads) <= L
+
+
+def test_correlations_written_in_batches_in_one_commit_and_read_back(settings, monkeypatch):
+    """r goes to the lake a few rows at a time (one transaction); a re-run replaces it."""
+    import raydund.redundancy as redundancy
+
+    lake = Lake(settings)
+    Z = write_into_lake(lake, planted_activations())
+    batches = []
+    original = redundancy.correlation_batches
+
+    def small_batches(sim, cfg, rows_per_batch=1024):
+        for batch in original(sim, cfg, 5):
+            batches.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(redundancy, "correlation_batches", small_batches)
+    cfg = SimilarityConfig(model="m", corpus="c", split="dev")
+    for _ in range(2):  # the second run replaces the first
+        sim = run_similarity(cfg, settings, progress=False)["similarity"]
+    assert batches == [5, 5, 5, 5, 4] * 2
+    r, layers, constant, snap = load_correlations(lake, "m", "c", "dev")
+    np.testing.assert_array_equal(r, sim.r.astype(np.float32).astype(np.float64))
+    np.testing.assert_array_equal(layers, np.repeat(np.arange(LAYERS), WIDTH))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = np.corrcoef(Z.T)
+    live = ~constant
+    np.testing.assert_allclose(r[np.ix_(live, live)], ref[np.ix_(live, live)], atol=1e-6)
+    r32, *_ = load_correlations(lake, "m", "c", "dev", dtype=np.float32)
+    assert r32.dtype == np.float32 and np.array_equal(r32, r.astype(np.float32), equal_nan=True)
+    table = lake.table("neuron_correlation")
+    assert table.scan().to_arrow().num_rows == LAYERS * WIDTH
+    assert table.current_snapshot().snapshot_id == snap

@@ -38,7 +38,7 @@ def test_plan_sizes_match_the_arrays_they_describe():
     assert plan.phases["transfer"]["accumulator"] == acc["all"].nbytes
     assert plan.phases["transfer"]["shipped to the driver"] == packed.nbytes
     assert plan.phases["unpack"]["driver G"] == m.G.nbytes
-    assert plan.phases["statistics"]["r float32 for the table"] == m.G.astype(np.float32).nbytes
+    assert plan.phases["statistics"]["G -> r (N x N float64)"] == m.G.nbytes
     sim = similarity(m.update(Z))
     r = sim.r.astype(np.float32)
     cplan = memory.clustering_plan(N)

@@ -150,6 +150,7 @@ def slice_task(slices: list[dict[int, str]], shift: np.ndarray, blocks: list[int
             extras(extra, [D[:, off[l] : off[l + 1]] for l in range(len(off) - 1)])
         del D, mats  # the next chunk's buffers replace these, never sit beside them
     acc = to_numpy(acc)
+    pa.default_memory_pool().release_unused()  # the Parquet readers' pages go back to the OS
     out = {}
     if "all" in acc:
         out["packed"] = pack_upper(acc.pop("all"))  # the N x N accumulator is freed right after
