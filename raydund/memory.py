@@ -160,6 +160,8 @@ def similarity_plan(neurons: int, layers: int, tokens: int = 0, workers: int = 1
         "transfer": {"accumulators": W * acc, "shipped to the driver": W * shipped, "driver G": nn,
                      "processes": procs},
         "statistics": {"G -> r (N x N float64)": nn, "row-block temporaries": 2 * min(1024, N) * N * F64,
+                       # the object store's shared-memory pages stay resident after the transfer
+                       "object store pages (transfer)": W * shipped,
                        "r float32 rows being written (batch, Arrow and Parquet copies)": 4 * min(1024, N) * N * F32,
                        "processes": PROCESS_BYTES},
     }

@@ -78,7 +78,7 @@ def test_over_the_limit_is_refused_with_the_numbers(monkeypatch):
     line = str(err.value)
     assert line.startswith("stage similarity needs ~")
     assert "limit 0.5 GB (RAYDUND_MEMORY_LIMIT_GB or detected RAM - headroom)" in line
-    assert "neurons=25600" in line and "driver G 5.24" in line
+    assert "neurons=25600" in line and "G -> r (N x N float64) 5.24" in line
     monkeypatch.setenv("RAYDUND_MEMORY_LIMIT_GB", "abc")
     with pytest.raises(UserError, match="not a number"):
         memory.memory_limit()
