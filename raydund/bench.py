@@ -340,6 +340,7 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
     result = {"train_tokens": len(splits.train.X), "neurons": splits.train.X.shape[1],
               "classes": len(splits.classes), "probes": len(masks), "raydund_s": round(t_ours, 1),
               "raydund_cpu_s": round(cpu_ours, 1), "load_average_1min": round(os.getloadavg()[0], 2)}
+    log.info("raydund: %s", json.dumps(result))
     try:
         from neurox.interpretation import linear_probe  # noqa: PLC0415
     except ImportError:

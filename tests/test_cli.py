@@ -12,7 +12,7 @@ BIN = Path(sys.executable).parent
 
 def run(args, home):
     env = {**os.environ, "RAYDUND_HOME": str(home)}
-    return subprocess.run([str(BIN / "raydund"), *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(BIN / "raydund"), *args], env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_help_lists_the_stages(tmp_path):

@@ -254,7 +254,7 @@ def test_heatmap_wraps_long_sentences_and_writes_svg_and_png(tmp_path):
 def cli(args, settings):
     env = {**os.environ, **settings.env_vars()}
     return subprocess.run([str(Path(sys.executable).parent / "raydund"), "explore", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_cli_top_words_heatmap_and_mistakes(planted, tmp_path):

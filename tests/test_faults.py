@@ -269,7 +269,7 @@ def test_unreachable_mlflow_is_one_line_before_any_compute(settings, tiny_model_
            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     start = time.time()
     out = subprocess.run([str(BIN / "raydund"), "extract", "--model", tiny_model_dir("bert"), "--corpus", "toy",
-                          "--split", "train"], env=env, capture_output=True, text=True, timeout=120)
+                          "--split", "train"], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert "MLflow tracking server http://127.0.0.1:" in out.stderr and "not reachable" in out.stderr
     assert time.time() - start < 60
@@ -341,6 +341,6 @@ def test_logging_failure_after_the_work_keeps_the_results(settings, tiny_model_d
 def test_bad_configuration_is_one_line_exit_2(settings, args, message):
     Lake(settings).write_corpus("toy", {"train": corpus()})
     env = {**base_env(), "RAYDUND_HOME": str(settings.home), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([str(BIN / "raydund"), *args], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([str(BIN / "raydund"), *args], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 2, out.stderr[-2000:]
     assert message in out.stderr and out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
