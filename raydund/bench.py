@@ -305,8 +305,10 @@ def _similarity_vs_floor(lake, paper_tokens: int, widths: tuple[int, ...]) -> di
 
 
 def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll2000", label: str = "pos",
-                 train_tokens: int = 50_000, out: str | None = None) -> dict:
+                 train_tokens: int = 50_000, out: str | None = None, threads: int | None = None) -> dict:
     """Layer-wise analysis + minimal-set search: raydund's probe banks vs NeuroX one probe at a time.
+
+    Both run in this process with the same torch threads (``threads``, default all CPUs).
 
     Same settings for both (the paper's: ElasticNet 1e-5/1e-5, Adam 1e-3, batch 128, 10
     epochs), same rows (the first ``train_tokens`` tokens of train), same probes.
@@ -316,7 +318,7 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
     from raydund.probes.data import TaskData, layer_masks  # noqa: PLC0415
     from raydund.probes.job import ProbeConfig, load_splits  # noqa: PLC0415
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(threads or os.cpu_count())
     cfg = ProbeConfig(model=model, corpus=corpus, label=label)
     splits = load_splits(Lake(settings), cfg)
     tr = splits.train  # the class list is made from the rows actually trained on
@@ -339,7 +341,8 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
     ours_test = [r["test"]["accuracy"] for r in layer["rows"]] + [r["test"]["accuracy"] for r in minimal["rows"]]
     result = {"train_tokens": len(splits.train.X), "neurons": splits.train.X.shape[1],
               "classes": len(splits.classes), "probes": len(masks), "raydund_s": round(t_ours, 1),
-              "raydund_cpu_s": round(cpu_ours, 1), "load_average_1min": round(os.getloadavg()[0], 2)}
+              "raydund_cpu_s": round(cpu_ours, 1), "load_average_1min": round(os.getloadavg()[0], 2),
+              "threads": torch.get_num_threads()}
     log.info("raydund: %s", json.dumps(result))
     try:
         from neurox.interpretation import linear_probe  # noqa: PLC0415

@@ -244,7 +244,7 @@ def cmd_bench(args) -> None:
         from raydund.bench import bench_probes  # noqa: PLC0415
 
         bench_probes(_settings(), model=args.model, corpus=args.corpus, label=args.label,
-                     train_tokens=args.train_tokens, out=args.out)
+                     train_tokens=args.train_tokens, out=args.out, threads=args.threads)
         return
     if args.bench == "similarity":
         bench_similarity(_settings(), model=args.model, corpus=args.corpus, split=args.split,
@@ -547,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--corpus", default="conll2000")
     b.add_argument("--label", default="pos")
     b.add_argument("--train-tokens", type=int, default=50_000, help="first N tokens of train")
+    b.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all CPUs)")
     b.add_argument("--out", default=None, help="write the figures as JSON here")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("scaling", help="words/s and peak memory of extraction and similarity at 1x/2x/4x words")
