@@ -12,7 +12,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from processes import base_env, free_port
+
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.lake import Lake, commit_with_retry
@@ -35,16 +36,6 @@ BIN = Path(sys.executable).parent
 VOCAB = ["the", "quick", "brown", "fox", "jumped", "over", "lazy", "dog", "stocks", "fell", "sharply", ","]
 
 
-def base_env() -> dict:
-    """This process's environment without locations an earlier test left (mlflow.set_tracking_uri sets one)."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("RAYDUND_", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"))}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def corpus(n=40, seed=0) -> pa.Table:

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,8 @@ import pytest
 import ray
 import yaml
 
+from processes import base_env, free_port
+
 from raydund.config import Settings
 from raydund.errors import UserError
 
@@ -25,16 +26,6 @@ BIN = Path(sys.executable).parent
 SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY)", re.IGNORECASE)
 
 
-def base_env() -> dict:
-    """This process's environment without locations an earlier test left (mlflow.set_tracking_uri sets one)."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("RAYDUND_", "MLFLOW_TRACKING_URI", "RAY_ADDRESS"))}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_cluster_launcher_yaml_validates_against_rays_schema():

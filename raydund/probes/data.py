@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from raydund.errors import UserError
-from raydund.lake import Lake, corpus_table_name
+from raydund.lake import Lake
 
 
 @dataclasses.dataclass
