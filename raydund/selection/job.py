@@ -131,9 +131,7 @@ def run_transfer(cfg: TransferConfig, settings: Settings) -> dict:
     source = extraction_run(settings, cfg.model, cfg.corpus, cfg.splits[2], cfg.unit)
     ray = ensure_ray()
     mlflow = tracking.configure(settings)
-    params = {**{k: v for k, v in dataclasses.asdict(cfg).items() if k != "cluster_thresholds"},
-              "labels": ",".join(cfg.labels), "splits": ",".join(cfg.splits),
-              "cluster_thresholds": ",".join(map(str, cfg.cluster_thresholds)),
+    params = {**{k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
               "activations_snapshot_id": lake.activations().current_snapshot().snapshot_id,
               "extraction_run_id": source["run_id"], "model_source": source.get("model_source", "")}
     futures = [_remote(ray, fit_task, threads=1).remote(cfg, label, settings) for label in cfg.labels]
