@@ -83,13 +83,7 @@ def bench_extract(settings: Settings, model: str = "minilm", corpus: str = "conl
     from raydund.lake import Lake  # noqa: PLC0415
 
     lake = Lake(settings)
-    try:
-        table = lake.read_corpus(corpus, split)
-    except UserError:
-        from raydund.ingest import ingest  # noqa: PLC0415
-
-        ingest(corpus, settings, [split])
-        table = lake.read_corpus(corpus, split)
+    table = _corpus_split(lake, settings, corpus, split)
     if limit:
         table = table.slice(0, limit)
     sentences = table.column("words").to_pylist()
@@ -195,6 +189,17 @@ class PeakMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+def _corpus_split(lake, settings: Settings, corpus: str, split: str):
+    """A corpus split from the lake, ingesting it first when the lake lacks it."""
+    try:
+        return lake.read_corpus(corpus, split)
+    except UserError:
+        from raydund.ingest import ingest  # noqa: PLC0415
+
+        ingest(corpus, settings, [split])
+        return lake.read_corpus(corpus, split)
 
 
 def _timed(fn):
@@ -402,13 +407,7 @@ def bench_scaling(settings: Settings, model: str = "minilm", corpus: str = "conl
     from raydund.stats.job import SimilarityConfig, compute_moments  # noqa: PLC0415
 
     lake = Lake(settings)
-    try:
-        table = lake.read_corpus(corpus, split)
-    except UserError:
-        from raydund.ingest import ingest  # noqa: PLC0415
-
-        ingest(corpus, settings, [split])
-        table = lake.read_corpus(corpus, split)
+    table = _corpus_split(lake, settings, corpus, split)
     lengths = np.cumsum([len(s) for s in table.column("words").to_pylist()])
     cores = os.cpu_count() or 1
     ensure_ray()

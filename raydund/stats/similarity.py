@@ -74,21 +74,12 @@ def debiased_cka(C: np.ndarray, m: Moments) -> np.ndarray:
     v = m.s / n  # mean of the shifted data
     G = m.full_G()
     B = _blocks(C, m)
+    spans = [slice(off[a], off[a + 1]) for a in range(L)]
+    hsic = np.array([[np.sum(B[a][b] ** 2) for b in range(L)] for a in range(L)])
     tr = np.array([np.trace(B[a][a]) for a in range(L)])
-    vv = np.array([v[off[a] : off[a + 1]] @ v[off[a] : off[a + 1]] for a in range(L)])
-    trG = np.array([np.trace(G[off[a] : off[a + 1], off[a] : off[a + 1]]) for a in range(L)])
-    h = np.zeros((L, L))
-    for a in range(L):
-        sa = slice(off[a], off[a + 1])
-        for b in range(a, L):
-            sb = slice(off[b], off[b + 1])
-            # S_ab = sum_t ||x_t^a - mu_a||^2 ||x_t^b - mu_b||^2, expanded into streamed terms
-            S = (m.Q[a, b] - 2 * m.U[a, sb] @ v[sb] - 2 * m.U[b, sa] @ v[sa]
-                 + 4 * v[sa] @ G[sa, sb] @ v[sb] + vv[b] * trG[a] + vv[a] * trG[b] - 3 * n * vv[a] * vv[b])
-            h[a, b] = h[b, a] = (np.sum(B[a][b] ** 2) - n / (n - 2) * S + tr[a] * tr[b] / ((n - 1) * (n - 2)))
-    norm = np.sqrt(np.clip(np.diag(h), 0, None))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return h / norm[:, None] / norm[None, :]
+    trG = np.array([np.trace(G[sa, sa]) for sa in spans])
+    vGv = np.array([[4 * v[sa] @ G[sa, sb] @ v[sb] for sb in spans] for sa in spans])
+    return _debiased(hsic, tr, trG, vGv, m, v)
 
 
 @dataclasses.dataclass
