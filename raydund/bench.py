@@ -310,13 +310,15 @@ def _similarity_vs_floor(lake, paper_tokens: int, widths: tuple[int, ...]) -> di
 
 
 def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll2000", label: str = "pos",
-                 train_tokens: int = 50_000, out: str | None = None, threads: int | None = None) -> dict:
+                 train_tokens: int = 50_000, out: str | None = None, threads: int | None = None,
+                 precision: str = "float32") -> dict:
     """Layer-wise analysis + minimal-set search: raydund's probe banks vs NeuroX one probe at a time.
 
     Both run in this process with the same torch threads (``threads``, default all CPUs).
 
     Same settings for both (the paper's: ElasticNet 1e-5/1e-5, Adam 1e-3, batch 128, 10
     epochs), same rows (the first ``train_tokens`` tokens of train), same probes.
+    ``precision`` is the type of raydund's training products (NeuroX: float32).
     """
     from raydund.lake import Lake  # noqa: PLC0415
     from raydund.probes import analysis  # noqa: PLC0415
@@ -324,7 +326,7 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
     from raydund.probes.job import ProbeConfig, load_splits  # noqa: PLC0415
 
     torch.set_num_threads(threads or os.cpu_count())
-    cfg = ProbeConfig(model=model, corpus=corpus, label=label)
+    cfg = ProbeConfig(model=model, corpus=corpus, label=label, precision=precision)
     splits = load_splits(Lake(settings), cfg)
     tr = splits.train  # the class list is made from the rows actually trained on
     splits = analysis.make_splits(TaskData(tr.X[:train_tokens], tr.labels[:train_tokens], tr.words[:train_tokens],
@@ -347,7 +349,7 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
     result = {"train_tokens": len(splits.train.X), "neurons": splits.train.X.shape[1],
               "classes": len(splits.classes), "probes": len(masks), "raydund_s": round(t_ours, 1),
               "raydund_cpu_s": round(cpu_ours, 1), "load_average_1min": round(os.getloadavg()[0], 2),
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads(), "precision": precision}
     log.info("raydund: %s", json.dumps(result))
     try:
         from neurox.interpretation import linear_probe  # noqa: PLC0415

@@ -37,6 +37,7 @@ from raydund import tracking
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.extract.encoder import LAKE_MODEL_TAG, default_threads, resolve_model
+from raydund.probes.data import held_out_mask
 from raydund.lake import Lake, corpus_table_name
 
 log = logging.getLogger(__name__)
@@ -189,14 +190,6 @@ class FinetuneResult:
 
 
 # -- data ---------------------------------------------------------------------------------
-def held_out_mask(n: int, fraction: float, seed: int) -> np.ndarray:
-    """The seeded dev rows of ``n`` train rows: exactly those ``raydund.probes.job.split_train`` holds out."""
-    rng = np.random.default_rng(seed)
-    held = np.zeros(n, dtype=bool)
-    held[rng.permutation(n)[: int(round(fraction * n))]] = True
-    return held
-
-
 def infer_task(labels, given: str | None, corpus: str) -> str:
     """``regression`` for a float label column, ``classification`` otherwise; check a given task."""
     import pyarrow as pa  # noqa: PLC0415

@@ -391,6 +391,16 @@ class Lake:
         data = data.sort_by([("sentence_id", "ascending"), ("word_id", "ascending")])
         return vectors_to_matrix(data), data.select(["sentence_id", "word_id", "word"])
 
+    def layer_keys(self, model: str, corpus: str, split: str, layer: int = 0, unit: str = "word") -> pa.Table:
+        """The row keys of one layer (``sentence_id, word_id, word``) in :meth:`layer_matrix` order, no vectors."""
+        where = And(
+            EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split),
+            EqualTo("unit", unit), EqualTo("layer", int(layer)),
+        )
+        keys = ("sentence_id", "word_id", "word")
+        data = self.activations().scan(row_filter=where, selected_fields=keys).to_arrow()
+        return data.sort_by([("sentence_id", "ascending"), ("word_id", "ascending")]).select(list(keys))
+
     def scan(self, name: str, snapshot_id: int | None = None) -> pl.LazyFrame:
         """A polars LazyFrame over a table (``activations``, ``corpus_conll2000``, ...).
 

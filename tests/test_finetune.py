@@ -16,12 +16,10 @@ from raydund.config import Settings
 from raydund.errors import CorpusError, UserError
 from raydund.extract.encoder import ModelSpec, load_model, resolve_model
 from raydund.extract.job import ExtractConfig, run_extraction
-from raydund.finetune import (FinetuneConfig, held_out_mask, infer_task, prepare_data, run_finetune,
-                              task_metrics)
+from raydund.finetune import FinetuneConfig, infer_task, prepare_data, run_finetune, task_metrics
 from raydund.ingest import ingest
 from raydund.lake import Lake
-from raydund.probes.job import ProbeConfig, run_probes, split_train
-from raydund.probes.data import TaskData
+from raydund.probes.job import ProbeConfig, run_probes
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -106,13 +104,6 @@ def weights(folder: str) -> dict:
 
 
 # -- pure pieces ------------------------------------------------------------------------------
-
-
-def test_dev_rows_are_the_probes_dev_rows():
-    n, seed = 97, 3
-    data = TaskData(np.arange(n, dtype=np.float32)[:, None], np.arange(n), np.arange(n), (1,))
-    _, dev = split_train(data, 0.1, seed)
-    assert np.array_equal(np.flatnonzero(held_out_mask(n, 0.1, seed)), np.sort(dev.labels))
 
 
 def test_task_metrics_against_numpy():

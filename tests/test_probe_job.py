@@ -62,3 +62,33 @@ def test_probe_job_finds_the_layer_and_tracks_everything(settings):
     assert len(children) == expected
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(out["run_id"], "figures")}
     assert {"figures/layerwise.png", "figures/layerwise_per_class.png", "figures/minimal_set.png"} <= artifacts
+
+
+def test_layer_block_workers_train_what_one_process_trains(settings):
+    """Probes sharded over 3 layer-block actors (gloo all-reduce) = the same probes in one process.
+
+    Dev carved from train and a train limit exercise the row selection each actor applies.
+    """
+    import mlflow
+
+    lake = Lake(settings)
+    lake.write_corpus("toy", {split: planted_split(lake, split, T, seed)
+                              for split, T, seed in (("train", 2000, 0), ("test", 500, 2))})
+    base = dict(model="m", corpus="toy", label="pos", epochs=4, lr=1e-2, splits=("train", "train", "test"),
+                train_limit=1500)
+    one = run_probes(ProbeConfig(**base, workers=1), settings)
+    three = run_probes(ProbeConfig(**base, workers=3), settings)
+
+    def scores(out):
+        return {r["probe"]: (r["dev"]["accuracy"], r["test"]["accuracy"]) for r in out["layerwise"]}
+
+    assert scores(three).keys() == scores(one).keys()
+    for probe, (dev, test) in scores(one).items():  # float sums in another order: a row may flip, no more
+        assert scores(three)[probe] == pytest.approx((dev, test), abs=2 / 500), probe
+    assert three["minimal"]["k"] == one["minimal"]["k"]
+    assert three["rankings"]["lca"][:2].tolist() == one["rankings"]["lca"][:2].tolist()
+    np.testing.assert_array_equal(three["rankings"]["probeless"], one["rankings"]["probeless"])
+    assert [r["control_dev"] for r in three["control"]] == pytest.approx([r["control_dev"] for r in one["control"]],
+                                                                         abs=2 / 150)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    assert mlflow.get_run(three["run_id"]).data.params["workers"] == "3"

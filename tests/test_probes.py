@@ -190,3 +190,22 @@ def test_standardized_probes_learn_tiny_activations_and_fold_back_to_raw_weights
     W_z = bank.coef_[oracle] * sd[:, None]  # back to the z-scored weights
     b_z = bank.intercept_[oracle] + mu @ bank.coef_[oracle]
     np.testing.assert_allclose(bank.decision_function(X)[oracle], z @ W_z + b_z, rtol=1e-3, atol=1e-3)
+
+
+def test_metrics_match_scikit_learn():
+    """Accuracy, macro-F1 and per-class recall from one confusion pass equal scikit-learn's."""
+    from sklearn.metrics import f1_score, recall_score
+
+    from raydund.probes.model import metrics
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(-1, 6, 500)  # -1: a label never seen in training (always an error)
+    y[y == 4] = 5  # class 4 is never a target, but is predicted
+    pred = np.where(rng.random(500) < 0.6, np.maximum(y, 0), rng.integers(0, 7, 500))
+    classes = list("abcdefg")
+    out = metrics(y, pred, "classification", classes)
+    labels = np.unique(y[y >= 0])
+    assert out["accuracy"] == pytest.approx(np.mean(pred == y))
+    assert out["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", labels=labels, zero_division=0))
+    recall = recall_score(y, pred, average=None, labels=labels, zero_division=0)
+    assert out["per_class"] == pytest.approx({classes[i]: r for i, r in zip(labels, recall)})

@@ -7,6 +7,7 @@ ordinary words split into several subwords: alignment and aggregation get exerci
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -22,13 +23,20 @@ ARCHITECTURES = ("bert", "roberta", "xlnet", "gpt2")
 
 
 def _wordpiece():
+    """A fixed WordPiece vocabulary: specials, the corpus's characters, ``##`` characters, a few pieces.
+
+    Written out rather than trained: the WordPiece trainer breaks frequency ties in hash
+    order, so a trained vocabulary (and every activation) changes from one process to the next.
+    """
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    chars = sorted(set("".join(TEXT).replace(" ", "")))
+    pieces = ["the", "over", "fox", "dog", "##ing", "##ed", "##ly", "##s", "un"]
+    tokens = dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars,
+                            *("##" + c for c in chars if c.isalpha()), *pieces])  # in order, once each
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(TEXT, trainers.WordPieceTrainer(
-        vocab_size=60, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -63,6 +71,15 @@ def _unigram():
     tok.train_from_iterator(TEXT, trainers.UnigramTrainer(
         vocab_size=80, unk_token="<unk>",
         special_tokens=["<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>"]))
+    # the trainer numbers its pieces in hash order: renumber them (specials, then by score) so
+    # that a token's id, and so its embedding, is the same in every process
+    spec = json.loads(tok.to_str())
+    special = ["<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>"]
+    scores = dict(map(tuple, spec["model"]["vocab"]))
+    spec["model"]["vocab"] = [[p, scores[p]] for p in special] + sorted(
+        ([p, s] for p, s in scores.items() if p not in special), key=lambda ps: (-ps[1], ps[0]))
+    spec["model"]["unk_id"] = 0
+    tok = Tokenizer.from_str(json.dumps(spec))
     sep, cls = tok.token_to_id("<sep>"), tok.token_to_id("<cls>")
     tok.post_processor = processors.TemplateProcessing(
         single="$A <sep> <cls>", pair="$A <sep> $B:1 <sep>:1 <cls>:2",

@@ -1,9 +1,11 @@
 """Task-specific redundancy (paper section 6): layer-wise probes, control tasks, neuron
 ranking and minimal neuron sets, and the clustering sweep scored on a task.
 
-Pure functions on :class:`~raydund.probes.data.TaskData`: no Ray, no lake, no MLflow
-(``raydund.probes.job`` wires those). Every group of probes over the same rows is one
-:class:`~raydund.probes.model.ProbeBank`; :func:`fit_bank` trains one.
+Functions of a :class:`Splits` (labels of train/dev/test, and where their activations
+are): no lake, no MLflow (``raydund.probes.job`` wires those). Every group of probes
+over the same rows is one :class:`~raydund.probes.model.ProbeBank`, trained and scored
+through the splits: in this process for :class:`Splits`, by the layer-block actors of
+:class:`raydund.probes.shards.ShardedSplits` otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from raydund.probes.data import TaskData, control_labels, encode, layer_masks
 from raydund.probes.model import ProbeBank, metrics, primary_metric
-from raydund.probes.rank import lca_ordering, percent_grid, probeless_ordering
+from raydund.probes.rank import lca_ordering, percent_grid, probeless_scores
 
 
 @dataclasses.dataclass
@@ -29,6 +31,7 @@ class ProbeSettings:
     epochs: int = 10
     seed: int = 0
     standardize: bool = False
+    precision: str = "float32"
 
     def bank(self, masks: np.ndarray) -> ProbeBank:
         """An untrained bank of probes with these settings (the field names are ProbeBank's)."""
@@ -37,7 +40,11 @@ class ProbeSettings:
 
 @dataclasses.dataclass
 class Splits:
-    """Encoded train/dev/test of one task."""
+    """Encoded train/dev/test of one task, with their activations in this process.
+
+    The analyses reach the activations only through :meth:`fit`, :meth:`predict`,
+    :meth:`weights` and :meth:`class_mean_scores`, so a subclass can keep them elsewhere.
+    """
 
     train: TaskData
     dev: TaskData
@@ -46,6 +53,33 @@ class Splits:
 
     def targets(self, part: TaskData) -> np.ndarray:
         return part.labels.astype(np.float64) if self.classes is None else encode(part.labels, self.classes)
+
+    @property
+    def n_classes(self) -> int | None:
+        return None if self.classes is None else len(self.classes)
+
+    @property
+    def n_neurons(self) -> int:
+        return int(sum(self.train.widths))
+
+    def fit(self, settings: "ProbeSettings", masks: np.ndarray, y: np.ndarray | None = None,
+            n_classes: int | None = None) -> ProbeBank:
+        """A bank of probes (``masks``) trained on train (its targets unless ``y`` is given)."""
+        if y is None:
+            y, n_classes = self.targets(self.train), self.n_classes
+        return settings.bank(masks).fit(self.train.X, y, n_classes)
+
+    def predict(self, bank: ProbeBank, part: str) -> np.ndarray:
+        """``[P x T]`` predictions of every probe on ``part`` (``train``, ``dev`` or ``test``)."""
+        return bank.predict(getattr(self, part).X)
+
+    def weights(self, bank: ProbeBank, probe: int) -> np.ndarray:
+        """``[N x C]`` weights of one probe."""
+        return bank.coef_[probe]
+
+    def class_mean_scores(self) -> np.ndarray:
+        """Per neuron, the probeless ranker's score (:func:`~raydund.probes.rank.probeless_scores`) on train."""
+        return probeless_scores(self.train.X, self.targets(self.train))
 
 
 def make_splits(train: TaskData, dev: TaskData, test: TaskData, task: str) -> Splits:
@@ -57,8 +91,8 @@ def make_splits(train: TaskData, dev: TaskData, test: TaskData, task: str) -> Sp
 def evaluate(bank: ProbeBank, splits: Splits, names: list[str]) -> list[dict]:
     """One row per probe: its name and metrics on dev and test."""
     rows = []
-    dev = bank.score(splits.dev.X, splits.targets(splits.dev), splits.classes)
-    test = bank.score(splits.test.X, splits.targets(splits.test), splits.classes)
+    dev, test = ([metrics(splits.targets(part), pred, bank.task, splits.classes)
+                  for pred in splits.predict(bank, name)] for name, part in (("dev", splits.dev), ("test", splits.test)))
     for name, d, t in zip(names, dev, test):
         rows.append({"probe": name, "dev": d, "test": t})
     return rows
@@ -71,8 +105,7 @@ def layerwise(splits: Splits, settings: ProbeSettings, redundant_share: float = 
     oracle's dev score (Table 7 / Figure 4).
     """
     masks, names = layer_masks(splits.train.widths)
-    bank = settings.bank(masks).fit(splits.train.X, splits.targets(splits.train),
-                                    None if splits.classes is None else len(splits.classes))
+    bank = splits.fit(settings, masks)
     rows = evaluate(bank, splits, names)
     key = primary_metric(settings.task)
     oracle = next(r for r in rows if r["probe"] == "oracle")
@@ -80,7 +113,7 @@ def layerwise(splits: Splits, settings: ProbeSettings, redundant_share: float = 
         r["share_of_oracle"] = r["dev"][key] / oracle["dev"][key] if oracle["dev"][key] else float("nan")
         r["redundant"] = bool(r["probe"].startswith("layer ") and r["share_of_oracle"] >= redundant_share)
     oracle_index = names.index("oracle")
-    return {"rows": rows, "oracle_weights": bank.coef_[oracle_index], "bank": bank}
+    return {"rows": rows, "oracle_weights": splits.weights(bank, oracle_index), "bank": bank}
 
 
 def control_task(splits: Splits, settings: ProbeSettings, seed: int = 0) -> list[dict]:
@@ -94,8 +127,9 @@ def control_task(splits: Splits, settings: ProbeSettings, seed: int = 0) -> list
     classes = sorted(set(train_ctrl.tolist()) | set(dev_ctrl.tolist()) | set(test_ctrl.tolist()))
     masks, names = layer_masks(splits.train.widths)
     layer_rows = [i for i, n in enumerate(names) if n.startswith("layer ")]
-    bank = settings.bank(masks[layer_rows]).fit(splits.train.X, encode(train_ctrl, classes), len(classes))
-    dev_pred, test_pred = bank.predict(splits.dev.X), bank.predict(splits.test.X)
+    bank = splits.fit(dataclasses.replace(settings, task="classification"), masks[layer_rows],
+                      encode(train_ctrl, classes), len(classes))
+    dev_pred, test_pred = splits.predict(bank, "dev"), splits.predict(bank, "test")
     return [{"probe": names[i],
              "control_dev": metrics(encode(dev_ctrl, classes), dev_pred[j], "classification")["accuracy"],
              "control_test": metrics(encode(test_ctrl, classes), test_pred[j], "classification")["accuracy"]}
@@ -114,7 +148,7 @@ def rankings(splits: Splits, oracle_weights: np.ndarray, search_stride: int = 10
     ordering, cutoffs = lca_ordering(oracle_weights.T, search_stride)  # [classes x neurons]
     out = {"lca": ordering, "lca_cutoffs": cutoffs}
     if splits.classes is not None:
-        out["probeless"] = probeless_ordering(splits.train.X, splits.targets(splits.train))
+        out["probeless"] = np.argsort(-splits.class_mean_scores(), kind="stable")
     return out
 
 
@@ -133,7 +167,7 @@ def minimal_set(splits: Splits, settings: ProbeSettings, ordering: np.ndarray, o
     Every k is its own probe; they are independent, so all are trained at once (one bank,
     or banks spread over Ray tasks by ``fit``).
     """
-    N = splits.train.X.shape[1]
+    N = splits.n_neurons
     percents = percents or percent_grid()
     ks = sorted({max(1, int(round(N * p / 100))) for p in percents if int(round(N * p / 100)) <= len(ordering)})
     bank = (fit or fit_bank)(settings, masks_for(ordering, ks, N), splits)
@@ -159,7 +193,7 @@ def sets_masks(sets: list[np.ndarray], n: int) -> np.ndarray:
 def reduced_sets(splits: Splits, settings: ProbeSettings, kept: dict[float, np.ndarray], fit=None) -> list[dict]:
     """A probe on each clustering threshold's kept neurons (Table 6 / Figure 2 per task)."""
     thresholds = sorted(kept)
-    bank = (fit or fit_bank)(settings, sets_masks([kept[t] for t in thresholds], splits.train.X.shape[1]), splits)
+    bank = (fit or fit_bank)(settings, sets_masks([kept[t] for t in thresholds], splits.n_neurons), splits)
     rows = evaluate(bank, splits, [f"threshold {t:.2f}" for t in thresholds])
     for t, r in zip(thresholds, rows):
         r["threshold"], r["neurons"] = t, int(len(kept[t]))
@@ -168,5 +202,4 @@ def reduced_sets(splits: Splits, settings: ProbeSettings, kept: dict[float, np.n
 
 def fit_bank(settings: ProbeSettings, masks: np.ndarray, splits: Splits) -> ProbeBank:
     """Train one bank of probes (``masks``) on the train split."""
-    return settings.bank(masks).fit(splits.train.X, splits.targets(splits.train),
-                                    None if splits.classes is None else len(splits.classes))
+    return splits.fit(settings, masks)

@@ -31,37 +31,44 @@ class TaskData:
         Neurons per layer.
     """
 
-    X: np.ndarray
+    X: np.ndarray | None  # None where the activations are held by layer-block workers
     labels: np.ndarray
     words: np.ndarray
     widths: tuple[int, ...]
 
+    def take(self, rows) -> "TaskData":
+        """The rows ``rows`` (indices, a mask or a slice) of every field."""
+        return TaskData(None if self.X is None else self.X[rows], self.labels[rows], self.words[rows], self.widths)
 
-def load_task(lake: Lake, model: str, corpus: str, split: str, label: str, unit: str = "word") -> TaskData:
-    """Activations of every layer and the ``label`` column of the corpus, aligned row by row."""
+
+def held_out_mask(n: int, fraction: float, seed: int) -> np.ndarray:
+    """The seeded ``fraction`` of ``n`` train rows held out as dev (the paper's GLUE dev; probes and fine-tuning)."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(n, dtype=bool)
+    held[rng.permutation(n)[: int(round(fraction * n))]] = True
+    return held
+
+
+def load_task(lake: Lake, model: str, corpus: str, split: str, label: str, unit: str = "word",
+              activations: bool = True) -> TaskData:
+    """Activations of every layer and the ``label`` column of the corpus, aligned row by row.
+
+    With ``activations=False`` only the labels, words and widths are read (``X`` is None):
+    what a driver needs when the activations are read by layer-block workers instead
+    (:mod:`raydund.probes.shards`).
+    """
     n_layers = int(lake.scan("activations").filter(
         (pl.col("model") == model) & (pl.col("corpus") == corpus) & (pl.col("split") == split)
         & (pl.col("unit") == unit)).select(pl.col("layer").max()).collect().item() or -1) + 1
     if n_layers == 0:
         raise UserError(f"no activations for {model} {corpus}/{split} ({unit}); run `raydund extract` first")
-    # memory: every layer is copied into one preallocated [T x N] float32 as it is read (no
-    # list of layers beside an hstack of them); layers of different widths fall back to hstack
-    mats, keys, out, widths = [], None, None, []
-    for layer in range(n_layers):
-        X, k = lake.layer_matrix(model, corpus, split, layer, unit)
-        keys = keys or k
-        widths.append(X.shape[1])
-        if layer == 0:
-            out = np.empty((len(X), X.shape[1] * n_layers), dtype=np.float32)
-        if out is not None and X.shape == (len(out), widths[0]):
-            out[:, layer * widths[0] : (layer + 1) * widths[0]] = X
-            mats.append(None)
-        else:
-            if out is not None:  # widths differ: collect the layers copied so far back
-                mats = [out[:, i * widths[0] : (i + 1) * widths[0]].copy() for i in range(layer)]
-                out = None
-            mats.append(X)
-        del X
+    if activations:
+        X, keys, widths = read_layers(lake, model, corpus, split, list(range(n_layers)), unit)
+    else:
+        from raydund.memory import activation_shape  # noqa: PLC0415
+
+        X, keys, widths = None, lake.layer_keys(model, corpus, split, 0, unit), \
+            activation_shape(lake, model, corpus, split, unit)[1]
     corpus_frame = pl.from_arrow(lake.read_corpus(corpus, split))
     if label not in corpus_frame.columns:
         raise UserError(f"corpus {corpus!r} has no label {label!r}; columns: {', '.join(corpus_frame.columns)}")
@@ -75,8 +82,33 @@ def load_task(lake: Lake, model: str, corpus: str, split: str, label: str, unit:
                                  how="left", maintain_order="left").with_columns(pl.col("words").list.join(" "))
     if aligned[label].null_count():
         raise UserError(f"{aligned[label].null_count()} activation rows have no {label!r} label in {corpus}/{split}")
-    return TaskData(out if out is not None else np.hstack(mats), aligned[label].to_numpy(),
-                    aligned["words"].to_numpy(), tuple(widths))
+    return TaskData(X, aligned[label].to_numpy(), aligned["words"].to_numpy(), tuple(widths))
+
+
+def read_layers(lake: Lake, model: str, corpus: str, split: str, layers: list[int], unit: str = "word"
+                ) -> tuple[np.ndarray, "pa.Table", list[int]]:
+    """``layers`` of one split side by side as ``X [T x sum of widths]`` float32, with the row keys and widths.
+
+    Memory: every layer is copied into one preallocated float32 matrix as it is read (no
+    list of layers beside an hstack of them); layers of different widths fall back to hstack.
+    """
+    mats, keys, out, widths = [], None, None, []
+    for i, layer in enumerate(layers):
+        X, k = lake.layer_matrix(model, corpus, split, layer, unit)
+        keys = keys or k
+        widths.append(X.shape[1])
+        if i == 0:
+            out = np.empty((len(X), X.shape[1] * len(layers)), dtype=np.float32)
+        if out is not None and X.shape == (len(out), widths[0]):
+            out[:, i * widths[0] : (i + 1) * widths[0]] = X
+            mats.append(None)
+        else:
+            if out is not None:  # widths differ: collect the layers copied so far back
+                mats = [out[:, j * widths[0] : (j + 1) * widths[0]].copy() for j in range(i)]
+                out = None
+            mats.append(X)
+        del X
+    return (out if out is not None else np.hstack(mats)), keys, widths
 
 
 def encode(labels: np.ndarray, classes: list) -> np.ndarray:
@@ -104,7 +136,12 @@ def control_labels(words: np.ndarray, labels: np.ndarray, seed: int = 0, vocabul
 
 
 def layer_masks(widths: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
-    """Masks of the layer-wise analysis: each layer, the oracle (all), and the prefixes 0..l."""
+    """Masks of the layer-wise analysis: each layer, the prefixes 0..l, and the oracle (all).
+
+    In this order every layer is read by two runs of consecutive probes (itself, and the
+    prefixes from it on with the oracle), which is what a :class:`~raydund.probes.model.Plan`
+    turns into products.
+    """
     off = np.concatenate([[0], np.cumsum(widths)])
     N, L = int(off[-1]), len(widths)
     masks, names = [], []
@@ -113,11 +150,11 @@ def layer_masks(widths: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
         m[off[l] : off[l + 1]] = True
         masks.append(m)
         names.append(f"layer {l}")
-    masks.append(np.ones(N, bool))
-    names.append("oracle")
     for l in range(L - 1):
         m = np.zeros(N, bool)
         m[: off[l + 1]] = True
         masks.append(m)
         names.append(f"layers 0-{l}")
+    masks.append(np.ones(N, bool))
+    names.append("oracle")
     return np.stack(masks), names

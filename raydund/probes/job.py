@@ -1,9 +1,12 @@
 """The task-specific redundancy job: lake -> probe banks on Ray -> lake table + MLflow runs.
 
-The activations of train/dev/test are read once on the driver and put in Ray's object
-store once; the analysis tasks (layer-wise probes, control task, minimal-set search,
-clustering-threshold probes) read them from there without copies. Independent analyses
-run as parallel Ray tasks; inside a task every group of probes is one batched bank.
+With ``workers`` >= 2 (the default wherever Ray has 2 CPUs and the model 2 layers) the
+layers are split into blocks, one per :class:`~raydund.probes.shards.LayerShard` actor,
+each reading its block of train/dev/test from the lakehouse; every bank of probes
+(layer-wise, control task, minimal-set search, clustering thresholds) is trained by
+all of them in step, and no process, the driver included, holds every layer. With
+``workers=1`` the driver reads all layers, puts them in Ray's object store once, and the
+analyses run as parallel Ray tasks reading them from there without copies.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.lake import Lake
 from raydund.probes import analysis
-from raydund.probes.data import TaskData, load_task
+from raydund.probes.data import held_out_mask, load_task
 from raydund.probes.model import primary_metric
 from raydund.report import figures
 
@@ -53,6 +56,11 @@ class ProbeConfig:
         Train on the first N training rows only (the paper uses the first 150k tokens).
     standardize : bool
         Probes train on z-scored neurons (see :class:`~raydund.probes.model.ProbeBank`).
+    precision : {"float32", "bfloat16"}
+        The type of the training products (see :class:`~raydund.probes.model.ProbeBank`).
+    workers : int, optional
+        Layer-block actors (see the module docstring); default: Ray's CPUs, at most one per
+        layer. 1 reads every layer into the driver.
     """
 
     model: str
@@ -74,6 +82,8 @@ class ProbeConfig:
     dev_fraction: float = 0.1
     train_limit: int | None = None
     standardize: bool = False
+    precision: str = "float32"
+    workers: int | None = None
 
     def settings(self) -> analysis.ProbeSettings:
         """The probe hyperparameters of this config (fields of the same names)."""
@@ -81,31 +91,34 @@ class ProbeConfig:
                                          for f in dataclasses.fields(analysis.ProbeSettings)})
 
 
-def split_train(data: TaskData, fraction: float, seed: int) -> tuple[TaskData, TaskData]:
-    """Seeded split of one TaskData into (rest, held-out ``fraction``), as the paper does for GLUE."""
-    rng = np.random.default_rng(seed)
-    held = np.zeros(len(data.X), dtype=bool)
-    held[rng.permutation(len(data.X))[: int(round(fraction * len(data.X)))]] = True
-
-    def part(mask):
-        return TaskData(data.X[mask], data.labels[mask], data.words[mask], data.widths)
-
-    return part(~held), part(held)
-
-
-def load_splits(lake: Lake, cfg: ProbeConfig) -> analysis.Splits:
+def load_splits(lake: Lake, cfg: ProbeConfig, activations: bool = True) -> analysis.Splits:
     """Train/dev/test of the task (dev carved from train when it names the same split)."""
+    return plan_splits(lake, cfg, activations)[0]
+
+
+def plan_splits(lake: Lake, cfg: ProbeConfig, activations: bool = True) -> tuple[analysis.Splits, dict]:
+    """The task's splits, and which stored rows make each part: ``{part: (split, rows or None)}``.
+
+    With ``activations=False`` the splits carry labels and words only (layer-block
+    workers read the activations from the second value).
+    """
     train_name, dev_name, test_name = cfg.splits
-    train = load_task(lake, cfg.model, cfg.corpus, train_name, cfg.label, cfg.unit)
+    parts = {"train": (train_name, None), "dev": (dev_name, None), "test": (test_name, None)}
+    train = load_task(lake, cfg.model, cfg.corpus, train_name, cfg.label, cfg.unit, activations)
     if dev_name == train_name:
-        train, dev = split_train(train, cfg.dev_fraction, cfg.seed)
+        held = held_out_mask(len(train.labels), cfg.dev_fraction, cfg.seed)
+        rest, held = np.flatnonzero(~held), np.flatnonzero(held)
+        train, dev = train.take(rest), train.take(held)
+        parts["train"], parts["dev"] = (train_name, rest), (train_name, held)
     else:
-        dev = load_task(lake, cfg.model, cfg.corpus, dev_name, cfg.label, cfg.unit)
-    test = load_task(lake, cfg.model, cfg.corpus, test_name, cfg.label, cfg.unit)
-    if cfg.train_limit:
+        dev = load_task(lake, cfg.model, cfg.corpus, dev_name, cfg.label, cfg.unit, activations)
+    test = load_task(lake, cfg.model, cfg.corpus, test_name, cfg.label, cfg.unit, activations)
+    if cfg.train_limit and cfg.train_limit < len(train.labels):
         n = int(cfg.train_limit)
-        train = TaskData(train.X[:n], train.labels[:n], train.words[:n], train.widths)
-    return analysis.make_splits(train, dev, test, cfg.task)
+        train = train.take(slice(0, n))
+        rows = parts["train"][1]
+        parts["train"] = (train_name, np.arange(n) if rows is None else rows[:n])
+    return analysis.make_splits(train, dev, test, cfg.task), parts
 
 
 def _remote(ray, fn, threads: int = 1):
@@ -127,43 +140,37 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
     ray = ensure_ray()
     lake = Lake(settings)
     start = time.perf_counter()
-    check_memory(lake, cfg)  # before a byte is read: a task that cannot fit says so with the numbers
-    splits = load_splits(lake, cfg)
+    workers = probe_workers(cfg, lake, ray)
+    check_memory(lake, cfg, workers)  # before a byte is read: a task that cannot fit says so with the numbers
+    splits, parts = plan_splits(lake, cfg, activations=workers == 1)
     probe_settings = cfg.settings()
     kept = _cluster_sets(lake, cfg) if cfg.cluster_split else {}
-    params = {**dataclasses.asdict(cfg), "splits": ",".join(cfg.splits),
+    params = {**dataclasses.asdict(cfg), "workers": workers, "splits": ",".join(cfg.splits),
               "activations_snapshot_id": lake.activations().current_snapshot().snapshot_id,
-              "train_rows": len(splits.train.X), "neurons": splits.train.X.shape[1]}
+              "train_rows": len(splits.train.labels), "neurons": splits.n_neurons}
     mlflow = tracking.configure(settings)
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus), f"probes {cfg.label}",
                           params, tags={"raydund.stage": "probes", "raydund.task": cfg.label}) as parent:
-        splits_ref = ray.put(splits)  # one copy in the object store, read zero-copy by every task
-        splits = ray.get(splits_ref)  # ... and by the driver: its own copy of X is freed here
-        layer_task = _remote(ray, analysis.layerwise).remote(splits_ref, probe_settings, cfg.redundant_share)
-        control_task = None
-        if cfg.control and cfg.task == "classification" and cfg.unit == "word":
-            control_task = _remote(ray, analysis.control_task).remote(splits_ref, probe_settings, cfg.seed)
-        reduced_task = (_remote(ray, analysis.reduced_sets).remote(splits_ref, probe_settings, kept)
-                        if kept else None)
-        layer = ray.get(layer_task)
-        oracle_dev = next(r for r in layer["rows"] if r["probe"] == "oracle")["dev"][primary_metric(cfg.task)]
-        ranks = analysis.rankings(splits, layer["oracle_weights"])
-        minimal_task = _remote(ray, analysis.minimal_set).remote(
-            splits_ref, probe_settings, ranks["lca"], oracle_dev, cfg.keep_share)
-        control = None
-        if control_task is not None:
-            control = ray.get(control_task)
-            control = analysis.selectivity_rows(layer["rows"], control)
-        minimal = ray.get(minimal_task)
-        reduced = ray.get(reduced_task) if reduced_task is not None else []
-        results = {"layerwise": layer["rows"], "control": control, "minimal": minimal, "reduced": reduced,
-                   "rankings": ranks, "seconds": time.perf_counter() - start}
+        if workers == 1:
+            results = _analyses_in_tasks(ray, cfg, splits, probe_settings, kept)
+        else:
+            from raydund.probes import shards  # noqa: PLC0415
+
+            cpus = ray.cluster_resources().get("CPU", 1)  # the actors share them (all fit at once)
+            splits = shards.start(splits, settings, cfg.model, cfg.corpus, cfg.unit, parts, workers,
+                                  cpus_per_worker=min(1.0, cpus / workers), threads=max(1, int(cpus // workers)))
+            try:
+                results = _analyses_in_step(cfg, splits, probe_settings, kept)
+            finally:
+                splits.close()
+        results["seconds"] = time.perf_counter() - start
         _track(mlflow, parent, cfg, splits, results)
         table = results_table(cfg, results)
         snap = lake.replace(PROBE_RESULTS, table, ("model", "corpus"),
                             {"model": cfg.model, "corpus": cfg.corpus, "task": cfg.label, "unit": cfg.unit},
                             {"mlflow.run_id": parent.info.run_id})
         mlflow.set_tag("iceberg.snapshot_id.probe_results", str(snap))
+        ranks = results["rankings"]
         snap_r = lake.replace(NEURON_RANKINGS, rankings_table(cfg, ranks, splits.train.widths), ("model", "corpus"),
                               {"model": cfg.model, "corpus": cfg.corpus, "task": cfg.label, "unit": cfg.unit},
                               {"mlflow.run_id": parent.info.run_id})
@@ -172,7 +179,54 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
     return results
 
 
-def check_memory(lake: Lake, cfg: ProbeConfig) -> None:
+def probe_workers(cfg: ProbeConfig, lake: Lake, ray) -> int:
+    """Layer-block actors for the job: ``cfg.workers``, else Ray's CPUs; at most one per layer."""
+    from raydund import memory  # noqa: PLC0415
+
+    layers = len(memory.activation_shape(lake, cfg.model, cfg.corpus, cfg.splits[0], cfg.unit)[1])
+    wanted = cfg.workers or int(ray.cluster_resources().get("CPU", 1))
+    if wanted < 1:
+        raise UserError(f"--workers must be at least 1, got {wanted}")
+    return max(1, min(int(wanted), layers))
+
+
+def _analyses_in_step(cfg: ProbeConfig, splits, probe_settings, kept: dict) -> dict:
+    """The analyses one after another, each bank trained by all layer-block actors at once."""
+    layer = analysis.layerwise(splits, probe_settings, cfg.redundant_share)
+    control = None
+    if cfg.control and cfg.task == "classification" and cfg.unit == "word":
+        control = analysis.selectivity_rows(layer["rows"], analysis.control_task(splits, probe_settings, cfg.seed))
+    oracle_dev = next(r for r in layer["rows"] if r["probe"] == "oracle")["dev"][primary_metric(cfg.task)]
+    ranks = analysis.rankings(splits, layer["oracle_weights"])
+    minimal = analysis.minimal_set(splits, probe_settings, ranks["lca"], oracle_dev, cfg.keep_share)
+    reduced = analysis.reduced_sets(splits, probe_settings, kept) if kept else []
+    return {"layerwise": layer["rows"], "control": control, "minimal": minimal, "reduced": reduced,
+            "rankings": ranks}
+
+
+def _analyses_in_tasks(ray, cfg: ProbeConfig, splits, probe_settings, kept: dict) -> dict:
+    """The analyses as parallel Ray tasks reading the splits from the object store."""
+    splits_ref = ray.put(splits)  # one copy in the object store, read zero-copy by every task
+    splits = ray.get(splits_ref)  # ... and by the driver: its own copy of X is freed here
+    layer_task = _remote(ray, analysis.layerwise).remote(splits_ref, probe_settings, cfg.redundant_share)
+    control_task = None
+    if cfg.control and cfg.task == "classification" and cfg.unit == "word":
+        control_task = _remote(ray, analysis.control_task).remote(splits_ref, probe_settings, cfg.seed)
+    reduced_task = (_remote(ray, analysis.reduced_sets).remote(splits_ref, probe_settings, kept)
+                    if kept else None)
+    layer = ray.get(layer_task)
+    oracle_dev = next(r for r in layer["rows"] if r["probe"] == "oracle")["dev"][primary_metric(cfg.task)]
+    ranks = analysis.rankings(splits, layer["oracle_weights"])
+    minimal_task = _remote(ray, analysis.minimal_set).remote(
+        splits_ref, probe_settings, ranks["lca"], oracle_dev, cfg.keep_share)
+    control = None
+    if control_task is not None:
+        control = analysis.selectivity_rows(layer["rows"], ray.get(control_task))
+    return {"layerwise": layer["rows"], "control": control, "minimal": ray.get(minimal_task),
+            "reduced": ray.get(reduced_task) if reduced_task is not None else [], "rankings": ranks}
+
+
+def check_memory(lake: Lake, cfg: ProbeConfig, workers: int = 1) -> None:
     """Raise UserError when the task's arrays and probe banks would not fit (:mod:`raydund.memory`)."""
     from raydund import memory  # noqa: PLC0415
 
@@ -188,7 +242,8 @@ def check_memory(lake: Lake, cfg: ProbeConfig) -> None:
         labels = pl.from_arrow(lake.read_corpus(cfg.corpus, train_name).select([cfg.label]))[cfg.label]
         classes = labels.explode().n_unique() if labels.dtype == pl.List else labels.n_unique()
     tasks = 1 + int(cfg.control) + int(bool(cfg.cluster_split))
-    memory.check(memory.probe_plan(sum(widths), len(widths), tokens, eval_tokens, classes, tasks))
+    memory.check(memory.probe_plan(sum(widths), len(widths), tokens, eval_tokens, classes,
+                                   tasks if workers == 1 else 1, object_store=workers == 1))
 
 
 def _cluster_sets(lake: Lake, cfg: ProbeConfig) -> dict[float, np.ndarray]:

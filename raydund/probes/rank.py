@@ -55,19 +55,24 @@ def lca_ordering(weights: np.ndarray, search_stride: int = 100) -> tuple[np.ndar
     return np.asarray(ordering, dtype=np.int64), cutoffs
 
 
-def probeless_ordering(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Neurons by the summed absolute difference of class means over all class pairs (no probe).
+def probeless_scores(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per neuron, the summed absolute difference of class means over all class pairs (no probe).
 
     ``sum_{a<b} |mu_a - mu_b|`` per neuron, computed from sorted class means in
-    ``O(C log C)`` per neuron instead of ``O(C^2)``.
+    ``O(C log C)`` per neuron instead of ``O(C^2)``. Column by column: a block of
+    neurons' scores needs only that block.
     """
     classes = np.unique(y[y >= 0])
     means = np.stack([X[y == c].mean(axis=0) for c in classes])  # [C x N]
     means.sort(axis=0)
     C = len(classes)
     coef = (2 * np.arange(C) - (C - 1))[:, None]  # sum_{a<b}|m_a - m_b| = sum_i (2i - C + 1) m_(i)
-    score = (coef * means).sum(axis=0)
-    return np.argsort(-score, kind="stable")
+    return (coef * means).sum(axis=0)
+
+
+def probeless_ordering(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Neurons by :func:`probeless_scores`, highest first."""
+    return np.argsort(-probeless_scores(X, y), kind="stable")
 
 
 def percent_grid() -> list[float]:

@@ -69,6 +69,7 @@ class TransferConfig:
     l2: float = 1e-5
     seed: int = 0
     standardize: bool = False
+    precision: str = "float32"
     register: bool = True
     timing: bool = True
     timing_sentences: int = 200
@@ -77,7 +78,7 @@ class TransferConfig:
         return ProbeConfig(model=self.model, corpus=self.corpus, label=label, unit=self.unit, task=self.task,
                            splits=self.splits, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            l1=self.l1, l2=self.l2, seed=self.seed, train_limit=self.train_limit,
-                           standardize=self.standardize)
+                           standardize=self.standardize, precision=self.precision)
 
     def ccfs(self) -> CCFS:
         return CCFS(self.probe_config(self.labels[0]).settings(), self.ls_thresholds, self.ccfs_thresholds,

@@ -1,0 +1,192 @@
+"""Probe banks over layer blocks held by Ray actors: no process holds every layer.
+
+A probe job with ``workers`` > 1 starts that many :class:`LayerShard` actors. Each reads
+a contiguous block of layers of the task's train/dev/test rows from the lakehouse once,
+and they join one ``torch.distributed`` (gloo) group. A bank of probes is then trained
+by all of them in step: a probe's scores are a sum over its neurons, so each actor
+multiplies the neurons it holds and an all-reduce sums the partial scores every step
+(:class:`~raydund.probes.model.Shard`). The driver holds only labels and words.
+
+:class:`ShardedSplits` gives the analyses (:mod:`raydund.probes.analysis`) the methods
+of in-process :class:`~raydund.probes.analysis.Splits`, so the same analysis code runs
+either way. Per step the actors exchange ``batch x probes x classes`` floats (the
+scores) and ``probes`` floats (the squared norms), not activations or weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import socket
+
+import numpy as np
+
+from raydund.config import Settings
+from raydund.probes.analysis import ProbeSettings, Splits
+from raydund.probes.model import ProbeBank
+
+PARTS = ("train", "dev", "test")
+
+
+def layer_blocks(n_layers: int, workers: int) -> list[list[int]]:
+    """``workers`` contiguous, near-equal blocks of ``range(n_layers)`` (no empty block)."""
+    workers = max(1, min(int(workers), n_layers))
+    return [block.tolist() for block in np.array_split(np.arange(n_layers), workers)]
+
+
+class LayerShard:
+    """A Ray actor holding a block of layers of train/dev/test and its part of every bank.
+
+    Parameters
+    ----------
+    settings : Settings
+        Where the lakehouse is.
+    model, corpus, unit : str
+    parts : dict
+        ``{"train"|"dev"|"test": (split name, row indices or None)}``: which stored rows
+        make each part (dev carved from train, a train limit).
+    layers : list of int
+        The layers this actor holds.
+    columns : numpy.ndarray
+        Their positions on the stacked neuron axis of all layers.
+    threads : int
+        torch threads.
+    """
+
+    def __init__(self, settings: Settings, model: str, corpus: str, unit: str, parts: dict, layers: list[int],
+                 columns: np.ndarray, threads: int = 1):
+        import torch  # noqa: PLC0415
+
+        from raydund.lake import Lake  # noqa: PLC0415
+        from raydund.probes.data import read_layers  # noqa: PLC0415
+
+        torch.set_num_threads(max(1, int(threads)))
+        lake = Lake(settings)
+        self.columns = np.asarray(columns)
+        self.X = {}
+        read = {}
+        for part, (split, rows) in parts.items():
+            if split not in read:  # dev carved from train reads train once
+                read[split] = read_layers(lake, model, corpus, split, layers, unit)[0]
+            self.X[part] = read[split] if rows is None else read[split][rows]
+        del read
+        self.banks: dict[int, ProbeBank] = {}
+        self.shard, self.rank = None, 0
+
+    def endpoint(self) -> str:
+        """``host:port`` for the group's rendezvous (asked of the first actor only)."""
+        import ray  # noqa: PLC0415
+
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return f"{ray.util.get_node_ip_address()}:{port}"
+
+    def join(self, endpoint: str, rank: int, world: int) -> int:
+        """Join the gloo group; return the rows held (a cheap readiness check)."""
+        import torch.distributed as dist  # noqa: PLC0415
+
+        from raydund.probes.model import Shard  # noqa: PLC0415
+
+        self.rank = rank
+        if world > 1:
+            dist.init_process_group("gloo", init_method=f"tcp://{endpoint}", rank=rank, world_size=world)
+        self.shard = Shard(self.columns, dist.all_reduce if world > 1 else (lambda t: None), rank == 0)
+        return sum(len(X) for X in self.X.values())
+
+    def fit(self, key: int, bank: ProbeBank, y: np.ndarray, n_classes: int | None) -> None:
+        self.banks[key] = bank.fit(self.X["train"], y, n_classes, shard=self.shard)
+
+    def predict(self, key: int, part: str) -> np.ndarray | None:
+        """Every actor takes part; the first returns the predictions (all have the same sums)."""
+        pred = self.banks[key].predict(self.X[part], shard=self.shard)
+        return pred if self.rank == 0 else None
+
+    def weights(self, key: int, probe: int) -> np.ndarray:
+        return self.banks[key].coef_[probe]
+
+    def class_mean_scores(self, y: np.ndarray) -> np.ndarray:
+        from raydund.probes.rank import probeless_scores  # noqa: PLC0415
+
+        return probeless_scores(self.X["train"], y)
+
+    def drop(self, key: int) -> None:
+        self.banks.pop(key, None)
+
+    def close(self) -> None:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclasses.dataclass(eq=False)
+class ShardedSplits(Splits):
+    """:class:`Splits` whose activations are held by :class:`LayerShard` actors.
+
+    Build with :func:`start`; call :meth:`close` when done (it ends the actors).
+    """
+
+    actors: list = dataclasses.field(default_factory=list)
+    _keys: itertools.count = dataclasses.field(default_factory=itertools.count)
+
+    def fit(self, settings: ProbeSettings, masks: np.ndarray, y: np.ndarray | None = None,
+            n_classes: int | None = None) -> ProbeBank:
+        import ray  # noqa: PLC0415
+
+        if y is None:
+            y, n_classes = self.targets(self.train), self.n_classes
+        bank = settings.bank(masks)
+        bank.key_ = next(self._keys)  # the actors keep the fitted parts under this key
+        ray.get([a.fit.remote(bank.key_, bank, y, n_classes) for a in self.actors])
+        return bank
+
+    def predict(self, bank: ProbeBank, part: str) -> np.ndarray:
+        import ray  # noqa: PLC0415
+
+        return ray.get([a.predict.remote(bank.key_, part) for a in self.actors])[0]
+
+    def weights(self, bank: ProbeBank, probe: int) -> np.ndarray:
+        import ray  # noqa: PLC0415
+
+        return np.concatenate(ray.get([a.weights.remote(bank.key_, probe) for a in self.actors]), axis=0)
+
+    def class_mean_scores(self) -> np.ndarray:
+        import ray  # noqa: PLC0415
+
+        y = self.targets(self.train)
+        return np.concatenate(ray.get([a.class_mean_scores.remote(y) for a in self.actors]))
+
+    def close(self) -> None:
+        import ray  # noqa: PLC0415
+
+        try:
+            ray.get([a.close.remote() for a in self.actors])
+        finally:
+            for a in self.actors:
+                ray.kill(a)
+            self.actors = []
+
+
+def start(splits: Splits, settings: Settings, model: str, corpus: str, unit: str, parts: dict, workers: int,
+          cpus_per_worker: float = 1, threads: int = 1) -> ShardedSplits:
+    """Start ``workers`` layer-block actors for ``splits`` (labels only) and join them in one group."""
+    import ray  # noqa: PLC0415
+
+    widths = splits.train.widths
+    offsets = np.concatenate([[0], np.cumsum(widths)])
+    Actor = ray.remote(num_cpus=cpus_per_worker)(LayerShard)
+    blocks = layer_blocks(len(widths), workers)
+    actors = [Actor.remote(settings, model, corpus, unit, parts, block,
+                           np.arange(offsets[block[0]], offsets[block[-1] + 1]), threads) for block in blocks]
+    out = ShardedSplits(splits.train, splits.dev, splits.test, splits.classes, actors=actors)
+    try:
+        endpoint = ray.get(actors[0].endpoint.remote())
+        ray.get([a.join.remote(endpoint, rank, len(actors)) for rank, a in enumerate(actors)])
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
+__all__ = ["LayerShard", "ShardedSplits", "layer_blocks", "start"]
