@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from raydund.errors import UserError
 from raydund.lake import Lake
@@ -86,7 +87,7 @@ def load_task(lake: Lake, model: str, corpus: str, split: str, label: str, unit:
 
 
 def read_layers(lake: Lake, model: str, corpus: str, split: str, layers: list[int], unit: str = "word"
-                ) -> tuple[np.ndarray, "pa.Table", list[int]]:
+                ) -> tuple[np.ndarray, pa.Table, list[int]]:
     """``layers`` of one split side by side as ``X [T x sum of widths]`` float32, with the row keys and widths.
 
     Memory: every layer is copied into one preallocated float32 matrix as it is read (no
