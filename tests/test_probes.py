@@ -209,3 +209,18 @@ def test_metrics_match_scikit_learn():
     assert out["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", labels=labels, zero_division=0))
     recall = recall_score(y, pred, average=None, labels=labels, zero_division=0)
     assert out["per_class"] == pytest.approx({classes[i]: r for i, r in zip(labels, recall)})
+
+
+def test_bfloat16_products_train_the_same_probes():
+    """bfloat16 products (float32 accumulation, weights and Adam): the float32 bank's answers, to rounding."""
+    data = planted(T=2000, seed=4)
+    masks, _ = layer_masks(data.widths)
+    y = analysis.encode(data.labels, ["A", "B", "C"])
+    full = ProbeBank(masks, epochs=5, lr=1e-2).fit(data.X, y, 3)
+    low = ProbeBank(masks, epochs=5, lr=1e-2, precision="bfloat16").fit(data.X, y, 3)
+    assert low.coef_.dtype == np.float32
+    np.testing.assert_allclose(low.coef_, full.coef_, atol=0.02)
+    agree = (low.predict(data.X) == full.predict(data.X)).mean(axis=1)
+    assert agree.min() > 0.98
+    with pytest.raises(Exception, match="unknown probe precision"):
+        ProbeBank(masks, precision="float8").fit(data.X, y, 3)

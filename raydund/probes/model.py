@@ -131,7 +131,7 @@ class ProbeBank:
                 for start in range(0, T, self.batch_size):
                     idx = order[start : start + self.batch_size]
                     B = len(idx)
-                    xb = plan.columns_of(Xt[idx]).to(dev)
+                    xb = plan.columns_of(Xt.index_select(0, idx)).to(dev)
                     if mu is not None:
                         xb = (xb - mu_b) / sd_b
                     yb = yt[idx].to(dev)
@@ -291,7 +291,7 @@ class Plan:
 
     def columns_of(self, rows: torch.Tensor) -> torch.Tensor:
         """A batch's columns in block order (the batch itself when no reordering is needed)."""
-        return rows if self.colmap is None else rows[:, self.colmap]
+        return rows if self.colmap is None else rows.index_select(1, self.colmap)
 
     def scores(self, xb: torch.Tensor, weights: list[torch.Tensor], bias: torch.Tensor, reduce=None) -> torch.Tensor:
         """``[B x P x C]`` scores of every probe on a batch in block order (summed by ``reduce``)."""
@@ -304,10 +304,12 @@ class Plan:
                 a, b = runs[0]
                 flat[:, a * C : b * C].addmm_(xb[:, sl], W.view(n, p * C))
                 continue
-            part = xb[:, sl] @ W.view(n, p * C)
-            at = 0
-            for a, b in runs:
-                flat[:, a * C : b * C] += part[:, at : at + (b - a) * C]
+            xs, Wv, at = xb[:, sl], W.view(n, p * C), 0
+            for a, b in runs:  # one product per run, each straight into its slice
+                if W.dtype == out.dtype:
+                    flat[:, a * C : b * C].addmm_(xs, Wv[:, at : at + (b - a) * C])
+                else:
+                    flat[:, a * C : b * C] += xs @ Wv[:, at : at + (b - a) * C]
                 at += (b - a) * C
         if reduce is not None:
             reduce(out)
