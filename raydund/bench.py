@@ -139,13 +139,15 @@ class PeakMemory:
     ``peak_work`` is the largest sum over this process and the workers; ``peak_all``
     also counts Ray's own daemons (raylet, GCS, ...); ``baseline`` is the first sample
     (the libraries this process has imported, idle workers), so ``peak_work - baseline``
-    is what the measured work added.
+    is what the measured work added; ``peak_process`` is the largest single process (the
+    driver or one worker).
     """
 
     def __init__(self, interval: float = 0.5, own_only: bool = False):
         import threading  # noqa: PLC0415
 
         self.interval, self.peak_work, self.peak_all, self.baseline = interval, 0, 0, None
+        self.peak_process = 0
         #: only this process's descendants (its own local Ray), not other users' ``ray::`` processes
         self.own_only = own_only
         self._stop = threading.Event()
@@ -156,6 +158,7 @@ class PeakMemory:
 
         me = psutil.Process()
         work = me.memory_full_info().pss
+        largest = work
         infra = 0
         procs = me.children(recursive=True) if self.own_only else psutil.process_iter(["name", "cmdline"])
         for proc in procs:
@@ -165,7 +168,9 @@ class PeakMemory:
                 info = proc.info if hasattr(proc, "info") else proc.as_dict(["name", "cmdline"])
                 cmd = " ".join(info["cmdline"] or [])
                 if info["name"] and info["name"].startswith("ray::") or cmd.startswith("ray::"):
-                    work += proc.memory_full_info().pss
+                    pss = proc.memory_full_info().pss
+                    work += pss
+                    largest = max(largest, pss)
                 elif "ray" in cmd and ("raylet" in cmd or "gcs_server" in cmd or "dashboard" in cmd
                                        or "default_worker" in cmd or "log_monitor" in cmd):
                     infra += proc.memory_full_info().pss
@@ -174,6 +179,7 @@ class PeakMemory:
         if self.baseline is None:
             self.baseline = work
         self.peak_work = max(self.peak_work, work)
+        self.peak_process = max(self.peak_process, largest)
         self.peak_all = max(self.peak_all, work + infra)
 
     def _run(self):
@@ -388,8 +394,36 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
     return result
 
 
-__all__ = ["PeakMemory", "bare_loop", "bench_extract", "bench_large", "bench_probes", "bench_similarity",
-           "floor_syrk", "large_model", "neurox_loop"]
+def bench_probe_workers(settings: Settings, model: str = "minilm", corpus: str = "conll2000", label: str = "pos",
+                        train_tokens: int = 50_000, workers: tuple[int, ...] = (1, 2), epochs: int = 10,
+                        out: str | None = None) -> dict:
+    """The probe job (``raydund probe``, no control task) with 1 and more layer-block workers.
+
+    Per run: seconds, the peak memory of the largest single process (the driver or one
+    actor: what must fit on one node) and of all of them together.
+    """
+    from raydund.extract.job import ensure_ray  # noqa: PLC0415
+    from raydund.probes.job import ProbeConfig, run_probes  # noqa: PLC0415
+
+    ensure_ray()
+    rows = []
+    for n in workers:
+        cfg = ProbeConfig(model=model, corpus=corpus, label=label, train_limit=train_tokens, control=False,
+                          epochs=epochs, workers=n)
+        with PeakMemory(own_only=True) as mem:
+            result, seconds = _timed(lambda: run_probes(cfg, settings))  # noqa: B023
+        oracle = next(r for r in result["layerwise"] if r["probe"] == "oracle")
+        rows.append({"workers": n, "seconds": round(seconds, 1), "peak_process_gb": round(mem.peak_process / 1e9, 2),
+                     "peak_all_gb": round(mem.peak_work / 1e9, 2), "baseline_gb": round(mem.baseline / 1e9, 2),
+                     "oracle_test_accuracy": round(100 * oracle["test"]["accuracy"], 2),
+                     "minimal_set": result["minimal"]["k"]})
+        log.info("probe workers: %s", json.dumps(rows[-1]))
+    result = {"train_tokens": train_tokens, "epochs": epochs, "runs": rows}
+    print(json.dumps(result, indent=2))
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)
+    return result
 
 
 def bench_scaling(settings: Settings, model: str = "minilm", corpus: str = "conll2000", split: str = "train",
@@ -611,3 +645,7 @@ def bench_large(settings: Settings, words: tuple[int, ...] = (20_000,), corpus: 
     print(json.dumps(figures, indent=2))
     save()
     return figures
+
+
+__all__ = ["PeakMemory", "bare_loop", "bench_extract", "bench_large", "bench_probe_workers", "bench_probes",
+           "bench_scaling", "bench_similarity", "floor_syrk", "large_model", "neurox_loop"]

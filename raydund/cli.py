@@ -248,6 +248,13 @@ def cmd_bench(args) -> None:
                      train_tokens=args.train_tokens, out=args.out, threads=args.threads,
                      precision=args.precision)
         return
+    if args.bench == "probe-workers":
+        from raydund.bench import bench_probe_workers  # noqa: PLC0415
+
+        bench_probe_workers(_settings(), model=args.model, corpus=args.corpus, label=args.label,
+                            train_tokens=args.train_tokens, workers=tuple(args.workers), epochs=args.epochs,
+                            out=args.out)
+        return
     if args.bench == "similarity":
         bench_similarity(_settings(), model=args.model, corpus=args.corpus, split=args.split,
                          paper_tokens=args.paper_tokens, parts=tuple(args.parts), out=args.out)
@@ -562,6 +569,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--train-tokens", type=int, default=50_000, help="first N tokens of train")
     b.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all CPUs)")
     _add_precision(b)
+    b.add_argument("--out", default=None, help="write the figures as JSON here")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("probe-workers", help="the probe job with 1 and more layer-block workers: time, peak memory")
+    b.add_argument("--model", default="minilm")
+    b.add_argument("--corpus", default="conll2000")
+    b.add_argument("--label", default="pos")
+    b.add_argument("--train-tokens", type=int, default=50_000, help="first N tokens of train")
+    b.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    b.add_argument("--epochs", type=int, default=10)
     b.add_argument("--out", default=None, help="write the figures as JSON here")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("scaling", help="words/s and peak memory of extraction and similarity at 1x/2x/4x words")
