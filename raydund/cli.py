@@ -151,7 +151,7 @@ def cmd_transfer(args) -> None:
                          train_limit=args.train_limit, ls_thresholds=tuple(args.ls_threshold or (0.01,)),
                          ccfs_thresholds=tuple(args.ccfs_threshold or (0.01,)), epochs=args.epochs, lr=args.lr,
                          seed=args.seed, timing=not args.no_timing, register=not args.no_register,
-                         standardize=args.standardize, precision=args.precision)
+                         standardize=args.standardize, precision=args.precision, workers=args.workers)
     out = run_transfer(cfg, _settings())
     print(format_table(out["rows"]))
     for label, uri in out["registered"].items():
@@ -353,7 +353,12 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unit", choices=["word", "cls"], default="word")
 
 
-def _add_precision(p: argparse.ArgumentParser) -> None:
+def _add_probe_training(p: argparse.ArgumentParser, workers: bool = True) -> None:
+    """The probe training flags shared by `probe`, `transfer` (and, precision only, `bench probes`)."""
+    if workers:
+        p.add_argument("--workers", type=int, default=None,
+                       help="layer-block actors training every bank in step (default: Ray's CPUs, at most one "
+                            "per layer; 1: all layers in one process)")
     p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                    help="type of the probes' training products (bfloat16: float32 accumulation, 2-4x faster "
                         "on CPUs with AVX-512-BF16/AMX and on GPUs)")
@@ -415,10 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-split", default=None, help="also score the clustering sweep of this split")
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N training rows only")
     p.add_argument("--standardize", action="store_true", help="probes on z-scored neurons (e.g. [CLS] of low layers)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="layer-block actors training every bank in step (default: Ray's CPUs, at most one per "
-                        "layer; 1: the driver reads all layers)")
-    _add_precision(p)
+    _add_probe_training(p)
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("finetune", help="fine-tune on a sentence-level task (Ray Train) and register the model in MLflow")
@@ -459,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-timing", action="store_true", help="skip the timing analysis")
     p.add_argument("--no-register", action="store_true", help="do not register the reduced models")
     p.add_argument("--standardize", action="store_true", help="probes on z-scored neurons")
-    _add_precision(p)
+    _add_probe_training(p)
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("report", help="one self-contained HTML page with the paper's figures and tables for a run")
@@ -568,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--label", default="pos")
     b.add_argument("--train-tokens", type=int, default=50_000, help="first N tokens of train")
     b.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all CPUs)")
-    _add_precision(b)
+    _add_probe_training(b, workers=False)
     b.add_argument("--out", default=None, help="write the figures as JSON here")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("probe-workers", help="the probe job with 1 and more layer-block workers: time, peak memory")

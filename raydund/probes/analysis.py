@@ -77,6 +77,14 @@ class Splits:
         """``[N x C]`` weights of one probe."""
         return bank.coef_[probe]
 
+    def intercept(self, bank: ProbeBank, probe: int) -> np.ndarray:
+        """``[C]`` intercept of one probe."""
+        return bank.intercept_[probe]
+
+    def linear_scores(self, part: str, neurons: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        """``X[:, neurons] @ coef + intercept`` on ``part``: a selected probe's scores."""
+        return getattr(self, part).X[:, neurons] @ coef + intercept
+
     def class_mean_scores(self) -> np.ndarray:
         """Per neuron, the probeless ranker's score (:func:`~raydund.probes.rank.probeless_scores`) on train."""
         return probeless_scores(self.train.X, self.targets(self.train))

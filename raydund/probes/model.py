@@ -156,9 +156,10 @@ class ProbeBank:
                         else:
                             g.view(n, p * C).copy_(xb[:, sl].T @ gb)
                     # the penalty on every block at once: l1 sign(W) + l2 W / ||W_p||
-                    torch._foreach_add_(grads, torch._foreach_sign(weights), alpha=self.l1)
-                    torch._foreach_addcmul_(grads, weights, [plan.per_reader(scale, blk)[None, :, None]
-                                                             for blk in range(len(weights))])
+                    if weights:  # (a shard may hold no neuron any probe reads)
+                        torch._foreach_add_(grads, torch._foreach_sign(weights), alpha=self.l1)
+                        torch._foreach_addcmul_(grads, weights, [plan.per_reader(scale, blk)[None, :, None]
+                                                                 for blk in range(len(weights))])
                     torch.sum(grad, 0, out=bias.grad)
                     opt.step()
         P, N = local.shape

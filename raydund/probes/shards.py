@@ -105,6 +105,15 @@ class LayerShard:
     def weights(self, key: int, probe: int) -> np.ndarray:
         return self.banks[key].coef_[probe]
 
+    def intercept(self, key: int, probe: int) -> np.ndarray:
+        return self.banks[key].intercept_[probe]
+
+    def linear_scores(self, part: str, neurons: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        """This actor's share of ``X[:, neurons] @ coef`` (``neurons`` on the stacked axis)."""
+        mine = np.isin(neurons, self.columns)
+        local = np.searchsorted(self.columns, neurons[mine])
+        return self.X[part][:, local].astype(np.float64) @ coef[mine]
+
     def class_mean_scores(self, y: np.ndarray) -> np.ndarray:
         from raydund.probes.rank import probeless_scores  # noqa: PLC0415
 
@@ -120,6 +129,21 @@ class LayerShard:
             dist.destroy_process_group()
 
 
+def gather(refs: list) -> list:
+    """``ray.get`` of the actors' calls, raising as soon as one fails.
+
+    The others may be waiting in a collective for the failed one, so a plain ``ray.get``
+    of the list (in order) could wait forever; the caller then ends the group.
+    """
+    import ray  # noqa: PLC0415
+
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)  # raises the actor's error
+    return ray.get(refs)
+
+
 @dataclasses.dataclass(eq=False)
 class ShardedSplits(Splits):
     """:class:`Splits` whose activations are held by :class:`LayerShard` actors.
@@ -132,36 +156,38 @@ class ShardedSplits(Splits):
 
     def fit(self, settings: ProbeSettings, masks: np.ndarray, y: np.ndarray | None = None,
             n_classes: int | None = None) -> ProbeBank:
-        import ray  # noqa: PLC0415
-
         if y is None:
             y, n_classes = self.targets(self.train), self.n_classes
         bank = settings.bank(masks)
         bank.key_ = next(self._keys)  # the actors keep the fitted parts under this key
-        ray.get([a.fit.remote(bank.key_, bank, y, n_classes) for a in self.actors])
+        gather([a.fit.remote(bank.key_, bank, y, n_classes) for a in self.actors])
         return bank
 
     def predict(self, bank: ProbeBank, part: str) -> np.ndarray:
-        import ray  # noqa: PLC0415
-
-        return ray.get([a.predict.remote(bank.key_, part) for a in self.actors])[0]
+        return gather([a.predict.remote(bank.key_, part) for a in self.actors])[0]
 
     def weights(self, bank: ProbeBank, probe: int) -> np.ndarray:
+        return np.concatenate(gather([a.weights.remote(bank.key_, probe) for a in self.actors]), axis=0)
+
+    def intercept(self, bank: ProbeBank, probe: int) -> np.ndarray:
         import ray  # noqa: PLC0415
 
-        return np.concatenate(ray.get([a.weights.remote(bank.key_, probe) for a in self.actors]), axis=0)
+        return ray.get(self.actors[0].intercept.remote(bank.key_, probe))  # the same on every actor
+
+    def linear_scores(self, part: str, neurons: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        neurons = np.asarray(neurons)
+        parts = gather([a.linear_scores.remote(part, neurons, coef) for a in self.actors])
+        return (np.sum(parts, axis=0) + intercept).astype(np.float32)
 
     def class_mean_scores(self) -> np.ndarray:
-        import ray  # noqa: PLC0415
-
         y = self.targets(self.train)
-        return np.concatenate(ray.get([a.class_mean_scores.remote(y) for a in self.actors]))
+        return np.concatenate(gather([a.class_mean_scores.remote(y) for a in self.actors]))
 
     def close(self) -> None:
         import ray  # noqa: PLC0415
 
         try:
-            ray.get([a.close.remote() for a in self.actors])
+            ray.wait([a.close.remote() for a in self.actors], num_returns=len(self.actors), timeout=10)
         finally:
             for a in self.actors:
                 ray.kill(a)
@@ -182,7 +208,7 @@ def start(splits: Splits, settings: Settings, model: str, corpus: str, unit: str
     out = ShardedSplits(splits.train, splits.dev, splits.test, splits.classes, actors=actors)
     try:
         endpoint = ray.get(actors[0].endpoint.remote())
-        ray.get([a.join.remote(endpoint, rank, len(actors)) for rank, a in enumerate(actors)])
+        gather([a.join.remote(endpoint, rank, len(actors)) for rank, a in enumerate(actors)])
     except BaseException:
         out.close()
         raise

@@ -140,7 +140,7 @@ class CCFS:
                 ci = max(ok, key=lambda i: cc_rows[i]["threshold"]) if ok else 0  # t = 0 keeps every neuron
                 if (l, ci) not in fs_cache:
                     t0 = time.perf_counter()
-                    fs_cache[(l, ci)] = self._fs(splits, kept[ci], cc_bank.coef_[ci])
+                    fs_cache[(l, ci)] = self._fs(splits, kept[ci], splits.weights(cc_bank, ci))
                     self.seconds_["fs"] += time.perf_counter() - t0
                 fs_rows, order, bank = fs_cache[(l, ci)]
                 fi = next((i for i, row in enumerate(fs_rows) if _share(row, ls_row, key) >= 1 - ccfs_t), None)
@@ -151,7 +151,7 @@ class CCFS:
                 self.selections_.append(Selection(
                     ls_threshold=ls_t, ccfs_threshold=ccfs_t, layer=l, cc_threshold=cc_rows[ci]["threshold"],
                     cc_neurons=int(len(kept[ci])), neurons=neurons,
-                    coef=bank.coef_[fi][neurons], intercept=bank.intercept_[fi],
+                    coef=splits.weights(bank, fi)[neurons], intercept=splits.intercept(bank, fi),
                     scores={"oracle": _scores(oracle, sum(widths)), "ls": _scores(ls_row, sum(widths[: l + 1])),
                             "cc": _scores(cc_rows[ci], len(kept[ci])), "ccfs": _scores(final, len(neurons))}))
         return self
@@ -160,7 +160,7 @@ class CCFS:
         """Cluster layers 0..l once, cut at every threshold, one probe per reduced set (one bank)."""
         cc = CorrelationClustering(self.cluster_thresholds).fit(corr.r, corr.layer_of, corr.constant)
         kept = [cc.kept(i) for i in range(len(cc.thresholds))]
-        bank = analysis.fit_bank(self.settings, analysis.sets_masks(kept, splits.train.X.shape[1]), splits)
+        bank = analysis.fit_bank(self.settings, analysis.sets_masks(kept, splits.n_neurons), splits)
         rows = analysis.evaluate(bank, splits, [f"threshold {t:.2f}" for t in cc.thresholds])
         for t, k, row in zip(cc.thresholds, kept, rows):
             row["threshold"], row["neurons"] = float(t), int(len(k))
@@ -168,7 +168,7 @@ class CCFS:
 
     def _fs(self, splits: analysis.Splits, kept: np.ndarray, weights: np.ndarray):
         """Rank CC's survivors by LCA on their probe's weights, then one top-k bank (the last k = all)."""
-        N = splits.train.X.shape[1]
+        N = splits.n_neurons
         order = kept[lca_ordering(weights[kept].T)[0]]  # LCA over the survivors, back to stacked positions
         n = len(order)
         ks = sorted({max(1, int(round(n * p / 100))) for p in (self.percents or percent_grid())} | {n})

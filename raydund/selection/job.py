@@ -23,7 +23,7 @@ from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.lake import Lake
 from raydund.probes import analysis
-from raydund.probes.job import ProbeConfig, load_splits
+from raydund.probes.job import ProbeConfig, plan_splits, probe_workers
 from raydund.report import figures
 from raydund.selection.ccfs import CCFS, Correlations, selection_table_rows
 from raydund.selection.reduced import log_reduced, save_reduced
@@ -70,6 +70,7 @@ class TransferConfig:
     seed: int = 0
     standardize: bool = False
     precision: str = "float32"
+    workers: int | None = None
     register: bool = True
     timing: bool = True
     timing_sentences: int = 200
@@ -78,32 +79,50 @@ class TransferConfig:
         return ProbeConfig(model=self.model, corpus=self.corpus, label=label, unit=self.unit, task=self.task,
                            splits=self.splits, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            l1=self.l1, l2=self.l2, seed=self.seed, train_limit=self.train_limit,
-                           standardize=self.standardize, precision=self.precision)
+                           standardize=self.standardize, precision=self.precision, workers=self.workers)
 
     def ccfs(self) -> CCFS:
         return CCFS(self.probe_config(self.labels[0]).settings(), self.ls_thresholds, self.ccfs_thresholds,
                     self.cluster_thresholds)
 
 
-def fit_task(cfg: TransferConfig, label: str, settings: Settings) -> dict:
-    """One task: its splits and the correlations from the lake, then the CCFS sweep."""
+def fit_task(cfg: TransferConfig, label: str, settings: Settings, workers: int = 1) -> dict:
+    """One task: its splits and the correlations from the lake, then the CCFS sweep.
+
+    With ``workers`` > 1 the activations stay in layer-block actors
+    (:mod:`raydund.probes.shards`); this process holds the labels and the correlations.
+    """
     from raydund.redundancy import load_correlations  # noqa: PLC0415
 
     lake = Lake(settings)
     model = cfg.ccfs()  # validates the thresholds before any reading
-    splits = load_splits(lake, cfg.probe_config(label))
+    probe_cfg = cfg.probe_config(label)
+    splits, parts = plan_splits(lake, probe_cfg, activations=workers == 1)
     r, layer_of, constant, snap = load_correlations(lake, cfg.model, cfg.corpus, cfg.stats_split, cfg.unit)
-    start = time.perf_counter()
-    model.fit(splits, Correlations(r, layer_of, constant))
-    return {"label": label, "model": model, "seconds": time.perf_counter() - start,
-            "classes": splits.classes, "widths": splits.train.widths, "train_rows": len(splits.train.X),
-            "correlation_snapshot_id": snap, "test_predictions": _test_predictions(model, splits)}
+    if workers > 1:
+        from raydund.extract.job import ensure_ray  # noqa: PLC0415
+        from raydund.probes import shards  # noqa: PLC0415
+
+        cpus = ensure_ray().cluster_resources().get("CPU", 1)
+        splits = shards.start(splits, settings, cfg.model, cfg.corpus, cfg.unit, parts, workers,
+                              cpus_per_worker=min(1.0, cpus / workers), threads=max(1, int(cpus // workers)))
+    try:
+        start = time.perf_counter()
+        model.fit(splits, Correlations(r, layer_of, constant))
+        seconds = time.perf_counter() - start
+        predictions = _test_predictions(model, splits)
+    finally:
+        if workers > 1:
+            splits.close()
+    return {"label": label, "model": model, "seconds": seconds,
+            "classes": splits.classes, "widths": splits.train.widths, "train_rows": len(splits.train.labels),
+            "correlation_snapshot_id": snap, "test_predictions": predictions}
 
 
 def _test_predictions(model: CCFS, splits: analysis.Splits) -> list:
     """The pipeline's test predictions of the registered selection (the reduced model must match them)."""
     sel = model.selections_[0]
-    scores = splits.test.X[:, sel.neurons] @ sel.coef + sel.intercept
+    scores = splits.linear_scores("test", sel.neurons, sel.coef, sel.intercept)
     return scores[:, 0].tolist() if splits.classes is None else [splits.classes[i] for i in scores.argmax(1)]
 
 
@@ -135,8 +154,12 @@ def run_transfer(cfg: TransferConfig, settings: Settings) -> dict:
     params = {**{k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
               "activations_snapshot_id": lake.activations().current_snapshot().snapshot_id,
               "extraction_run_id": source["run_id"], "model_source": source.get("model_source", "")}
-    futures = [_remote(ray, fit_task, threads=1).remote(cfg, label, settings) for label in cfg.labels]
-    results = ray.get(futures)
+    workers = probe_workers(cfg.probe_config(cfg.labels[0]), lake, ray)
+    if workers == 1:  # small data: every task a Ray task holding all layers
+        results = ray.get([_remote(ray, fit_task, threads=1).remote(cfg, label, settings) for label in cfg.labels])
+    else:  # task after task, each on layer-block actors
+        results = [fit_task(cfg, label, settings, workers) for label in cfg.labels]
+    params["workers"] = workers
     rows, registered = [], {}
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus),
                           f"transfer {','.join(cfg.labels)}", params,
