@@ -364,6 +364,14 @@ def _add_probe_training(p: argparse.ArgumentParser, workers: bool = True) -> Non
                         "on CPUs with AVX-512-BF16/AMX and on GPUs)")
 
 
+def _add_probe_bench_task(b: argparse.ArgumentParser) -> None:
+    """The task of the probe benchmarks: model, corpus, label and train tokens."""
+    b.add_argument("--model", default="minilm")
+    b.add_argument("--corpus", default="conll2000")
+    b.add_argument("--label", default="pos")
+    b.add_argument("--train-tokens", type=int, default=50_000, help="first N tokens of train")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raydund",
@@ -565,19 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="write the figures as JSON here")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("probes", help="layer-wise probes + minimal-set search vs NeuroX one probe at a time")
-    b.add_argument("--model", default="minilm")
-    b.add_argument("--corpus", default="conll2000")
-    b.add_argument("--label", default="pos")
-    b.add_argument("--train-tokens", type=int, default=50_000, help="first N tokens of train")
+    _add_probe_bench_task(b)
     b.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all CPUs)")
     _add_probe_training(b, workers=False)
     b.add_argument("--out", default=None, help="write the figures as JSON here")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("probe-workers", help="the probe job with 1 and more layer-block workers: time, peak memory")
-    b.add_argument("--model", default="minilm")
-    b.add_argument("--corpus", default="conll2000")
-    b.add_argument("--label", default="pos")
-    b.add_argument("--train-tokens", type=int, default=50_000, help="first N tokens of train")
+    _add_probe_bench_task(b)
     b.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     b.add_argument("--epochs", type=int, default=10)
     b.add_argument("--out", default=None, help="write the figures as JSON here")
