@@ -117,7 +117,7 @@ class ProbeBank:
             W.grad = g  # written in place every step
         bias.grad = torch.empty_like(bias)
         low_weights = [torch.empty_like(W, dtype=low) for W in weights] if low != torch.float32 else weights
-        opt = torch.optim.Adam([*weights, bias], lr=self.lr, fused=True)  # one kernel over all pieces
+        opt = torch.optim.Adam([*weights, bias], lr=self.lr, fused=True)  # one kernel over all blocks
         gen = torch.Generator().manual_seed(self.seed)  # the batch order: the same for every probe
         Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         yt = torch.as_tensor(y, dtype=torch.float32 if regression else torch.long)
@@ -178,7 +178,7 @@ class ProbeBank:
         return self
 
     def _score_chunks(self, X: np.ndarray, chunk: int = 8192, shard: "Shard | None" = None):
-        """``[rows x P x C]`` scores of consecutive chunks of ``X`` (the same pieces as in training)."""
+        """``[rows x P x C]`` scores of consecutive chunks of ``X`` (the same blocks as in training)."""
         dev = self._device()
         masks = np.asarray(self.masks, dtype=bool)
         plan = Plan.of(masks if shard is None else masks[:, shard.columns])
