@@ -156,9 +156,7 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
         else:
             from raydund.probes import shards  # noqa: PLC0415
 
-            cpus = ray.cluster_resources().get("CPU", 1)  # the actors share them (all fit at once)
-            splits = shards.start(splits, settings, cfg.model, cfg.corpus, cfg.unit, parts, workers,
-                                  cpus_per_worker=min(1.0, cpus / workers), threads=max(1, int(cpus // workers)))
+            splits = shards.start(splits, settings, cfg.model, cfg.corpus, cfg.unit, parts, workers)
             try:
                 results = _analyses_in_step(cfg, splits, probe_settings, kept)
             finally:

@@ -194,11 +194,17 @@ class ShardedSplits(Splits):
             self.actors = []
 
 
-def start(splits: Splits, settings: Settings, model: str, corpus: str, unit: str, parts: dict, workers: int,
-          cpus_per_worker: float = 1, threads: int = 1) -> ShardedSplits:
-    """Start ``workers`` layer-block actors for ``splits`` (labels only) and join them in one group."""
+def start(splits: Splits, settings: Settings, model: str, corpus: str, unit: str, parts: dict, workers: int
+          ) -> ShardedSplits:
+    """Start ``workers`` layer-block actors for ``splits`` (labels only) and join them in one group.
+
+    The actors share Ray's CPUs (all must run at once: a collective waits for every
+    member), each with that share of torch threads.
+    """
     import ray  # noqa: PLC0415
 
+    cpus = ray.cluster_resources().get("CPU", 1)
+    cpus_per_worker, threads = min(1.0, cpus / workers), max(1, int(cpus // workers))
     widths = splits.train.widths
     offsets = np.concatenate([[0], np.cumsum(widths)])
     Actor = ray.remote(num_cpus=cpus_per_worker)(LayerShard)

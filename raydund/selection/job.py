@@ -100,12 +100,9 @@ def fit_task(cfg: TransferConfig, label: str, settings: Settings, workers: int =
     splits, parts = plan_splits(lake, probe_cfg, activations=workers == 1)
     r, layer_of, constant, snap = load_correlations(lake, cfg.model, cfg.corpus, cfg.stats_split, cfg.unit)
     if workers > 1:
-        from raydund.extract.job import ensure_ray  # noqa: PLC0415
         from raydund.probes import shards  # noqa: PLC0415
 
-        cpus = ensure_ray().cluster_resources().get("CPU", 1)
-        splits = shards.start(splits, settings, cfg.model, cfg.corpus, cfg.unit, parts, workers,
-                              cpus_per_worker=min(1.0, cpus / workers), threads=max(1, int(cpus // workers)))
+        splits = shards.start(splits, settings, cfg.model, cfg.corpus, cfg.unit, parts, workers)
     try:
         start = time.perf_counter()
         model.fit(splits, Correlations(r, layer_of, constant))
