@@ -151,16 +151,17 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
     mlflow = tracking.configure(settings)
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus), f"probes {cfg.label}",
                           params, tags={"raydund.stage": "probes", "raydund.task": cfg.label}) as parent:
-        if workers == 1:
-            results = _analyses_in_tasks(ray, cfg, splits, probe_settings, kept)
-        else:
+        if workers == 1:  # all layers in the object store once, independent analyses as parallel Ray tasks
+            splits_ref = ray.put(splits)  # read zero-copy by every task ...
+            splits = ray.get(splits_ref)  # ... and by the driver: its own copy of X is freed here
+            results = _run_analyses(cfg, splits, probe_settings, kept, ray.get,
+                                    lambda fn, *args: _remote(ray, fn).remote(splits_ref, *args))
+        else:  # one analysis after another, each bank on all layer-block actors
             from raydund.probes import shards  # noqa: PLC0415
 
-            splits = shards.start(splits, settings, cfg.model, cfg.corpus, cfg.unit, parts, workers)
-            try:
-                results = _analyses_in_step(cfg, splits, probe_settings, kept)
-            finally:
-                splits.close()
+            with shards.held_by(splits, settings, cfg.model, cfg.corpus, cfg.unit, parts, workers) as splits:
+                results = _run_analyses(cfg, splits, probe_settings, kept, lambda done: done,
+                                        lambda fn, *args: fn(splits, *args))
         results["seconds"] = time.perf_counter() - start
         _track(mlflow, parent, cfg, splits, results)
         table = results_table(cfg, results)
@@ -188,40 +189,24 @@ def probe_workers(cfg: ProbeConfig, lake: Lake, ray) -> int:
     return max(1, min(int(wanted), layers))
 
 
-def _analyses_in_step(cfg: ProbeConfig, splits, probe_settings, kept: dict) -> dict:
-    """The analyses one after another, each bank trained by all layer-block actors at once."""
-    layer = analysis.layerwise(splits, probe_settings, cfg.redundant_share)
-    control = None
+def _run_analyses(cfg: ProbeConfig, splits, probe_settings, kept: dict, get, submit) -> dict:
+    """Layer-wise, control task and clustering sweep, then the minimal set (it needs the oracle's ranking).
+
+    ``submit(fn, *args)`` starts ``fn(splits, *args)`` and ``get`` waits for what it
+    returned: run at once in this process, or as parallel Ray tasks.
+    """
+    layer_job = submit(analysis.layerwise, probe_settings, cfg.redundant_share)
+    control_job = None
     if cfg.control and cfg.task == "classification" and cfg.unit == "word":
-        control = analysis.selectivity_rows(layer["rows"], analysis.control_task(splits, probe_settings, cfg.seed))
+        control_job = submit(analysis.control_task, probe_settings, cfg.seed)
+    reduced_job = submit(analysis.reduced_sets, probe_settings, kept) if kept else None
+    layer = get(layer_job)
     oracle_dev = next(r for r in layer["rows"] if r["probe"] == "oracle")["dev"][primary_metric(cfg.task)]
     ranks = analysis.rankings(splits, layer["oracle_weights"])
-    minimal = analysis.minimal_set(splits, probe_settings, ranks["lca"], oracle_dev, cfg.keep_share)
-    reduced = analysis.reduced_sets(splits, probe_settings, kept) if kept else []
-    return {"layerwise": layer["rows"], "control": control, "minimal": minimal, "reduced": reduced,
-            "rankings": ranks}
-
-
-def _analyses_in_tasks(ray, cfg: ProbeConfig, splits, probe_settings, kept: dict) -> dict:
-    """The analyses as parallel Ray tasks reading the splits from the object store."""
-    splits_ref = ray.put(splits)  # one copy in the object store, read zero-copy by every task
-    splits = ray.get(splits_ref)  # ... and by the driver: its own copy of X is freed here
-    layer_task = _remote(ray, analysis.layerwise).remote(splits_ref, probe_settings, cfg.redundant_share)
-    control_task = None
-    if cfg.control and cfg.task == "classification" and cfg.unit == "word":
-        control_task = _remote(ray, analysis.control_task).remote(splits_ref, probe_settings, cfg.seed)
-    reduced_task = (_remote(ray, analysis.reduced_sets).remote(splits_ref, probe_settings, kept)
-                    if kept else None)
-    layer = ray.get(layer_task)
-    oracle_dev = next(r for r in layer["rows"] if r["probe"] == "oracle")["dev"][primary_metric(cfg.task)]
-    ranks = analysis.rankings(splits, layer["oracle_weights"])
-    minimal_task = _remote(ray, analysis.minimal_set).remote(
-        splits_ref, probe_settings, ranks["lca"], oracle_dev, cfg.keep_share)
-    control = None
-    if control_task is not None:
-        control = analysis.selectivity_rows(layer["rows"], ray.get(control_task))
-    return {"layerwise": layer["rows"], "control": control, "minimal": ray.get(minimal_task),
-            "reduced": ray.get(reduced_task) if reduced_task is not None else [], "rankings": ranks}
+    minimal_job = submit(analysis.minimal_set, probe_settings, ranks["lca"], oracle_dev, cfg.keep_share)
+    control = None if control_job is None else analysis.selectivity_rows(layer["rows"], get(control_job))
+    return {"layerwise": layer["rows"], "control": control, "minimal": get(minimal_job),
+            "reduced": get(reduced_job) if reduced_job is not None else [], "rankings": ranks}
 
 
 def check_memory(lake: Lake, cfg: ProbeConfig, workers: int = 1) -> None:

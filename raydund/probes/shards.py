@@ -15,6 +15,7 @@ scores) and ``probes`` floats (the squared norms), not activations or weights.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import socket
@@ -221,4 +222,17 @@ def start(splits: Splits, settings: Settings, model: str, corpus: str, unit: str
     return out
 
 
-__all__ = ["LayerShard", "ShardedSplits", "layer_blocks", "start"]
+@contextlib.contextmanager
+def held_by(splits: Splits, settings: Settings, model: str, corpus: str, unit: str, parts: dict, workers: int):
+    """``splits`` served by ``workers`` layer-block actors inside the block (``splits`` itself for 1)."""
+    if workers == 1:
+        yield splits
+        return
+    sharded = start(splits, settings, model, corpus, unit, parts, workers)
+    try:
+        yield sharded
+    finally:
+        sharded.close()
+
+
+__all__ = ["LayerShard", "ShardedSplits", "held_by", "layer_blocks", "start"]

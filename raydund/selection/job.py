@@ -92,6 +92,7 @@ def fit_task(cfg: TransferConfig, label: str, settings: Settings, workers: int =
     With ``workers`` > 1 the activations stay in layer-block actors
     (:mod:`raydund.probes.shards`); this process holds the labels and the correlations.
     """
+    from raydund.probes import shards  # noqa: PLC0415
     from raydund.redundancy import load_correlations  # noqa: PLC0415
 
     lake = Lake(settings)
@@ -99,18 +100,11 @@ def fit_task(cfg: TransferConfig, label: str, settings: Settings, workers: int =
     probe_cfg = cfg.probe_config(label)
     splits, parts = plan_splits(lake, probe_cfg, activations=workers == 1)
     r, layer_of, constant, snap = load_correlations(lake, cfg.model, cfg.corpus, cfg.stats_split, cfg.unit)
-    if workers > 1:
-        from raydund.probes import shards  # noqa: PLC0415
-
-        splits = shards.start(splits, settings, cfg.model, cfg.corpus, cfg.unit, parts, workers)
-    try:
+    with shards.held_by(splits, settings, cfg.model, cfg.corpus, cfg.unit, parts, workers) as splits:
         start = time.perf_counter()
         model.fit(splits, Correlations(r, layer_of, constant))
         seconds = time.perf_counter() - start
         predictions = _test_predictions(model, splits)
-    finally:
-        if workers > 1:
-            splits.close()
     return {"label": label, "model": model, "seconds": seconds,
             "classes": splits.classes, "widths": splits.train.widths, "train_rows": len(splits.train.labels),
             "correlation_snapshot_id": snap, "test_predictions": predictions}
