@@ -630,7 +630,7 @@ def bench_large(settings: Settings, words: tuple[int, ...] = (20_000,), corpus: 
             def probes():
                 from raydund.probes.job import check_memory  # noqa: PLC0415
 
-                check_memory(lake, dataclasses.replace(cfg, control=False))
+                check_memory(lake, dataclasses.replace(cfg, control=False), object_store=False)  # in process
                 splits = load_splits(lake, cfg)
                 return analysis.layerwise(splits, cfg.settings()), splits.train.X.shape
 

@@ -209,8 +209,12 @@ def _run_analyses(cfg: ProbeConfig, splits, probe_settings, kept: dict, get, sub
             "reduced": get(reduced_job) if reduced_job is not None else [], "rankings": ranks}
 
 
-def check_memory(lake: Lake, cfg: ProbeConfig, workers: int = 1) -> None:
-    """Raise UserError when the task's arrays and probe banks would not fit (:mod:`raydund.memory`)."""
+def check_memory(lake: Lake, cfg: ProbeConfig, workers: int = 1, object_store: bool | None = None) -> None:
+    """Raise UserError when the task's arrays and probe banks would not fit (:mod:`raydund.memory`).
+
+    ``object_store``: whether the driver puts the arrays in Ray's object store (default: the
+    one-worker path does; layer-block workers and in-process banks do not).
+    """
     from raydund import memory  # noqa: PLC0415
 
     names = dict.fromkeys(cfg.splits)  # dev carved from train counts once
@@ -226,7 +230,8 @@ def check_memory(lake: Lake, cfg: ProbeConfig, workers: int = 1) -> None:
         classes = labels.explode().n_unique() if labels.dtype == pl.List else labels.n_unique()
     tasks = 1 + int(cfg.control) + int(bool(cfg.cluster_split))
     memory.check(memory.probe_plan(sum(widths), len(widths), tokens, eval_tokens, classes,
-                                   tasks if workers == 1 else 1, object_store=workers == 1))
+                                   tasks if workers == 1 else 1,
+                                   object_store=workers == 1 if object_store is None else object_store))
 
 
 def _cluster_sets(lake: Lake, cfg: ProbeConfig) -> dict[float, np.ndarray]:
