@@ -224,3 +224,54 @@ def test_bfloat16_products_train_the_same_probes():
     assert agree.min() > 0.98
     with pytest.raises(Exception, match="unknown probe precision"):
         ProbeBank(masks, precision="float8").fit(data.X, y, 3)
+
+
+@pytest.mark.parametrize("block_cost", [0.0, 5.0, 60.0, 1e9])
+def test_merged_blocks_cover_each_mask_exactly(block_cost):
+    """However blocks are merged, each probe reads exactly its own neurons (the rest masked)."""
+    from raydund.probes.model import Plan
+
+    rng = np.random.default_rng(7)
+    order = rng.permutation(40)
+    nested = np.zeros((6, 40), dtype=bool)
+    for p, k in enumerate((1, 2, 4, 9, 20, 33)):
+        nested[p, order[:k]] = True
+    layers, _ = layer_masks((8, 8, 8, 8, 8))
+    for masks in (nested, layers, rng.random((5, 40)) < 0.3):
+        plan = Plan.of(masks, block_cost=block_cost)
+        covered = np.zeros_like(masks, dtype=int)
+        for blk, cols in enumerate(plan.columns):
+            keep = plan.masks[blk] if plan.masks[blk] is not None else np.ones((len(cols), len(plan.readers(blk))))
+            for j, p in enumerate(plan.readers(blk)):
+                np.add.at(covered[p], cols, keep[:, j].astype(int))
+        np.testing.assert_array_equal(covered, masks.astype(int))  # every pair once, none outside a mask
+        assert set(np.concatenate(plan.columns)) == set(np.flatnonzero(masks.any(0)))
+    assert len(Plan.of(nested, block_cost=0.0).columns) == 6
+    assert len(Plan.of(nested, block_cost=1e9).columns) == 1  # fixed cost dominates: one masked block
+
+
+@pytest.mark.parametrize("block_flop", [0.0, 2e4, 1e12])
+@pytest.mark.parametrize("kind", ["nested", "scattered"])
+def test_top_k_and_scattered_banks_match_autograd_however_merged(kind, block_flop, monkeypatch):
+    """Banks trained unmerged, partly merged or as one masked block equal probes trained alone.
+
+    Nested top-k sets merge steps between two k; scattered sets (one block per probe)
+    merge into blocks that hold a neuron once per probe reading it.
+    """
+    import raydund.probes.model as model
+
+    monkeypatch.setattr(model, "BLOCK_FLOP", block_flop)
+    data = planted(T=500)
+    y = analysis.encode(data.labels, ["A", "B", "C"])
+    rng = np.random.default_rng(3)
+    if kind == "nested":
+        masks = analysis.masks_for(rng.permutation(data.X.shape[1]), [1, 2, 3, 5, 8, 13, 21], data.X.shape[1])
+    else:
+        masks = rng.random((6, data.X.shape[1])) < 0.3
+        assert len(model.Plan.of(masks).columns) == len(masks)  # the one-block-per-probe plan
+    bank = ProbeBank(masks, epochs=2, seed=2, lr=1e-2, batch_size=64).fit(data.X, y, 3)
+    for p, mask in enumerate(masks):
+        W, b = autograd_probe(data.X, y, mask, 3, seed=2, epochs=2, lr=1e-2, batch_size=64)
+        np.testing.assert_allclose(bank.coef_[p][mask], W, atol=2e-5)
+        np.testing.assert_allclose(bank.intercept_[p], b, atol=2e-5)
+        assert np.all(bank.coef_[p][~mask] == 0)

@@ -28,6 +28,7 @@ from raydund.errors import UserError
 
 TASKS = ("classification", "regression")
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+BLOCK_FLOP = 1e7  # a block's fixed work per training step, as product flops (~60 us at ~170 GFLOP/s, 2 CPU cores)
 
 
 @dataclasses.dataclass
@@ -104,11 +105,16 @@ class ProbeBank:
         regression = self.task == "regression"
         C = 1 if regression else int(n_classes if n_classes is not None else int(np.max(y)) + 1)
         dev = self._device()
-        plan = Plan.of(local)
+        plan = Plan.of(local, block_cost=BLOCK_FLOP / (4 * self.batch_size * C))  # 4 B C flop per pair
         init = [init_probe(mask, C, self.seed) for mask in masks]  # the same start, sharded or not
         rows = [W if shard is None else W[shard.columns] for W, _ in init]
         weights = [torch.stack([rows[p][cols] for p in plan.readers(blk)], dim=1).to(dev)  # [n x p x C]
                    for blk, cols in enumerate(plan.columns)]
+        keep = [None if m is None else torch.from_numpy(m[:, :, None].astype(np.float32)).to(dev)
+                for m in plan.masks]  # merged blocks: the weights their probes do not read stay 0
+        for W, k in zip(weights, keep):
+            if k is not None:
+                W.mul_(k)
         bias = torch.stack([b for _, b in init]).to(dev)  # [P x C]
         reduce = shard.reduce if shard is not None else None
         score_bias = bias if shard is None or shard.first else torch.zeros_like(bias)  # added once in a sum
@@ -147,7 +153,7 @@ class ProbeBank:
                         grad /= B
                     scale = self.l2 / plan.norms(weights, reduce).clamp_min(1e-12)  # d ||W_p||_2 = W_p / ||W_p||_2
                     flat = grad.view(B, -1).to(low)
-                    for W, g, sl, runs in zip(weights, grads, plan.slices, plan.runs):
+                    for W, g, sl, runs, k in zip(weights, grads, plan.slices, plan.runs, keep):
                         n, p, _ = W.shape  # the data term, written straight into the gradient buffer
                         gb = (flat[:, runs[0][0] * C : runs[0][1] * C] if len(runs) == 1
                               else torch.cat([flat[:, a * C : b * C] for a, b in runs], dim=1))
@@ -155,6 +161,8 @@ class ProbeBank:
                             torch.mm(xb[:, sl].T, gb, out=g.view(n, p * C))
                         else:
                             g.view(n, p * C).copy_(xb[:, sl].T @ gb)
+                        if k is not None:
+                            g.mul_(k)
                     # the penalty on every block at once: l1 sign(W) + l2 W / ||W_p||
                     if weights:  # (a shard may hold no neuron any probe reads)
                         torch._foreach_add_(grads, torch._foreach_sign(weights), alpha=self.l1)
@@ -165,7 +173,11 @@ class ProbeBank:
         P, N = local.shape
         self.coef_ = np.zeros((P, N, C), dtype=np.float32)
         for W, cols, blk in zip(weights, plan.columns, range(len(weights))):
-            self.coef_[np.ix_(plan.readers(blk), cols)] = W.cpu().numpy().transpose(1, 0, 2)
+            where, values = np.ix_(plan.readers(blk), cols), W.cpu().numpy().transpose(1, 0, 2)
+            if len(np.unique(cols)) == len(cols):
+                self.coef_[where] = values
+            else:  # merged one-probe blocks may repeat a neuron: one copy holds its weight, the others 0
+                np.add.at(self.coef_, where, values)
         self.intercept_ = bias.cpu().numpy()
         if mu is not None:  # w (x - mu) / sd + b  ==  (w / sd) x + (b - sum(w mu / sd))
             scaled = self.coef_ / sd[None, :, None].astype(np.float32)
@@ -177,8 +189,12 @@ class ProbeBank:
         self.n_classes_ = C
         return self
 
-    def _score_chunks(self, X: np.ndarray, chunk: int = 8192, shard: "Shard | None" = None):
-        """``[rows x P x C]`` scores of consecutive chunks of ``X`` (the same blocks as in training)."""
+    def _score_chunks(self, X: np.ndarray, chunk: int = 1024, shard: "Shard | None" = None):
+        """``[rows x P x C]`` scores of consecutive chunks of ``X`` (the same blocks as in training).
+
+        Chunks are small: gathering a chunk's columns into block order is strided, and
+        slow once the chunk leaves the cache.
+        """
         dev = self._device()
         masks = np.asarray(self.masks, dtype=bool)
         plan = Plan.of(masks if shard is None else masks[:, shard.columns])
@@ -193,7 +209,7 @@ class ProbeBank:
                 xb = torch.from_numpy(np.ascontiguousarray(X[start : start + chunk], dtype=np.float32))
                 yield plan.scores(plan.columns_of(xb).to(dev), weights, bias, shard and shard.reduce)
 
-    def decision_function(self, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    def decision_function(self, X: np.ndarray, chunk: int = 1024) -> np.ndarray:
         """``[P x T x C]`` scores (logits, or the regression value in ``[..., 0]``)."""
         return np.concatenate([s.transpose(0, 1).cpu().numpy() for s in self._score_chunks(X, chunk)], axis=1)
 
@@ -247,6 +263,14 @@ class Plan:
     read back without a copy; with a few (a layer: itself, then the prefixes from it on)
     each run is one slice. ``colmap`` orders a batch's columns so that every block is a
     slice (``None`` when they already are).
+
+    Every block also costs a fixed amount of work per step whatever its size (its
+    products' calls, its penalty and norm terms: ~60 us on a CPU). Where blocks are thin,
+    as the first steps of a top-k bank are (3, 2, 3... neurons), ``block_cost`` merges
+    neighbouring blocks into one read by all their readers, with a 0/1 ``masks`` entry
+    that keeps each weight a probe should not have at zero (it starts at zero and its
+    gradient is masked, so Adam and the penalty leave it there): the merge pays the
+    products of the masked weights to save the fixed work of the blocks it removes.
     """
 
     columns: list[np.ndarray]  # the neurons of each block
@@ -254,9 +278,11 @@ class Plan:
     runs: list[list[tuple[int, int]]]  # each block's readers: runs [a, b) of probe numbers
     colmap: torch.Tensor | None
     n_probes: int
+    masks: list[np.ndarray | None] = dataclasses.field(default_factory=list)  # [n x p] of merged blocks
 
     @classmethod
-    def of(cls, masks: np.ndarray) -> "Plan":
+    def of(cls, masks: np.ndarray, block_cost: float = 0.0) -> "Plan":
+        """The plan of ``masks [P x N]``; ``block_cost``: a block's fixed work, in neuron-probe pairs."""
         P, N = masks.shape
         patterns, group = np.unique(np.packbits(masks.T, axis=1), axis=0, return_inverse=True)
         group = group.reshape(-1)
@@ -270,16 +296,17 @@ class Plan:
             columns = [np.flatnonzero(m) for m in masks if m.any()]
             readers = [np.array([p]) for p in range(P) if masks[p].any()]
         order = np.argsort([c[0] for c in columns], kind="stable")
-        columns = [columns[i] for i in order]
+        columns, readers = [columns[i] for i in order], [readers[i] for i in order]
+        columns, readers, block_masks = _merge_blocks(columns, readers, P, block_cost)
         runs = []
-        for i in order:
-            breaks = np.flatnonzero(np.diff(readers[i]) != 1) + 1
-            runs.append([(int(r[0]), int(r[-1]) + 1) for r in np.split(readers[i], breaks)])
+        for r in readers:
+            breaks = np.flatnonzero(np.diff(r) != 1) + 1
+            runs.append([(int(part[0]), int(part[-1]) + 1) for part in np.split(r, breaks)])
         colmap = np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)
         bounds = np.cumsum([0] + [len(c) for c in columns])
         slices = [slice(int(a), int(b)) for a, b in zip(bounds, bounds[1:])]
         identity = len(colmap) == N and np.array_equal(colmap, np.arange(N))
-        return cls(columns, slices, runs, None if identity else torch.as_tensor(colmap), P)
+        return cls(columns, slices, runs, None if identity else torch.as_tensor(colmap), P, block_masks)
 
     def readers(self, block: int) -> np.ndarray:
         """The probes reading a block, in the order of its weights' second axis."""
@@ -329,6 +356,51 @@ class Plan:
         if reduce is not None:
             reduce(sq)
         return sq.sqrt()
+
+
+def _merge_blocks(columns: list[np.ndarray], readers: list[np.ndarray], n_probes: int, block_cost: float
+                  ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
+    """Merge runs of neighbouring blocks (ordered by their first reader) where it saves work.
+
+    A merged block is read by the union of its members' readers; its cost is
+    ``block_cost`` plus its neuron-probe pairs (those a member's probes do not read are
+    masked). The cheapest cut of the ordered blocks into merged runs is a dynamic
+    programme over where each run ends. Returns the blocks' columns, readers and masks
+    (``None`` where nothing is masked).
+    """
+    K = len(columns)
+    if K < 2 or block_cost <= 0:
+        return columns, readers, [None] * K
+    order = sorted(range(K), key=lambda i: (readers[i][0], -len(readers[i])))
+    columns, readers = [columns[i] for i in order], [readers[i] for i in order]
+    member = np.zeros((K, n_probes), dtype=bool)
+    for i, r in enumerate(readers):
+        member[i, r] = True
+    sizes = np.array([len(c) for c in columns], dtype=np.float64)
+    best, cut = np.zeros(K + 1), np.zeros(K + 1, dtype=np.int64)
+    for end in range(1, K + 1):  # best[end]: the cheapest plan of blocks [0, end)
+        union, cost = np.zeros(n_probes, dtype=bool), np.inf
+        for start in range(end - 1, -1, -1):
+            union |= member[start]
+            c = best[start] + block_cost + sizes[start:end].sum() * union.sum()
+            if c < cost:
+                cost, cut[end] = c, start
+        best[end] = cost
+    spans, end = [], K
+    while end:
+        spans.append((int(cut[end]), end))
+        end = int(cut[end])
+    out_cols, out_readers, out_masks = [], [], []
+    for start, end in reversed(spans):
+        union = np.flatnonzero(member[start:end].any(0))
+        out_cols.append(np.concatenate(columns[start:end]))
+        out_readers.append(union)
+        if end - start == 1:
+            out_masks.append(None)
+        else:
+            out_masks.append(np.concatenate([np.repeat(member[i, union][None, :], len(columns[i]), axis=0)
+                                             for i in range(start, end)]))
+    return out_cols, out_readers, out_masks
 
 
 def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

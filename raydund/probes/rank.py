@@ -21,15 +21,28 @@ def top_neurons(weights: np.ndarray, share: float) -> np.ndarray:
     weights : numpy.ndarray
         ``[classes x neurons]`` probe weights (signed; absolute values are used).
     """
-    W = np.abs(weights)
-    chosen = np.zeros(W.shape[1], dtype=bool)
-    for row in W:
-        order = np.argsort(row, kind="stable")[::-1]
-        cum = np.cumsum(row[order])
-        reached = np.flatnonzero(cum >= row.sum() * share)
-        count = len(cum) if len(reached) == 0 else reached[0] + 1
-        chosen[order[:count]] = True
-    return np.flatnonzero(chosen)
+    return np.flatnonzero(_MassPrefixes(weights).chosen(share))
+
+
+class _MassPrefixes:
+    """Each class's neurons by descending ``|w|`` and their running weight mass, sorted once.
+
+    ``chosen(share)`` marks the neurons in the smallest prefix of each class's order that
+    reaches ``share`` of the class's mass (all neurons where none does).
+    """
+
+    def __init__(self, weights: np.ndarray):
+        W = np.abs(weights)
+        order = np.argsort(W, axis=1, kind="stable")[:, ::-1]
+        self.cum = np.cumsum(np.take_along_axis(W, order, axis=1), axis=1)  # [classes x neurons]
+        self.total = W.sum(axis=1)
+        self.position = np.empty_like(order)  # position[c, n]: where neuron n is in class c's order
+        np.put_along_axis(self.position, order, np.arange(W.shape[1])[None, :], axis=1)
+
+    def chosen(self, share: float) -> np.ndarray:
+        # the first position whose running mass reaches the share: the count of those below it
+        count = np.minimum((self.cum < (self.total * share)[:, None]).sum(axis=1) + 1, self.cum.shape[1])
+        return (self.position < count[:, None]).any(axis=0)
 
 
 def lca_ordering(weights: np.ndarray, search_stride: int = 100) -> tuple[np.ndarray, list[int]]:
@@ -43,11 +56,11 @@ def lca_ordering(weights: np.ndarray, search_stride: int = 100) -> tuple[np.ndar
         ``len(ordering)`` after each of the ``search_stride + 1`` steps.
     """
     strength = np.abs(weights).max(axis=0)
+    prefixes = _MassPrefixes(weights)
     seen = np.zeros(weights.shape[1], dtype=bool)
     ordering, cutoffs = [], []
     for step in range(search_stride + 1):
-        new = top_neurons(weights, step / search_stride)
-        new = new[~seen[new]]
+        new = np.flatnonzero(prefixes.chosen(step / search_stride) & ~seen)
         new = new[np.argsort(-strength[new], kind="stable")]
         seen[new] = True
         ordering.extend(new.tolist())
