@@ -98,12 +98,9 @@ def make_splits(train: TaskData, dev: TaskData, test: TaskData, task: str) -> Sp
 
 def evaluate(bank: ProbeBank, splits: Splits, names: list[str]) -> list[dict]:
     """One row per probe: its name and metrics on dev and test."""
-    rows = []
-    dev, test = ([metrics(splits.targets(part), pred, bank.task, splits.classes)
-                  for pred in splits.predict(bank, name)] for name, part in (("dev", splits.dev), ("test", splits.test)))
-    for name, d, t in zip(names, dev, test):
-        rows.append({"probe": name, "dev": d, "test": t})
-    return rows
+    dev, test = ([metrics(y, pred, bank.task, splits.classes) for pred in splits.predict(bank, name)]
+                 for name, y in (("dev", splits.targets(splits.dev)), ("test", splits.targets(splits.test))))
+    return [{"probe": name, "dev": d, "test": t} for name, d, t in zip(names, dev, test)]
 
 
 def layerwise(splits: Splits, settings: ProbeSettings, redundant_share: float = 0.99) -> dict:

@@ -115,7 +115,8 @@ def read_layers(lake: Lake, model: str, corpus: str, split: str, layers: list[in
 def encode(labels: np.ndarray, classes: list) -> np.ndarray:
     """Class ids of ``labels`` in ``classes``; -1 for a label outside them."""
     index = {c: i for i, c in enumerate(classes)}
-    return np.array([index.get(v, -1) for v in labels], dtype=np.int64)
+    values, inverse = np.unique(np.asarray(labels), return_inverse=True)  # look up each distinct label once
+    return np.array([index.get(v, -1) for v in values.tolist()], dtype=np.int64)[inverse.reshape(-1)]
 
 
 def control_labels(words: np.ndarray, labels: np.ndarray, seed: int = 0, vocabulary: dict | None = None):

@@ -122,6 +122,7 @@ class ProbeBank:
         for W, g in zip(weights, grads):
             W.grad = g  # written in place every step
         bias.grad = torch.empty_like(bias)
+        pair_probe, readers = plan.reader_index(dev), [W.shape[1] for W in weights]  # each (block, reader)'s probe
         low_weights = [torch.empty_like(W, dtype=low) for W in weights] if low != torch.float32 else weights
         opt = torch.optim.Adam([*weights, bias], lr=self.lr, fused=True)  # one kernel over all blocks
         gen = torch.Generator().manual_seed(self.seed)  # the batch order: the same for every probe
@@ -151,7 +152,7 @@ class ProbeBank:
                         grad = torch.softmax(out, dim=2)
                         grad[torch.arange(B, device=dev), :, yb] -= 1.0
                         grad /= B
-                    scale = self.l2 / plan.norms(weights, reduce).clamp_min(1e-12)  # d ||W_p||_2 = W_p / ||W_p||_2
+                    norms = plan.norms(weights, pair_probe, reduce).clamp_min(1e-12)  # d ||W_p||_2 = W_p / ||W_p||_2
                     flat = grad.view(B, -1).to(low)
                     for W, g, sl, runs, k in zip(weights, grads, plan.slices, plan.runs, keep):
                         n, p, _ = W.shape  # the data term, written straight into the gradient buffer
@@ -166,8 +167,8 @@ class ProbeBank:
                     # the penalty on every block at once: l1 sign(W) + l2 W / ||W_p||
                     if weights:  # (a shard may hold no neuron any probe reads)
                         torch._foreach_add_(grads, torch._foreach_sign(weights), alpha=self.l1)
-                        torch._foreach_addcmul_(grads, weights, [plan.per_reader(scale, blk)[None, :, None]
-                                                                 for blk in range(len(weights))])
+                        scales = (self.l2 / norms).index_select(0, pair_probe).split(readers)
+                        torch._foreach_addcmul_(grads, weights, [s.view(1, -1, 1) for s in scales])
                     torch.sum(grad, 0, out=bias.grad)
                     opt.step()
         P, N = local.shape
@@ -312,11 +313,6 @@ class Plan:
         """The probes reading a block, in the order of its weights' second axis."""
         return np.concatenate([np.arange(a, b) for a, b in self.runs[block]])
 
-    def per_reader(self, values: torch.Tensor, block: int) -> torch.Tensor:
-        """``values[readers]`` of a block (a view when the readers are one run)."""
-        runs = self.runs[block]
-        return values[runs[0][0] : runs[0][1]] if len(runs) == 1 else torch.cat([values[a:b] for a, b in runs])
-
     def columns_of(self, rows: torch.Tensor) -> torch.Tensor:
         """A batch's columns in block order (the batch itself when no reordering is needed)."""
         return rows if self.colmap is None else rows.index_select(1, self.colmap)
@@ -343,16 +339,22 @@ class Plan:
             reduce(out)
         return out
 
-    def norms(self, weights: list[torch.Tensor], reduce=None) -> torch.Tensor:
-        """``[P]`` the Frobenius norm of each probe's weights over all its blocks (and shards)."""
-        sq = torch.zeros(self.n_probes, dtype=weights[0].dtype if weights else torch.float32,
-                         device=weights[0].device if weights else "cpu")
-        for blk, W in enumerate(weights):
-            part = W.square().sum(dim=(0, 2))
-            at = 0
-            for a, b in self.runs[blk]:
-                sq[a:b] += part[at : at + b - a]
-                at += b - a
+    def reader_index(self, device: torch.device) -> torch.Tensor:
+        """Every block's readers one after another: the probe of each (block, reader) pair."""
+        return torch.as_tensor(np.concatenate([self.readers(b) for b in range(len(self.runs))] or [[]]),
+                               dtype=torch.long, device=device)
+
+    def norms(self, weights: list[torch.Tensor], index: torch.Tensor, reduce=None) -> torch.Tensor:
+        """``[P]`` the Frobenius norm of each probe's weights over all its blocks (and shards).
+
+        ``index`` is :meth:`reader_index`: the per-(block, reader) squared sums are added
+        into their probes in one ``index_add_``.
+        """
+        sq = torch.zeros(self.n_probes, dtype=weights[0].dtype if weights else torch.float32, device=index.device)
+        if weights:
+            C = weights[0].shape[2]
+            cols = [(W.view(len(W), -1) * W.view(len(W), -1)).sum(0) for W in weights]  # rows first: contiguous
+            sq.index_add_(0, index, torch.cat(cols).view(-1, C).sum(1))
         if reduce is not None:
             reduce(sq)
         return sq.sqrt()
