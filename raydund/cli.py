@@ -359,9 +359,10 @@ def _add_probe_training(p: argparse.ArgumentParser, workers: bool = True) -> Non
         p.add_argument("--workers", type=int, default=None,
                        help="layer-block actors training every bank in step (default: Ray's CPUs, at most one "
                             "per layer; 1: all layers in one process)")
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="type of the probes' training products (bfloat16: float32 accumulation, 2-4x faster "
-                        "on CPUs with AVX-512-BF16/AMX and on GPUs)")
+                        "on CPUs with AVX-512-BF16/AMX and on GPUs; auto, the default: bfloat16 where the "
+                        "device has it natively, else float32)")
 
 
 def _add_probe_bench_task(b: argparse.ArgumentParser) -> None:

@@ -52,9 +52,9 @@ def test_bank_probes_are_independent():
     data = planted(T=600)
     y = analysis.encode(data.labels, ["A", "B", "C"])
     masks, _ = layer_masks(data.widths)
-    bank = ProbeBank(masks[[0, 4, 2]], epochs=2, seed=3).fit(data.X, y, 3)
+    bank = ProbeBank(masks[[0, 4, 2]], epochs=2, seed=3, precision="float32").fit(data.X, y, 3)
     for j, i in enumerate((0, 4, 2)):
-        alone = ProbeBank(masks[i : i + 1], epochs=2, seed=3).fit(data.X, y, 3)
+        alone = ProbeBank(masks[i : i + 1], epochs=2, seed=3, precision="float32").fit(data.X, y, 3)
         np.testing.assert_allclose(bank.coef_[j], alone.coef_[0], atol=1e-5)
         np.testing.assert_allclose(bank.intercept_[j], alone.intercept_[0], atol=1e-5)
     assert np.all(bank.coef_[0][~masks[0]] == 0) and np.all(bank.coef_[2][~masks[2]] == 0)
@@ -94,7 +94,7 @@ def test_bank_matches_autograd_reference(regression):
     scattered[1, [3, 17, 30, 9, 1]] = True
     masks = np.concatenate([layers, scattered])
     bank = ProbeBank(masks, task="regression" if regression else "classification", epochs=3, seed=5,
-                     lr=1e-2, batch_size=64).fit(data.X, y, C)
+                     lr=1e-2, batch_size=64, precision="float32").fit(data.X, y, C)
     for p, mask in enumerate(masks):
         W, b = autograd_probe(data.X, y, mask, C, seed=5, epochs=3, lr=1e-2, batch_size=64, regression=regression)
         np.testing.assert_allclose(bank.coef_[p][mask], W, atol=2e-5)
@@ -216,7 +216,7 @@ def test_bfloat16_products_train_the_same_probes():
     data = planted(T=2000, seed=4)
     masks, _ = layer_masks(data.widths)
     y = analysis.encode(data.labels, ["A", "B", "C"])
-    full = ProbeBank(masks, epochs=5, lr=1e-2).fit(data.X, y, 3)
+    full = ProbeBank(masks, epochs=5, lr=1e-2, precision="float32").fit(data.X, y, 3)
     low = ProbeBank(masks, epochs=5, lr=1e-2, precision="bfloat16").fit(data.X, y, 3)
     assert low.coef_.dtype == np.float32
     np.testing.assert_allclose(low.coef_, full.coef_, atol=0.02)
@@ -224,6 +224,28 @@ def test_bfloat16_products_train_the_same_probes():
     assert agree.min() > 0.98
     with pytest.raises(Exception, match="unknown probe precision"):
         ProbeBank(masks, precision="float8").fit(data.X, y, 3)
+
+
+def test_bfloat16_regression_and_auto_precision():
+    """Regression probes with bfloat16 products fit as well as float32; ``auto`` resolves to a real type."""
+    from raydund.probes.model import resolve_precision
+
+    data = planted(T=2000, seed=5, regression=True)
+    masks, _ = layer_masks(data.widths)
+    y = data.labels.astype(np.float32)
+    full = ProbeBank(masks, task="regression", epochs=5, lr=1e-2, precision="float32").fit(data.X, y)
+    low = ProbeBank(masks, task="regression", epochs=5, lr=1e-2, precision="bfloat16").fit(data.X, y)
+    for a, b in zip(full.score(data.X, y), low.score(data.X, y)):
+        assert b["pearson"] == pytest.approx(a["pearson"], abs=0.01)
+    assert max(r["pearson"] for r in low.score(data.X, y)) > 0.95  # the planted layer
+    auto = ProbeBank(masks[:1], task="regression", epochs=1, precision="auto").fit(data.X, y)
+    assert auto.precision_ == resolve_precision("auto") in ("float32", "bfloat16")
+    from raydund.probes.model import Shard  # a layer-block worker may hold no neuron any probe reads
+
+    empty = Shard(columns=np.zeros(0, dtype=np.int64), reduce=lambda t: None, first=False)
+    idle = ProbeBank(masks[:1], task="regression", epochs=1, precision="bfloat16").fit(data.X[:, :0], y, shard=empty)
+    assert idle.coef_.shape == (1, 0, 1)
+    assert resolve_precision("float32") == "float32"
 
 
 @pytest.mark.parametrize("block_cost", [0.0, 5.0, 60.0, 1e9])
@@ -269,7 +291,7 @@ def test_top_k_and_scattered_banks_match_autograd_however_merged(kind, block_flo
     else:
         masks = rng.random((6, data.X.shape[1])) < 0.3
         assert len(model.Plan.of(masks).columns) == len(masks)  # the one-block-per-probe plan
-    bank = ProbeBank(masks, epochs=2, seed=2, lr=1e-2, batch_size=64).fit(data.X, y, 3)
+    bank = ProbeBank(masks, epochs=2, seed=2, lr=1e-2, batch_size=64, precision="float32").fit(data.X, y, 3)
     for p, mask in enumerate(masks):
         W, b = autograd_probe(data.X, y, mask, 3, seed=2, epochs=2, lr=1e-2, batch_size=64)
         np.testing.assert_allclose(bank.coef_[p][mask], W, atol=2e-5)

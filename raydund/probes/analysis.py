@@ -31,7 +31,7 @@ class ProbeSettings:
     epochs: int = 10
     seed: int = 0
     standardize: bool = False
-    precision: str = "float32"
+    precision: str = "auto"
 
     def bank(self, masks: np.ndarray) -> ProbeBank:
         """An untrained bank of probes with these settings (the field names are ProbeBank's)."""

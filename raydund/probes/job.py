@@ -25,7 +25,7 @@ from raydund.errors import UserError
 from raydund.lake import Lake
 from raydund.probes import analysis
 from raydund.probes.data import held_out_mask, load_task
-from raydund.probes.model import primary_metric
+from raydund.probes.model import primary_metric, resolve_precision
 from raydund.report import figures
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ class ProbeConfig:
         Train on the first N training rows only (the paper uses the first 150k tokens).
     standardize : bool
         Probes train on z-scored neurons (see :class:`~raydund.probes.model.ProbeBank`).
-    precision : {"float32", "bfloat16"}
-        The type of the training products (see :class:`~raydund.probes.model.ProbeBank`).
+    precision : {"auto", "float32", "bfloat16"}
+        The type of the training products (see :class:`~raydund.probes.model.ProbeBank`;
+        ``auto``: bfloat16 where the device multiplies it natively).
     workers : int, optional
         Layer-block actors (see the module docstring); default: Ray's CPUs, at most one per
         layer. 1 reads every layer into the driver.
@@ -82,7 +83,7 @@ class ProbeConfig:
     dev_fraction: float = 0.1
     train_limit: int | None = None
     standardize: bool = False
-    precision: str = "float32"
+    precision: str = "auto"
     workers: int | None = None
 
     def settings(self) -> analysis.ProbeSettings:
@@ -147,7 +148,8 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
     kept = _cluster_sets(lake, cfg) if cfg.cluster_split else {}
     params = {**dataclasses.asdict(cfg), "workers": workers, "splits": ",".join(cfg.splits),
               "activations_snapshot_id": lake.activations().current_snapshot().snapshot_id,
-              "train_rows": len(splits.train.labels), "neurons": splits.n_neurons}
+              "train_rows": len(splits.train.labels), "neurons": splits.n_neurons,
+              "precision_resolved": resolve_precision(cfg.precision)}  # as the driver's CPU resolves it
     mlflow = tracking.configure(settings)
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus), f"probes {cfg.label}",
                           params, tags={"raydund.stage": "probes", "raydund.task": cfg.label}) as parent:

@@ -27,7 +27,7 @@ import torch
 from raydund.errors import UserError
 
 TASKS = ("classification", "regression")
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # and "auto" (see resolve_precision)
 BLOCK_FLOP = 1e7  # a block's fixed work per training step, as product flops (~60 us at ~170 GFLOP/s, 2 CPU cores)
 
 
@@ -51,11 +51,13 @@ class ProbeBank:
         they are). Off by default (the paper and NeuroX train on raw activations); it
         helps where activations barely vary, such as the [CLS] of lower layers. The fitted
         ``coef_``/``intercept_`` are folded back to raw activations either way.
-    precision : {"float32", "bfloat16"}
+    precision : {"auto", "float32", "bfloat16"}
         The type of the training products. ``bfloat16`` multiplies bfloat16 copies of the
         batch, the weights and the score gradients, accumulating in float32 (2-4x the
         float32 rate on CPUs with AVX-512-BF16/AMX and on GPUs); the weights, Adam, the
         softmax and the penalty stay float32, and scoring (:meth:`predict`) is float32.
+        ``auto`` (default): ``bfloat16`` where the device multiplies it natively, else
+        ``float32`` (:func:`resolve_precision`).
     device : str, optional
         ``cuda`` when available unless given.
 
@@ -66,6 +68,8 @@ class ProbeBank:
     intercept_ : numpy.ndarray
         ``[P x C]``.
     n_classes_ : int
+    precision_ : str
+        The products' type the bank trained with (``auto`` resolved).
     """
 
     masks: np.ndarray
@@ -77,7 +81,7 @@ class ProbeBank:
     epochs: int = 10
     seed: int = 0
     standardize: bool = False
-    precision: str = "float32"
+    precision: str = "auto"
     device: str | None = None
 
     def _device(self) -> torch.device:
@@ -93,9 +97,9 @@ class ProbeBank:
         """
         if self.task not in TASKS:
             raise UserError(f"unknown probe task {self.task!r}; use one of {TASKS}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown probe precision {self.precision!r}; use one of {tuple(PRECISIONS)}")
-        low = PRECISIONS[self.precision]  # the products' type
+        dev = self._device()
+        self.precision_ = resolve_precision(self.precision, dev)
+        low = PRECISIONS[self.precision_]  # the products' type
         masks = np.asarray(self.masks, dtype=bool)
         local = masks if shard is None else masks[:, shard.columns]
         if masks.ndim != 2 or local.shape[1] != X.shape[1]:
@@ -104,7 +108,6 @@ class ProbeBank:
             raise ValueError(f"{len(X)} rows but {len(y)} targets")
         regression = self.task == "regression"
         C = 1 if regression else int(n_classes if n_classes is not None else int(np.max(y)) + 1)
-        dev = self._device()
         plan = Plan.of(local, block_cost=BLOCK_FLOP / (4 * self.batch_size * C))  # 4 B C flop per pair
         init = [init_probe(mask, C, self.seed) for mask in masks]  # the same start, sharded or not
         rows = [W if shard is None else W[shard.columns] for W, _ in init]
@@ -144,7 +147,8 @@ class ProbeBank:
                     yb = yt[idx].to(dev)
                     if low != torch.float32:
                         xb = xb.to(low)
-                        torch._foreach_copy_(low_weights, weights)
+                        if weights:  # (a shard may hold no neuron any probe reads)
+                            torch._foreach_copy_(low_weights, weights)
                     out = plan.scores(xb, low_weights, score_bias, reduce)  # [B x P x C], float32
                     if regression:  # d/d out of mean (out - y)^2
                         grad = (out - yb[:, None, None]) * (2.0 / B)
@@ -358,6 +362,24 @@ class Plan:
         if reduce is not None:
             reduce(sq)
         return sq.sqrt()
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """The products' type for ``precision`` on ``device``: ``auto`` is ``bfloat16`` where it is native.
+
+    Native: a CUDA device that supports bfloat16, or a CPU with AVX-512-BF16 or AMX
+    (torch's own checks); elsewhere bfloat16 products are emulated and slower, so
+    ``float32``.
+    """
+    if precision == "auto":
+        if torch.device(device).type == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        native = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported")]
+        return "bfloat16" if any(check() for check in native) else "float32"
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown probe precision {precision!r}; use one of {('auto', *PRECISIONS)}")
+    return precision
 
 
 def _merge_blocks(columns: list[np.ndarray], readers: list[np.ndarray], n_probes: int, block_cost: float

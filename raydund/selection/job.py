@@ -69,7 +69,7 @@ class TransferConfig:
     l2: float = 1e-5
     seed: int = 0
     standardize: bool = False
-    precision: str = "float32"
+    precision: str = "auto"
     workers: int | None = None
     register: bool = True
     timing: bool = True
