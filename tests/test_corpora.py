@@ -216,7 +216,7 @@ def test_read_corpus_unknown_dev_label(tmp_path):
 
 
 def test_read_corpus_unknown_label_line_in_conllu_and_glue(tmp_path):
-    train = write(tmp_path, "train.conllu", CONLLU.format(xpos="VB"))
+    write(tmp_path, "train.conllu", CONLLU.format(xpos="VB"))
     dev = write(tmp_path, "dev.conllu", CONLLU.format(xpos="VBX"))
     spec = CorpusSpec(name="ud", format="conllu", labels=("upos", "xpos"),
                       splits={"train": SplitSource("train.conllu"), "dev": SplitSource("dev.conllu")})

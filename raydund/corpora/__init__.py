@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raydund.config import Settings
-from raydund.corpora.conll import LAYOUTS, read_conll
+from raydund.corpora.conll import read_conll
 from raydund.corpora.fetch import locate
 from raydund.corpora.glue import read_glue
 from raydund.corpora.neurox import read_neurox

@@ -149,7 +149,7 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
     params = {**dataclasses.asdict(cfg), "workers": workers, "splits": ",".join(cfg.splits),
               "activations_snapshot_id": lake.activations().current_snapshot().snapshot_id,
               "train_rows": len(splits.train.labels), "neurons": splits.n_neurons,
-              "precision_resolved": resolve_precision(cfg.precision)}  # as the driver's CPU resolves it
+              "precision_resolved": resolve_precision(cfg.precision)}  # as the driver's node resolves it
     mlflow = tracking.configure(settings)
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus), f"probes {cfg.label}",
                           params, tags={"raydund.stage": "probes", "raydund.task": cfg.label}) as parent:

@@ -85,7 +85,7 @@ class ProbeBank:
     device: str | None = None
 
     def _device(self) -> torch.device:
-        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return torch.device(self.device or default_device())
 
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None, shard: "Shard | None" = None
             ) -> "ProbeBank":
@@ -364,16 +364,22 @@ class Plan:
         return sq.sqrt()
 
 
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """The products' type for ``precision`` on ``device``: ``auto`` is ``bfloat16`` where it is native.
+def default_device() -> torch.device:
+    """Where banks train unless told: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_precision(precision: str, device: torch.device | str | None = None) -> str:
+    """The products' type for ``precision`` on ``device`` (:func:`default_device`): ``auto`` is
+    ``bfloat16`` where it is native.
 
     Native: a CUDA device that supports bfloat16, or a CPU with AVX-512-BF16 or AMX
     (torch's own checks); elsewhere bfloat16 products are emulated and slower, so
     ``float32``.
     """
     if precision == "auto":
-        if torch.device(device).type == "cuda":
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        if torch.device(device or default_device()).type == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
         native = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported",
                                                                       "_is_amx_tile_supported")]
         return "bfloat16" if any(check() for check in native) else "float32"
