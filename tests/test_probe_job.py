@@ -91,4 +91,5 @@ def test_layer_block_workers_train_what_one_process_trains(settings):
     assert [r["control_dev"] for r in three["control"]] == pytest.approx([r["control_dev"] for r in one["control"]],
                                                                          abs=2 / 150)
     mlflow.set_tracking_uri(settings.tracking_uri)
-    assert mlflow.get_run(three["run_id"]).data.params["workers"] == "3"
+    params = mlflow.get_run(three["run_id"]).data.params
+    assert params["workers"] == "3" and params["precision_resolved"] == "float32"
