@@ -195,10 +195,11 @@ class ProbeBank:
         return self
 
     def _score_chunks(self, X: np.ndarray, chunk: int = 1024, shard: "Shard | None" = None):
-        """``[rows x P x C]`` scores of consecutive chunks of ``X`` (the same blocks as in training).
+        """``[rows x P x C]`` scores of consecutive chunks of ``X``.
 
-        Chunks are small: gathering a chunk's columns into block order is strided, and
-        slow once the chunk leaves the cache.
+        The blocks are the masks' own, unmerged: at a chunk's rows a block's fixed work is
+        small against its products. Chunks are small: gathering a chunk's columns into
+        block order is strided, and slow once the chunk leaves the cache.
         """
         dev = self._device()
         masks = np.asarray(self.masks, dtype=bool)
@@ -283,7 +284,7 @@ class Plan:
     runs: list[list[tuple[int, int]]]  # each block's readers: runs [a, b) of probe numbers
     colmap: torch.Tensor | None
     n_probes: int
-    masks: list[np.ndarray | None] = dataclasses.field(default_factory=list)  # [n x p] of merged blocks
+    masks: list[np.ndarray | None]  # [n x p] of merged blocks (None: every reader reads every column)
 
     @classmethod
     def of(cls, masks: np.ndarray, block_cost: float = 0.0) -> "Plan":
