@@ -37,9 +37,9 @@ import polars as pl
 import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import CommitFailedException, CommitStateUnknownException, NoSuchTableError
-from pyiceberg.expressions import And, EqualTo, In
+from pyiceberg.expressions import And, EqualTo
 
-from raydund.config import Settings
+from raydund.config import Settings, redact_uri
 from raydund.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,10 @@ TABLE_PROPERTIES = {
 }
 
 
-#: Names that become table names, partition values or run names: no path separators, no "..".
+#: Names that become partition values or run names (models, splits, units): no path separators, no "..".
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Corpus names become table names (``corpus_<name>``) as they are: one corpus, one table, no two alike.
+CORPUS_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 #: Iceberg table names under the ``raydund`` namespace.
 TABLE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,127}$")
 
@@ -88,12 +90,17 @@ COMMIT_ATTEMPTS = 12
 
 
 def check_name(kind: str, value: str) -> str:
-    """Refuse a model, corpus or run name that could escape the warehouse folder.
+    """The one name rule: refuse a corpus, model, split or unit name that could break a table or a path.
+
+    A corpus name is its table's name (``corpus_<name>``), so it must already be one:
+    lowercase letters, digits and ``_``, starting with a letter (at most 64); no two
+    corpora can then share a table. Other names (models, splits, units) are partition
+    values and may also hold upper case, ``-`` and ``.``.
 
     Parameters
     ----------
     kind : str
-        What the name is (for the message): ``"model"``, ``"corpus"``, ...
+        What the name is: ``"corpus"`` (the strict rule), ``"model"``, ``"split"``, ...
     value : str
         The name.
 
@@ -105,9 +112,13 @@ def check_name(kind: str, value: str) -> str:
     Raises
     ------
     UserError
-        When the name holds a path separator, ``..``, or characters outside
-        ``[A-Za-z0-9_.-]`` (at most 128).
+        When the name breaks its rule (the message states the rule).
     """
+    if kind == "corpus":
+        if not isinstance(value, str) or not CORPUS_PATTERN.match(value):
+            raise UserError(f"invalid corpus name {value!r}: use lowercase letters, digits and '_', "
+                            "starting with a letter (at most 64 characters)")
+        return value
     if not isinstance(value, str) or not NAME_PATTERN.match(value) or ".." in value:
         raise UserError(f"invalid {kind} name {value!r}: use letters, digits, '_', '-' and '.' "
                         "(no path separators, no '..', at most 128 characters)")
@@ -123,9 +134,8 @@ def table_identifier(name: str) -> str:
 
 
 def corpus_table_name(corpus: str) -> str:
-    """Iceberg identifier of a corpus table."""
-    check_name("corpus", corpus)
-    return table_identifier(f"corpus_{corpus.replace('-', '_').replace('.', '_').lower()}")
+    """Iceberg identifier of a corpus table: ``raydund.corpus_<name>`` (the name rule makes it one-to-one)."""
+    return table_identifier(f"corpus_{check_name('corpus', corpus)}")
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -223,19 +233,31 @@ class Lake:
     ----------
     settings : Settings
         Where the catalog and warehouse live.
+    create : bool
+        Create the catalog, namespace, folders and tables on first use (writers). With
+        ``False`` (read commands) nothing is ever created: a lake that is not there, or
+        a table it lacks, is a :class:`UserError` that says where it looked.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, create: bool = True):
         self.settings = settings
+        self.create = create
         #: Commits this instance had to retry after losing a concurrency race.
         self.commit_retries = 0
+
+    def require(self) -> "Lake":
+        """Open the catalog now (read mode: fail at once, before any other work, when there is no lake)."""
+        _ = self.catalog
+        return self
 
     def _count_retry(self, exc: BaseException) -> None:
         self.commit_retries += 1
 
     @cached_property
     def catalog(self) -> SqlCatalog:
-        """The Iceberg SQL catalog (created on first use)."""
+        """The Iceberg SQL catalog (created on first use unless ``create`` is False)."""
+        if not self.create:
+            return self._existing_catalog()
         if self.settings.warehouse.startswith("file://"):
             self.settings.prepare()
         # S3 (or MinIO): the endpoint and region from the standard AWS variables; the keys are
@@ -244,6 +266,25 @@ class Lake:
               if os.environ.get(var)}
         catalog = SqlCatalog("raydund", uri=self.settings.catalog_uri, warehouse=self.settings.warehouse, **s3)
         catalog.create_namespace_if_not_exists(NAMESPACE)
+        return catalog
+
+    def _existing_catalog(self) -> SqlCatalog:
+        """The catalog of a lake that must already exist; creates no file, table or namespace."""
+        uri = self.settings.catalog_uri
+        if uri.startswith("sqlite:///"):
+            path = uri[len("sqlite:///"):].split("?", 1)[0]
+            if not os.path.isfile(path):  # connecting would create it
+                raise UserError(f"the lake is empty: there is no catalog at {path} "
+                                f"(RAYDUND_HOME is {self.settings.home}; is that right?)")
+        where = redact_uri(uri)
+        catalog = SqlCatalog("raydund", uri=uri, warehouse=self.settings.warehouse, init_catalog_tables="false")
+        try:
+            found = (NAMESPACE,) in catalog.list_namespaces()
+        except Exception as exc:  # noqa: BLE001  (no catalog tables: SQLAlchemy's errors differ per database)
+            log.debug("no Iceberg catalog tables at %s: %s", redact_uri(uri), exc)
+            found = False
+        if not found:
+            raise UserError(f"the lake is empty: the catalog at {where} holds no {NAMESPACE!r} namespace")
         return catalog
 
     # -- tables -----------------------------------------------------------------
@@ -266,6 +307,8 @@ class Lake:
 
     def _create_if_missing(self, identifier: str, schema: pa.Schema, partitions):
         identifier = table_identifier(identifier)
+        if not self.create:
+            return self.table(identifier)  # read mode: a missing table is an error, never created
         try:
             tbl = self.catalog.load_table(identifier)
         except NoSuchTableError:
@@ -283,30 +326,67 @@ class Lake:
         return tbl
 
     # -- generic result tables --------------------------------------------------------
+    def _prepare_result_table(self, name: str, schema: pa.Schema, partitions: tuple[str, ...]):
+        """The table (created on first use), its schema widened when ``schema`` brings new columns."""
+        ident = table_identifier(name)
+        self._create_if_missing(ident, schema, partitions)
+        tbl = self.catalog.load_table(ident)
+        if not set(tbl.schema().as_arrow().names) >= set(schema.names):
+            def widen():
+                fresh = self.catalog.load_table(ident)
+                if not set(fresh.schema().as_arrow().names) >= set(schema.names):
+                    with fresh.update_schema() as update:
+                        update.union_by_name(schema)
+                return self.catalog.load_table(ident)
+
+            tbl = commit_with_retry(widen, f"schema of {ident}", on_retry=self._count_retry)
+        return tbl
+
     def replace(self, name: str, data: pa.Table, partitions: tuple[str, ...], where: dict,
                 properties: dict | None = None) -> int:
         """Replace the rows matching ``where`` (column -> value or list of values) in one commit.
 
-        Creates the table (partitioned by ``partitions``) on first use and widens its
-        schema when ``data`` brings new columns. Returns the new snapshot id.
+        The write rule: ``where`` names exactly what the caller recomputed; every other
+        row of the table stays. Creates the table (partitioned by ``partitions``) on first
+        use and widens its schema when ``data`` brings new columns. Returns the snapshot id.
         """
+        return self.replace_batches(name, [data], partitions, where, properties)
+
+    def replace_batches(self, name: str, batches, partitions: tuple[str, ...], where: dict,
+                        properties: dict | None = None) -> int:
+        """:meth:`replace` for data that arrives in batches: ONE transaction deletes the rows
+        matching ``where`` and writes the batches one after the other (each becomes its own
+        files as it comes, so only one batch is in memory), committed once at the end.
+
+        ``batches`` is an iterable of Arrow tables of one schema; it is consumed once, so a
+        lost concurrency race is retried only when it is a list.
+        """
+        batches = batches if isinstance(batches, list) else iter(batches)
+        first = batches[0] if isinstance(batches, list) else next(batches)
         ident = table_identifier(name)
-        self._create_if_missing(ident, data.schema, partitions)
-        conditions = [In(k, list(v)) if isinstance(v, (list, tuple)) else EqualTo(k, v) for k, v in where.items()]
-        condition = conditions[0] if len(conditions) == 1 else And(*conditions)
+        self._prepare_result_table(ident, first.schema, partitions)
+        from raydund.runs import condition  # noqa: PLC0415  (runs imports this module)
+
+        overwrite_filter = condition(where)
+        props = {k: str(v) for k, v in (properties or {}).items()}
 
         def commit() -> int:
             tbl = self.catalog.load_table(ident)
-            if not set(tbl.schema().as_arrow().names) >= set(data.schema.names):
-                with tbl.update_schema() as update:
-                    update.union_by_name(data.schema)
-            with warnings.catch_warnings():
+            schema = tbl.schema().as_arrow()
+            rest = batches[1:] if isinstance(batches, list) else batches
+            with warnings.catch_warnings(), tbl.transaction() as tx:
                 warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-                tbl.overwrite(_conform(data, tbl.schema().as_arrow()), overwrite_filter=condition,
-                              snapshot_properties={k: str(v) for k, v in (properties or {}).items()})
-            return tbl.current_snapshot().snapshot_id
+                tx.overwrite(_conform(first, schema), overwrite_filter=overwrite_filter, snapshot_properties=props)
+                for batch in rest:
+                    tx.append(_conform(batch, schema), snapshot_properties=props)
+            return self.catalog.load_table(ident).current_snapshot().snapshot_id
 
-        return commit_with_retry(commit, f"replace in {ident}", on_retry=self._count_retry)
+        if isinstance(batches, list):
+            snap = commit_with_retry(commit, f"replace in {ident}", on_retry=self._count_retry)
+        else:
+            snap = commit()  # a stream cannot be replayed: a lost race fails the job, which re-runs
+        _release_arrow_memory()
+        return snap
 
     # -- corpora ----------------------------------------------------------------
     def write_corpus(self, corpus: str, splits: dict[str, pa.Table], properties: dict | None = None) -> int:
@@ -317,6 +397,10 @@ class Lake:
         """
         if not splits:
             raise UserError(f"nothing to ingest for corpus {corpus!r}")
+        check_name("corpus", corpus)
+        empty = [split for split, t in splits.items() if t.num_rows == 0]
+        if empty:
+            raise UserError(f"corpus {corpus!r}: split {empty[0]!r} has no sentences; nothing written")
         parts = [t.add_column(0, "split", pa.array([split] * t.num_rows, pa.string())) for split, t in splits.items()]
         data = pa.concat_tables(parts, promote_options="permissive")
         return self.replace(corpus_table_name(corpus), data, ("split",), {"split": list(splits)}, properties)
@@ -424,6 +508,14 @@ class Lake:
             })
         return pl.DataFrame(rows, schema={"table": pl.String, "rows": pl.Int64, "files": pl.Int64,
                                           "bytes": pl.Int64, "snapshot_id": pl.Int64})
+
+
+def _release_arrow_memory() -> None:
+    """Hand the Arrow memory pool's free pages back to the OS (its allocator keeps them otherwise)."""
+    try:
+        pa.default_memory_pool().release_unused()
+    except AttributeError:  # pragma: no cover - old pyarrow
+        pass
 
 
 def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -18,13 +18,12 @@ import numpy as np
 import pyarrow as pa
 import polars as pl
 
-from pyiceberg.expressions import And, EqualTo
-
-from raydund import memory, tracking
+from raydund import memory, runs, tracking
 from raydund.cluster import DEFAULT_THRESHOLDS, SPANS, CorrelationClustering
 from raydund.config import Settings
 from raydund.errors import UserError
-from raydund.lake import Lake
+from raydund.lake import ACTIVATIONS, Lake, _release_arrow_memory
+from raydund.runs import StageRun
 from raydund.report import figures
 from raydund.stats.job import SimilarityConfig, compute_moments, layer_of
 from raydund.stats.similarity import Similarity, similarity
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 LAYER_SIMILARITY = "layer_similarity"
 NEURON_CORRELATION = "neuron_correlation"
 CLUSTERS = "clusters"
-KEY = ("model", "corpus", "split", "unit")
 
 
 def _variant(cfg: SimilarityConfig) -> str:
@@ -87,50 +85,12 @@ def correlation_batches(sim: Similarity, cfg: SimilarityConfig, rows_per_batch: 
                         "constant": sim.constant[a:b], "r": r_col})
 
 
-def replace_in_batches(lake: Lake, name: str, batches, partitions: tuple[str, ...], where: dict,
-                       properties: dict | None = None) -> int:
-    """:meth:`Lake.replace` for data that arrives in batches: ONE Iceberg transaction that
-    deletes the rows matching ``where`` and writes the batches one after the other (each
-    becomes its own files as it comes), committed once at the end. Returns the snapshot id.
-    """
-    from raydund.lake import _conform, table_identifier  # noqa: PLC0415
-
-    batches = iter(batches)
-    first = next(batches)
-    ident = table_identifier(name)
-    lake._create_if_missing(ident, first.schema, partitions)
-    tbl = lake.catalog.load_table(ident)
-    if not set(tbl.schema().as_arrow().names) >= set(first.schema.names):
-        with tbl.update_schema() as update:
-            update.union_by_name(first.schema)
-        tbl = lake.catalog.load_table(ident)
-    conditions = [EqualTo(k, v) for k, v in where.items()]
-    condition = conditions[0] if len(conditions) == 1 else And(*conditions)
-    props = {k: str(v) for k, v in (properties or {}).items()}
-    schema = tbl.schema().as_arrow()
-    import warnings  # noqa: PLC0415
-
-    with warnings.catch_warnings(), tbl.transaction() as tx:
-        warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-        tx.overwrite(_conform(first, schema), overwrite_filter=condition, snapshot_properties=props)
-        del first
-        for batch in batches:
-            tx.append(_conform(batch, schema), snapshot_properties=props)
-            del batch
-    _release_arrow_memory()
-    return lake.catalog.load_table(ident).current_snapshot().snapshot_id
-
-
-def _release_arrow_memory() -> None:
-    """Hand the Arrow memory pool's free pages back to the OS (its allocator keeps them otherwise)."""
-    try:
-        pa.default_memory_pool().release_unused()
-    except AttributeError:  # pragma: no cover - old pyarrow
-        pass
-
-
 def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = True) -> dict:
-    """The one-pass general-redundancy statistics for one (model, corpus, split)."""
+    """The one-pass general-redundancy statistics for one (model, corpus, split).
+
+    Writes ``layer_similarity`` and ``neuron_correlation`` for exactly (model, corpus,
+    split, unit, variant), then the run row that makes both visible to readers at once.
+    """
     lake = Lake(settings)
     snapshot = lake.activations().current_snapshot()
     if snapshot is None:
@@ -144,14 +104,16 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
         sim = similarity(moments, inplace=True)  # G becomes r: one N x N float64 array in all
         del moments
         cka_table = cka_rows(sim, cfg)
-        where = {"model": cfg.model, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit,
-                 "variant": _variant(cfg)}
+        stage = StageRun(lake, "similarity", cfg.model, cfg.corpus,
+                         {"split": cfg.split, "unit": cfg.unit, "variant": _variant(cfg)},
+                         inputs={ACTIVATIONS: snapshot.snapshot_id})
         props = {"mlflow.run_id": run.info.run_id}
-        snap_cka = lake.replace(LAYER_SIMILARITY, cka_table, ("model", "corpus"), where, props)
+        stage.replace(LAYER_SIMILARITY, cka_table, ("model", "corpus"), props)
         # r as float32 rows, batch by batch, in one commit: never a second N x N copy
-        snap_r = replace_in_batches(lake, NEURON_CORRELATION, correlation_batches(sim, cfg),
-                                    ("model", "corpus", "split"), where, props)
-        mlflow = tracking.configure(settings)
+        stage.replace_in_batches(NEURON_CORRELATION, correlation_batches(sim, cfg), ("model", "corpus", "split"),
+                                 props)
+        stage.complete(run.info.run_id)
+        # the lake holds the result now: tracking failures from here on are spooled, never raised
         L = len(sim.widths)
         adjacent = [sim.cka[i, i + 1] for i in range(L - 1)]
         metrics = {
@@ -160,38 +122,48 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
             "cka_debiased_adjacent_mean": float(np.mean([sim.cka_debiased[i, i + 1] for i in range(L - 1)])),
             "seconds": time.perf_counter() - start,
         }
-        mlflow.log_metrics(metrics)
-        mlflow.set_tags({"iceberg.snapshot_id.layer_similarity": str(snap_cka),
-                         "iceberg.snapshot_id.neuron_correlation": str(snap_r),
-                         "iceberg.snapshot_id.activations": str(snapshot.snapshot_id)})
+        track = tracking.Tracker(settings, run.info.run_id)
+        track.metrics(metrics)
+        track.tags({**stage_tags(stage), "iceberg.snapshot_id.activations": str(snapshot.snapshot_id)})
         for name, matrix in (("cka", sim.cka), ("cka_debiased", sim.cka_debiased)):
-            fig = figures.cka_heatmap(matrix, f"{name.replace('_', ' ')}: {cfg.model}, {cfg.corpus}/{cfg.split}")
-            mlflow.log_figure(fig, f"figures/{name}.png")
-            figures.close(fig)
-        mlflow.log_table(pl.from_arrow(cka_table).to_pandas(), artifact_file="tables/layer_similarity.json")
+            track.figure(figures.cka_heatmap(matrix, f"{name.replace('_', ' ')}: {cfg.model}, {cfg.corpus}/{cfg.split}"),
+                         f"figures/{name}.png")
+        track.json(pl.from_arrow(cka_table).to_dicts(), "tables/layer_similarity.json")
         if sim.constant.any():
             log.warning("%d constant neuron(s) are left out of the correlations", int(sim.constant.sum()))
-    return {"run_id": run.info.run_id, "similarity": sim, **metrics}
+    return {"run_id": run.info.run_id, "raydund_run_id": stage.run_id, "similarity": sim, **metrics}
+
+
+def stage_tags(stage: StageRun) -> dict:
+    """MLflow tags that trace a job to its lake run and the snapshot of every table it wrote."""
+    return {"raydund.run_id": stage.run_id,
+            **{f"iceberg.snapshot_id.{t.rpartition('.')[2]}": str(s) for t, s in stage.outputs.items()}}
+
+
+def correlation_run(lake: Lake, model: str, corpus: str, split: str, unit: str = "word", variant: str = "all"):
+    """The latest completed similarity run of (model, corpus, split, unit, variant); a clear error if none."""
+    run = runs.latest(lake, "similarity", model, corpus, NEURON_CORRELATION, split=split, unit=unit, variant=variant)
+    if run is None:
+        raise UserError(f"no correlations for {model} {corpus}/{split} ({unit}, {variant}); "
+                        "run `raydund similarity` first")
+    return run
 
 
 def load_correlations(lake: Lake, model: str, corpus: str, split: str, unit: str = "word",
                       variant: str = "all", dtype=np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """r (N x N), layer of each neuron, constant mask, and the table's snapshot id.
+    """r (N x N), layer of each neuron, constant mask, and the snapshot id it was read at.
 
-    The rows are streamed from the table straight into one preallocated ``[N x N]`` array
-    of ``dtype`` (float32, as stored, takes half the memory of float64 and loses nothing).
+    Read from the latest completed similarity run (:mod:`raydund.runs`), at the snapshot
+    that run committed: a half-written re-run is never seen. The rows are streamed from
+    the table straight into one preallocated ``[N x N]`` array of ``dtype`` (float32, as
+    stored, takes half the memory of float64 and loses nothing).
     """
-    table = lake.table(NEURON_CORRELATION)
-    snapshot = table.current_snapshot()
-    meta = _correlation_meta(lake, model, corpus, split, unit, variant)
+    run = correlation_run(lake, model, corpus, split, unit, variant)
+    meta = _correlation_meta(lake, run)
     N = meta.height
     r = np.empty((N, N), dtype=dtype)
     filled = np.zeros(N, dtype=bool)
-    where = And(EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split), EqualTo("unit", unit),
-                EqualTo("variant", variant))
-    scan = table.scan(row_filter=where, selected_fields=("position", "r"),
-                      snapshot_id=snapshot.snapshot_id if snapshot else None)
-    for batch in scan.to_arrow_batch_reader():
+    for batch in runs.read(lake, run, NEURON_CORRELATION, selected_fields=("position", "r")).to_arrow_batch_reader():
         if batch.num_rows == 0:
             continue
         pos = batch.column("position").to_numpy()
@@ -205,23 +177,15 @@ def load_correlations(lake: Lake, model: str, corpus: str, split: str, unit: str
     _release_arrow_memory()
     if not filled.all():
         raise UserError(f"neuron_correlation of {model} {corpus}/{split} misses {int((~filled).sum())} rows")
-    return r, meta["layer"].to_numpy(), meta["constant"].to_numpy(), snapshot.snapshot_id
+    return r, meta["layer"].to_numpy(), meta["constant"].to_numpy(), run.snapshot(NEURON_CORRELATION)
 
 
-def _correlation_meta(lake: Lake, model: str, corpus: str, split: str, unit: str, variant: str) -> pl.DataFrame:
+def _correlation_meta(lake: Lake, run: runs.Run) -> pl.DataFrame:
     """position, layer, constant of every neuron of one correlation matrix (small columns only)."""
-    where = And(EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split), EqualTo("unit", unit),
-                EqualTo("variant", variant))
-    try:
-        data = lake.table(NEURON_CORRELATION).scan(row_filter=where,
-                                                   selected_fields=("position", "layer", "constant")).to_arrow()
-    except UserError:
-        data = None
-    if data is None or data.num_rows == 0:
-        raise UserError(f"no correlations for {model} {corpus}/{split}; run `raydund similarity` first")
+    data = runs.read(lake, run, NEURON_CORRELATION, selected_fields=("position", "layer", "constant")).to_arrow()
     frame = pl.from_arrow(data).sort("position")
-    if not np.array_equal(frame["position"].to_numpy(), np.arange(frame.height)):
-        raise UserError(f"neuron_correlation of {model} {corpus}/{split} has gaps in its positions; re-run similarity")
+    if frame.height == 0 or not np.array_equal(frame["position"].to_numpy(), np.arange(frame.height)):
+        raise UserError(f"neuron_correlation of run {run.run_id} has gaps in its positions; re-run similarity")
     return frame
 
 
@@ -240,36 +204,41 @@ class ClusterConfig:
 
 
 def run_clustering(cfg: ClusterConfig, settings: Settings) -> CorrelationClustering:
-    """Cluster the neurons at every threshold; lake table + MLflow parent/child runs."""
+    """Cluster the neurons at every threshold; lake table + MLflow parent/child runs.
+
+    Replaces ``clusters`` for exactly (model, corpus, split, unit, variant, representative,
+    seed), read from the latest completed similarity run of that slice.
+    """
     lake = Lake(settings)
-    meta = _correlation_meta(lake, cfg.model, cfg.corpus, cfg.split, cfg.unit, cfg.variant)
+    source = correlation_run(lake, cfg.model, cfg.corpus, cfg.split, cfg.unit, cfg.variant)
+    meta = _correlation_meta(lake, source)
     memory.check(memory.clustering_plan(meta.height, int(meta["layer"].max()) + 1, len(cfg.thresholds)))
     # float32 as stored: the distances are built from it in float64, block by block
     r, layers, constant, snap = load_correlations(lake, cfg.model, cfg.corpus, cfg.split, cfg.unit, cfg.variant,
                                                   dtype=np.float32)
     params = {**dataclasses.asdict(cfg), "thresholds": ",".join(map(str, cfg.thresholds)),
-              "neuron_correlation_snapshot_id": snap}
-    mlflow = tracking.configure(settings)
+              "neuron_correlation_snapshot_id": snap, "similarity_run_id": source.run_id}
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus), f"cluster sweep {cfg.split}",
                           params, tags={"raydund.stage": "cluster"}) as parent:
         cc = CorrelationClustering(tuple(cfg.thresholds), cfg.representative, cfg.seed).fit(r, layers, constant)
+        stage = StageRun(lake, "cluster", cfg.model, cfg.corpus,
+                         {"split": cfg.split, "unit": cfg.unit, "variant": cfg.variant,
+                          "representative": cfg.representative, "seed": cfg.seed},
+                         inputs={NEURON_CORRELATION: snap, "similarity_run": source.run_id})
+        stage.replace(CLUSTERS, clusters_table(cc, cfg, layers), ("model", "corpus"),
+                      {"mlflow.run_id": parent.info.run_id})
+        stage.complete(parent.info.run_id)
+        track = tracking.Tracker(settings, parent.info.run_id)
+        track.tags(stage_tags(stage))
         for step, row in enumerate(cc.summary_):
-            with mlflow.start_run(run_name=f"threshold={row['threshold']:.2f}", nested=True,
-                                  experiment_id=parent.info.experiment_id):
-                mlflow.log_params({"threshold": row["threshold"], "representative": cfg.representative,
-                                   "seed": cfg.seed})
-                mlflow.log_metrics(_metric_names(row))
-            mlflow.log_metrics({f"sweep_{k}": v for k, v in _metric_names(row).items()}, step=step)
-        table = clusters_table(cc, cfg, layers)
-        where = {"model": cfg.model, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit,
-                 "representative": cfg.representative, "seed": cfg.seed}
-        snap_c = lake.replace(CLUSTERS, table, ("model", "corpus"), where, {"mlflow.run_id": parent.info.run_id})
-        mlflow.set_tag("iceberg.snapshot_id.clusters", str(snap_c))
-        for name, fig in (("cc_threshold_curve", figures.threshold_curve(cc.summary_, f"{cfg.model}, {cfg.corpus}")),
-                          ("cc_composition", figures.composition_bars(cc.summary_, SPANS, f"{cfg.model}, {cfg.corpus}"))):
-            mlflow.log_figure(fig, f"figures/{name}.png")
-            figures.close(fig)
-        mlflow.log_table(pl.DataFrame(cc.summary_).to_pandas(), artifact_file="tables/cc_sweep.json")
+            track.child(f"threshold={row['threshold']:.2f}",
+                        {"threshold": row["threshold"], "representative": cfg.representative, "seed": cfg.seed},
+                        _metric_names(row))
+            track.metrics({f"sweep_{k}": v for k, v in _metric_names(row).items()}, step=step)
+        title = f"{cfg.model}, {cfg.corpus}"
+        track.figure(figures.threshold_curve(cc.summary_, title), "figures/cc_threshold_curve.png")
+        track.figure(figures.composition_bars(cc.summary_, SPANS, title), "figures/cc_composition.png")
+        track.json(cc.summary_, "tables/cc_sweep.json")
     return cc
 
 
@@ -286,7 +255,7 @@ def clusters_table(cc: CorrelationClustering, cfg: ClusterConfig, layers: np.nda
     for t, labels, keep in zip(cc.thresholds, cc.labels_, cc.keep_):
         parts.append(pa.table({
             "model": [cfg.model] * n, "corpus": [cfg.corpus] * n, "split": [cfg.split] * n, "unit": [cfg.unit] * n,
-            "representative": [cfg.representative] * n, "seed": pa.array([cfg.seed] * n, pa.int32()),
+            "variant": [cfg.variant] * n, "representative": [cfg.representative] * n, "seed": pa.array([cfg.seed] * n, pa.int32()),
             "threshold": pa.array([float(t)] * n, pa.float64()),
             "layer": layers[cc.neurons_].astype(np.int32), "neuron": within[cc.neurons_].astype(np.int32),
             "position": cc.neurons_.astype(np.int32), "cluster_id": labels.astype(np.int32), "kept": keep,
