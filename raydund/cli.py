@@ -201,13 +201,15 @@ def cmd_tables(args) -> None:
 
 
 def cmd_catalog(args) -> None:
-    from raydund.config import CATALOG_DIR, load_yaml  # noqa: PLC0415
+    from raydund.config import CATALOG_DIR, catalog_entries, load_yaml  # noqa: PLC0415
 
-    for kind in ("corpora", "models"):
+    listing = {kind: catalog_entries(kind) for kind in ("corpora", "models")}
+    for kind, entries in listing.items():
         print(f"{kind}:")
-        for path in sorted((CATALOG_DIR / kind).glob("*.yaml")):
-            entry = load_yaml(kind, path.stem)
-            print(f"  {path.stem:<20} {entry.get('description', entry.get('hf_name', ''))}")
+        for name, path in entries.items():
+            entry = load_yaml(kind, str(path))
+            where = "" if path.parent.parent == CATALOG_DIR else f"  [{path}]"
+            print(f"  {name:<20} {entry.get('description', entry.get('hf_name', ''))}{where}")
 
 
 def cmd_demo(args) -> None:

@@ -29,8 +29,11 @@ import yaml
 
 from raydund.errors import UserError
 
-#: The repository's ``catalog/`` folder: corpus and model declarations.
-CATALOG_DIR = Path(__file__).resolve().parent.parent / "catalog"
+#: The built-in catalog shipped inside the package (``raydund/catalog/``; the checkout's
+#: top-level ``catalog/`` is a symlink to it): corpus and model declarations.
+CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
+#: Environment variable naming the user's own catalog folders (``os.pathsep``-separated).
+CATALOG_PATH_VAR = "RAYDUND_CATALOG_PATH"
 
 
 #: ``scheme://user:password@host``: the password part of a URI.
@@ -173,8 +176,57 @@ class Settings:
         return out
 
 
+def catalog_dirs(env: dict | None = None) -> list[Path]:
+    """The catalog folders, in lookup order: ``RAYDUND_CATALOG_PATH`` entries, then the built-in one.
+
+    Each folder holds ``corpora/*.yaml`` and ``models/*.yaml``. A user entry with the
+    same name as a built-in one (or one in a later folder) wins: the first folder
+    that declares a name is the one read.
+
+    Parameters
+    ----------
+    env : dict, optional
+        Environment to read (default ``os.environ``).
+
+    Raises
+    ------
+    UserError
+        A listed folder does not exist.
+    """
+    env = os.environ if env is None else env
+    dirs = []
+    for entry in env.get(CATALOG_PATH_VAR, "").split(os.pathsep):
+        if not entry.strip():
+            continue
+        folder = _abs_path(entry)
+        if not folder.is_dir():
+            raise UserError(f"{CATALOG_PATH_VAR} names {entry!r}, which is not a folder")
+        dirs.append(folder)
+    return [*dirs, CATALOG_DIR]
+
+
+def catalog_entries(kind: str, env: dict | None = None) -> dict[str, Path]:
+    """Every catalog entry of ``kind`` by name -> the YAML file that declares it (first folder wins).
+
+    Parameters
+    ----------
+    kind : {"corpora", "models"}
+        Sub-folder of the catalog.
+    env : dict, optional
+        Environment to read (default ``os.environ``).
+    """
+    found: dict[str, Path] = {}
+    for folder in catalog_dirs(env):
+        for path in sorted((folder / kind).glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return dict(sorted(found.items()))
+
+
 def load_yaml(kind: str, name: str) -> dict:
-    """Read ``catalog/<kind>/<name>.yaml``, or a YAML file given by path.
+    """Read the catalog entry ``<kind>/<name>.yaml``, or a YAML file given by path.
+
+    The entry is looked up in the folders of ``RAYDUND_CATALOG_PATH`` first, then in
+    the built-in catalog (:func:`catalog_dirs`).
 
     Parameters
     ----------
@@ -182,13 +234,21 @@ def load_yaml(kind: str, name: str) -> dict:
         Sub-folder of the catalog.
     name : str
         Entry name (``conll2000``) or a path to a YAML file.
+
+    Raises
+    ------
+    UserError
+        No such entry.
     """
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
-        path = CATALOG_DIR / kind / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CATALOG_DIR / kind).glob("*.yaml"))
-        raise UserError(f"unknown {kind[:-1] if kind != 'corpora' else 'corpus'} {name!r}; known: {', '.join(known)}")
+        entries = catalog_entries(kind)
+        if name not in entries:
+            raise UserError(f"unknown {kind[:-1] if kind != 'corpora' else 'corpus'} {name!r}; "
+                            f"known: {', '.join(entries)}")
+        path = entries[name]
+    elif not path.is_file():
+        raise UserError(f"no catalog file {name!r}")
     with open(path, encoding="utf-8") as fh:
         data = yaml.safe_load(fh) or {}
     data.setdefault("name", path.stem)
