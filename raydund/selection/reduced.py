@@ -8,9 +8,10 @@ the final probe maps them to labels. Saved as an MLflow pyfunc model:
 - ``probe.npz``: the neuron positions, the probe's weights and intercept;
 - ``meta.json``: classes, unit, aggregation, task, layer.
 
-``ReducedModel.predict`` takes a pandas DataFrame with a ``text`` column (words split on
-whitespace; ``text_b`` for sentence pairs) or a list of strings, and returns one list of
-labels per sentence (``unit="word"``) or one label per sentence (``unit="cls"``).
+``ReducedModel.predict`` takes a pandas DataFrame with a ``text`` column (``text_b`` for
+sentence pairs) or a list of sentences, each a string (words split on whitespace) or a
+list of words (taken as is); anything else is refused. It returns one list of labels per
+sentence (``unit="word"``) or one label per sentence (``unit="cls"``).
 """
 
 from __future__ import annotations
@@ -114,10 +115,10 @@ class ReducedModel(_PythonModel):
     def predict(self, context, model_input, params=None):
         """Labels for raw text: one list per sentence (words) or one label per sentence (cls)."""
         texts, texts_b = _texts(model_input)
-        sentences = [t.split() for t in texts]
+        sentences = [_words(t) for t in texts]
         if any(not s for s in sentences):
             raise UserError("every input sentence needs at least one word")
-        pairs = [t.split() for t in texts_b] if texts_b is not None else None
+        pairs = [_words(t) for t in texts_b] if texts_b is not None else None
         classes = self.meta.get("classes")
         out = []
         for feats in self.features(sentences, pairs):
@@ -127,16 +128,37 @@ class ReducedModel(_PythonModel):
         return out
 
 
-def _texts(model_input) -> tuple[list[str], list[str] | None]:
+def _texts(model_input) -> tuple[list, list | None]:
+    """The sentences (and second sentences of pairs) of a predict input, each a string or a word list."""
     if isinstance(model_input, str):
         return [model_input], None
-    if isinstance(model_input, (list, tuple)):
-        return [str(t) for t in model_input], None
+    if isinstance(model_input, (list, tuple, np.ndarray)):
+        return list(model_input), None
     columns = getattr(model_input, "columns", None)
     if columns is None or "text" not in columns:
-        raise UserError("give a list of sentences or a DataFrame with a 'text' column (and 'text_b' for pairs)")
-    b = [str(t) for t in model_input["text_b"]] if "text_b" in columns else None
-    return [str(t) for t in model_input["text"]], b
+        raise UserError("give a list of sentences (strings or lists of words) or a DataFrame with a 'text' "
+                        "column (and 'text_b' for pairs)")
+    b = list(model_input["text_b"]) if "text_b" in columns else None
+    return list(model_input["text"]), b
+
+
+def _words(sentence) -> list[str]:
+    """One sentence as words: a string is split on whitespace, a list (or array) of strings is taken as is.
+
+    Raises
+    ------
+    UserError
+        Anything else (a number, ``None``, a list holding a non-string or an empty word).
+    """
+    if isinstance(sentence, str):
+        return sentence.split()
+    if isinstance(sentence, (list, tuple, np.ndarray)):
+        words = list(sentence)
+        if all(isinstance(w, str) and w.strip() for w in words):
+            return words
+        raise UserError(f"a pre-split sentence must be a list of non-empty strings, got {words[:5]!r}")
+    raise UserError(f"a sentence must be a string or a list of words, got {type(sentence).__name__}: "
+                    f"{str(sentence)[:40]!r}")
 
 
 def log_reduced(mlflow, folder: Path, registered_name: str | None):
