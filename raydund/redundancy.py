@@ -124,7 +124,7 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
         }
         track = tracking.Tracker(settings, run.info.run_id)
         track.metrics(metrics)
-        track.tags({**stage_tags(stage), "iceberg.snapshot_id.activations": str(snapshot.snapshot_id)})
+        track.tags({**stage.tags(), "iceberg.snapshot_id.activations": str(snapshot.snapshot_id)})
         for name, matrix in (("cka", sim.cka), ("cka_debiased", sim.cka_debiased)):
             track.figure(figures.cka_heatmap(matrix, f"{name.replace('_', ' ')}: {cfg.model}, {cfg.corpus}/{cfg.split}"),
                          f"figures/{name}.png")
@@ -132,12 +132,6 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
         if sim.constant.any():
             log.warning("%d constant neuron(s) are left out of the correlations", int(sim.constant.sum()))
     return {"run_id": run.info.run_id, "raydund_run_id": stage.run_id, "similarity": sim, **metrics}
-
-
-def stage_tags(stage: StageRun) -> dict:
-    """MLflow tags that trace a job to its lake run and the snapshot of every table it wrote."""
-    return {"raydund.run_id": stage.run_id,
-            **{f"iceberg.snapshot_id.{t.rpartition('.')[2]}": str(s) for t, s in stage.outputs.items()}}
 
 
 def correlation_run(lake: Lake, model: str, corpus: str, split: str, unit: str = "word", variant: str = "all"):
@@ -229,7 +223,7 @@ def run_clustering(cfg: ClusterConfig, settings: Settings) -> CorrelationCluster
                       {"mlflow.run_id": parent.info.run_id})
         stage.complete(parent.info.run_id)
         track = tracking.Tracker(settings, parent.info.run_id)
-        track.tags(stage_tags(stage))
+        track.tags(stage.tags())
         for step, row in enumerate(cc.summary_):
             track.child(f"threshold={row['threshold']:.2f}",
                         {"threshold": row["threshold"], "representative": cfg.representative, "seed": cfg.seed},

@@ -158,6 +158,11 @@ class StageRun:
     def _props(self, properties: dict | None) -> dict:
         return {"raydund.run_id": self.run_id, "raydund.stage": self.stage, **(properties or {})}
 
+    def tags(self) -> dict:
+        """MLflow tags that trace a job to this run and the snapshot of every table it wrote."""
+        return {"raydund.run_id": self.run_id,
+                **{f"iceberg.snapshot_id.{t.rpartition('.')[2]}": str(s) for t, s in self.outputs.items()}}
+
     def complete(self, mlflow_run_id: str | None = None) -> int:
         """Commit this run's row: from now on readers see every table it wrote. Returns the snapshot id."""
         faults.crash_point(f"{self.stage}.before_complete")

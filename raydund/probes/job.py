@@ -19,12 +19,13 @@ import numpy as np
 import pyarrow as pa
 import polars as pl
 
-from raydund import tracking
+from raydund import runs, tracking
 from raydund.config import Settings
 from raydund.errors import UserError
-from raydund.lake import Lake
+from raydund.lake import ACTIVATIONS, Lake
+from raydund.runs import StageRun
 from raydund.probes import analysis
-from raydund.probes.data import held_out_mask, load_task
+from raydund.probes.data import check_labels, held_out_mask, load_task
 from raydund.probes.model import primary_metric, resolve_precision
 from raydund.report import figures
 
@@ -138,19 +139,19 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
     """Layer-wise probes, control task, rankings, minimal set and clustering sweep for one task."""
     from raydund.extract.job import ensure_ray  # noqa: PLC0415
 
-    ray = ensure_ray()
     lake = Lake(settings)
+    check_labels(lake, cfg.corpus, [cfg.label])  # a mistyped label fails before Ray starts or a layer is read
+    ray = ensure_ray()
     start = time.perf_counter()
     workers = probe_workers(cfg, lake, ray)
     check_memory(lake, cfg, workers)  # before a byte is read: a task that cannot fit says so with the numbers
     splits, parts = plan_splits(lake, cfg, activations=workers == 1)
     probe_settings = cfg.settings()
-    kept = _cluster_sets(lake, cfg) if cfg.cluster_split else {}
+    kept, kept_inputs = _cluster_sets(lake, cfg) if cfg.cluster_split else ({}, {})
     params = {**dataclasses.asdict(cfg), "workers": workers, "splits": ",".join(cfg.splits),
               "activations_snapshot_id": lake.activations().current_snapshot().snapshot_id,
               "train_rows": len(splits.train.labels), "neurons": splits.n_neurons,
               "precision_resolved": resolve_precision(cfg.precision)}  # as the driver's node resolves it
-    mlflow = tracking.configure(settings)
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus), f"probes {cfg.label}",
                           params, tags={"raydund.stage": "probes", "raydund.task": cfg.label}) as parent:
         if workers == 1:  # all layers in the object store once, independent analyses as parallel Ray tasks
@@ -165,17 +166,18 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
                 results = _run_analyses(cfg, splits, probe_settings, kept, lambda done: done,
                                         lambda fn, *args: fn(splits, *args))
         results["seconds"] = time.perf_counter() - start
-        _track(mlflow, parent, cfg, splits, results)
-        table = results_table(cfg, results)
-        snap = lake.replace(PROBE_RESULTS, table, ("model", "corpus"),
-                            {"model": cfg.model, "corpus": cfg.corpus, "task": cfg.label, "unit": cfg.unit},
-                            {"mlflow.run_id": parent.info.run_id})
-        mlflow.set_tag("iceberg.snapshot_id.probe_results", str(snap))
-        ranks = results["rankings"]
-        snap_r = lake.replace(NEURON_RANKINGS, rankings_table(cfg, ranks, splits.train.widths), ("model", "corpus"),
-                              {"model": cfg.model, "corpus": cfg.corpus, "task": cfg.label, "unit": cfg.unit},
-                              {"mlflow.run_id": parent.info.run_id})
-        mlflow.set_tag("iceberg.snapshot_id.neuron_rankings", str(snap_r))
+        stage = StageRun(lake, "probes", cfg.model, cfg.corpus, {"task": cfg.label, "unit": cfg.unit},
+                         inputs={ACTIVATIONS: params["activations_snapshot_id"], **kept_inputs})
+        props = {"mlflow.run_id": parent.info.run_id}
+        stage.replace(PROBE_RESULTS, results_table(cfg, results), ("model", "corpus"), props)
+        stage.replace(NEURON_RANKINGS, rankings_table(cfg, results["rankings"], splits.train.widths),
+                      ("model", "corpus"), props)
+        stage.complete(parent.info.run_id)
+        # the lake holds the result now: tracking failures from here on are spooled, never raised
+        track = tracking.Tracker(settings, parent.info.run_id)
+        track.tags(stage.tags())
+        _track(track, cfg, splits, results)
+        results["raydund_run_id"] = stage.run_id
     results["run_id"] = parent.info.run_id
     return results
 
@@ -236,48 +238,45 @@ def check_memory(lake: Lake, cfg: ProbeConfig, workers: int = 1, object_store: b
                                    object_store=workers == 1 if object_store is None else object_store))
 
 
-def _cluster_sets(lake: Lake, cfg: ProbeConfig) -> dict[float, np.ndarray]:
-    """Kept neurons (positions on the stacked axis) per threshold of the clustering sweep."""
-    frame = (lake.scan("clusters")
-             .filter((pl.col("model") == cfg.model) & (pl.col("corpus") == cfg.corpus)
-                     & (pl.col("split") == cfg.cluster_split) & (pl.col("unit") == cfg.unit) & pl.col("kept"))
-             .select("threshold", "position").collect())
-    if frame.height == 0:
+def _cluster_sets(lake: Lake, cfg: ProbeConfig) -> tuple[dict[float, np.ndarray], dict]:
+    """Kept neurons (positions on the stacked axis) per threshold of the latest clustering sweep.
+
+    Returns the sets and the lineage (cluster run id, clusters snapshot) for the run row.
+    """
+    run = runs.latest(lake, "cluster", cfg.model, cfg.corpus, "clusters", split=cfg.cluster_split, unit=cfg.unit,
+                      variant="all")
+    if run is None:
         raise UserError(f"no clusters for {cfg.model} {cfg.corpus}/{cfg.cluster_split}; run `raydund cluster` first")
-    return {t: g["position"].to_numpy() for (t,), g in frame.group_by("threshold")}
+    frame = pl.from_arrow(runs.read(lake, run, "clusters", selected_fields=("threshold", "position", "kept"))
+                          .to_arrow()).filter(pl.col("kept"))
+    sets = {t: g.sort("position")["position"].to_numpy() for (t,), g in frame.group_by("threshold")}
+    return sets, {"cluster_run": run.run_id, "raydund.clusters": run.snapshot("clusters")}
 
 
-def _track(mlflow, parent, cfg: ProbeConfig, splits: analysis.Splits, results: dict) -> None:
+def _track(track: tracking.Tracker, cfg: ProbeConfig, splits: analysis.Splits, results: dict) -> None:
     """Child runs per layer probe, per k and per threshold; metrics, tables and figures."""
     key = primary_metric(cfg.task)
-    exp = parent.info.experiment_id
     for kind, rows in (("layer", results["layerwise"]), ("k", results["minimal"]["rows"]),
                        ("threshold", results["reduced"])):
         for row in rows:
-            with mlflow.start_run(run_name=f"{cfg.label} {row['probe']}", nested=True, experiment_id=exp):
-                mlflow.log_params({"probe": row["probe"], "analysis": kind, "task": cfg.label})
-                mlflow.log_metrics({f"dev_{key}": row["dev"][key], f"test_{key}": row["test"][key],
-                                    **({"dev_macro_f1": row["dev"]["macro_f1"]} if "macro_f1" in row["dev"] else {})})
+            track.child(f"{cfg.label} {row['probe']}", {"probe": row["probe"], "analysis": kind, "task": cfg.label},
+                        {f"dev_{key}": row["dev"][key], f"test_{key}": row["test"][key],
+                         **({"dev_macro_f1": row["dev"]["macro_f1"]} if "macro_f1" in row["dev"] else {})})
     oracle = next(r for r in results["layerwise"] if r["probe"] == "oracle")
     minimal = results["minimal"]
-    mlflow.log_metrics({
+    track.metrics({
         f"oracle_dev_{key}": oracle["dev"][key], f"oracle_test_{key}": oracle["test"][key],
         "redundant_layers": sum(r["redundant"] for r in results["layerwise"]),
         "minimal_set_neurons": minimal["k"] or -1, "seconds": results["seconds"],
     })
-    mlflow.log_dict({"lca": results["rankings"]["lca"].tolist(), "cutoffs": results["rankings"]["lca_cutoffs"],
-                     "probeless": results["rankings"].get("probeless", np.array([])).tolist(),
-                     "minimal_set": np.asarray(minimal["neurons"]).tolist()}, "rankings.json")
-    fig = figures.layerwise(results["layerwise"], key, f"{cfg.model}, {cfg.corpus} {cfg.label}")
-    mlflow.log_figure(fig, "figures/layerwise.png")
-    figures.close(fig)
+    track.json({"lca": results["rankings"]["lca"].tolist(), "cutoffs": results["rankings"]["lca_cutoffs"],
+                "probeless": results["rankings"].get("probeless", np.array([])).tolist(),
+                "minimal_set": np.asarray(minimal["neurons"]).tolist()}, "rankings.json")
+    title = f"{cfg.model}, {cfg.corpus} {cfg.label}"
+    track.figure(figures.layerwise(results["layerwise"], key, title), "figures/layerwise.png")
     if splits.classes is not None and len(splits.classes) <= 10:
-        fig = figures.per_class(results["layerwise"], f"{cfg.model}, {cfg.corpus} {cfg.label}: per class")
-        mlflow.log_figure(fig, "figures/layerwise_per_class.png")
-        figures.close(fig)
-    fig = figures.minimal_set(minimal["rows"], key, oracle["dev"][key], f"{cfg.model}, {cfg.corpus} {cfg.label}")
-    mlflow.log_figure(fig, "figures/minimal_set.png")
-    figures.close(fig)
+        track.figure(figures.per_class(results["layerwise"], f"{title}: per class"), "figures/layerwise_per_class.png")
+    track.figure(figures.minimal_set(minimal["rows"], key, oracle["dev"][key], title), "figures/minimal_set.png")
 
 
 def results_table(cfg: ProbeConfig, results: dict) -> pa.Table:
