@@ -1,9 +1,11 @@
 """infra/: production shapes checked for validity, the local cluster scripts run for real, `raydund submit`."""
 
+import contextlib
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -177,6 +179,73 @@ def test_params_and_tags_are_scrubbed(settings):
                           "job_key": "k1", "max_tokens": "64", "note": "key *** here", "limit": ""}
     assert got.tags["RAY_AUTH_TOKEN"] == "***"
     assert "hunter2" not in json.dumps(mlflow.get_run(run.info.run_id).to_dictionary())
+
+
+def _node_ports() -> list[str]:
+    """Every per-node port its own (as cluster.sh does), so the node shares the machine with other Rays."""
+    flags = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+             "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port")
+    return [part for flag in flags for part in (flag, str(free_port()))]
+
+
+def _wait_port(port: int, up: bool, timeout: float = 120) -> bool:
+    """Whether 127.0.0.1:port accepts connections (``up``) or refuses them, within ``timeout`` seconds."""
+    import socket
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(1)
+            if (sock.connect_ex(("127.0.0.1", port)) == 0) == up:
+                return True
+        time.sleep(1)
+    return False
+
+
+@pytest.mark.cluster
+def test_ray_head_stop_ends_only_what_it_started(tmp_path):
+    """ray-head.sh stop never runs `ray stop`: an unrelated Ray of the same user keeps running."""
+    import psutil
+
+    other_port, gcs = free_port(), free_port()
+    other = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--block", "--head", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
+         "--port", str(other_port), "--include-dashboard=false", "--num-cpus", "1",
+         "--temp-dir", tempfile.mkdtemp(prefix="rdo", dir="/tmp"), "--ray-client-server-port", str(free_port()),
+         *_node_ports()], env={**base_env(), "RAY_AUTH_MODE": "disabled"}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = Path(tempfile.mkdtemp(prefix="rdh", dir="/tmp"))
+    env = {**base_env(), "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHON": sys.executable,
+           "RAYDUND_HOME": str(tmp_path / "home"), "RAYDUND_HEAD_DIR": str(state), "RAY_GCS_PORT": str(gcs),
+           "RAY_DASHBOARD_PORT": str(free_port()), "RAY_AUTH_MODE": "disabled"}
+    script = ["bash", str(INFRA / "local" / "ray-head.sh")]
+    try:
+        assert _wait_port(other_port, up=True)
+        start = subprocess.run([*script, "start", "--num-cpus", "1", "--include-dashboard=false",
+                                "--ray-client-server-port", str(free_port()), *_node_ports()],
+                               env=env, capture_output=True, text=True, timeout=300)
+        assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+        head = int((state / "head.pid").read_text())
+        head_tree = [psutil.Process(head), *psutil.Process(head).children(recursive=True)]
+        assert len(head_tree) > 2 and _wait_port(gcs, up=True, timeout=5)
+        stop = subprocess.run([*script, "stop"], env=env, capture_output=True, text=True, timeout=120)
+        assert stop.returncode == 0, stop.stderr
+        assert "ray stop" not in (INFRA / "local" / "ray-head.sh").read_text().split("case")[-1]
+        gone, alive = psutil.wait_procs(head_tree, timeout=20)
+        assert not alive and not (state / "head.pid").exists() and _wait_port(gcs, up=False, timeout=10)
+        other_core = [p for p in psutil.Process(other.pid).children(recursive=True)
+                      if p.name() in ("gcs_server", "raylet")]
+        assert other.poll() is None and len(other_core) == 2  # the other Ray lives on: its GCS and raylet
+        assert _wait_port(other_port, up=True, timeout=5)
+    finally:
+        subprocess.run([*script, "stop"], env=env, capture_output=True, timeout=120)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(other.pid, signal.SIGTERM)
+        try:
+            other.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(other.pid, signal.SIGKILL)
 
 
 @pytest.mark.cluster
