@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 from raydund import tracking
 from raydund.config import Settings
 from raydund.corpora import load_spec, read_corpus
-from raydund.lake import Lake
+from raydund.errors import UserError
+from raydund.lake import Lake, check_name
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,22 @@ class IngestResult:
 
 
 def ingest(corpus: str, settings: Settings, splits: list[str] | None = None) -> IngestResult:
-    """Read a catalog corpus (all splits unless given) and replace those splits in the lake."""
+    """Read a catalog corpus (all splits unless given) and replace those splits in the lake.
+
+    Raises
+    ------
+    UserError
+        A corpus name that breaks the name rule (:func:`raydund.lake.check_name`), or a
+        split with no sentences; checked before anything is written.
+    """
     spec = load_spec(corpus)
+    check_name("corpus", spec.name)
     start = time.perf_counter()
     tables = read_corpus(spec, splits, settings)
+    for split, table in tables.items():
+        if table.num_rows == 0:
+            raise UserError(f"corpus {spec.name!r}: split {split!r} has no sentences "
+                            f"({spec.splits[split].path}); nothing written")
     sentences = {split: t.num_rows for split, t in tables.items()}
     tokens = {split: int(pc.sum(pc.list_value_length(t.column("words"))).as_py() or 0) for split, t in tables.items()}
     params = {"corpus": spec.name, "format": spec.format, "splits": ",".join(tables),

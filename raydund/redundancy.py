@@ -95,6 +95,7 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
     snapshot = lake.activations().current_snapshot()
     if snapshot is None:
         raise UserError("the lake holds no activations yet; run `raydund extract` first")
+    lake.activation_files(cfg.model, cfg.corpus, cfg.split, cfg.unit)  # a split without rows: no run, no write
     params = {**dataclasses.asdict(cfg), "activations_snapshot_id": snapshot.snapshot_id}
     experiment = tracking.experiment_name(cfg.model, cfg.corpus)
     start = time.perf_counter()

@@ -159,7 +159,7 @@ def test_names_cannot_escape_the_warehouse(settings):
         table_identifier("other_ns.t")
     with pytest.raises(UserError, match="invalid model name"):
         tracking.experiment_name("../m", "c")
-    assert corpus_table_name("ud-English.ewt") == "raydund.corpus_ud_english_ewt"
+    assert corpus_table_name("ud_english_ewt") == "raydund.corpus_ud_english_ewt"
     assert not any(p.name.startswith("..") for p in Path(settings.home).rglob("*"))
 
 

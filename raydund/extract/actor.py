@@ -29,7 +29,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from raydund.extract.encoder import Encoder, ModelSpec, default_threads, load_model
+from raydund.errors import UserError
+from raydund.extract.encoder import Encoder, ModelSpec, default_threads, first_nonfinite, load_model, zero_nonfinite
 from raydund.lake import ACTIVATION_SCHEMA, encode_half
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ class ExtractActor:
         What to load.
     job : dict
         ``model_name, corpus, split, unit, aggregation, dtype, batch_size, max_tokens,
-        files_uri`` (absolute URI of this job's staging folder).
+        files_uri`` (absolute URI of this job's staging folder), ``allow_nonfinite``
+        (zero and count NaN/infinite values instead of refusing the shard).
     threads : int, optional
         Torch threads (Ray sets one thread per declared CPU; extraction wants more).
     """
@@ -122,7 +124,7 @@ class ExtractActor:
         log.info("extract actor ready on %s with %d threads", device, torch.get_num_threads())
 
     def __call__(self, batch: pa.Table) -> dict:
-        out = {k: [] for k in ("shard", "files", "words", "bytes", "seconds", "dropped")}
+        out = {k: [] for k in ("shard", "files", "words", "bytes", "seconds", "dropped", "nonfinite")}
         for shard in batch.to_pylist():
             result = self.write_shard(shard)
             for k in out:
@@ -147,9 +149,10 @@ class ExtractActor:
         writers = [pq.ParquetWriter(p, ACTIVATION_SCHEMA, filesystem=self.fs, **PARQUET_OPTIONS) for p in paths]
         buffers: list[list[pa.Table]] = [[] for _ in paths]
         pending: list[Future] = []
-        words = 0
+        words = nonfinite = 0
         try:
             for chunk in chunks:  # the next forward pass runs while the writer thread encodes Parquet
+                nonfinite += self._check_finite(chunk, sentence_ids)
                 n = len(chunk.word_ids)
                 words += n
                 keys = {
@@ -180,10 +183,37 @@ class ExtractActor:
             "bytes": int(size),
             "seconds": time.perf_counter() - start,
             "dropped": enc.dropped_words - dropped_before,
+            "nonfinite": nonfinite,
         }
         with self.fs.open_output_stream(f"{self.root}/{done_marker(result['shard'])}") as fh:
             fh.write(json.dumps(result).encode())
         return result
+
+    def _check_finite(self, chunk, sentence_ids: np.ndarray) -> int:
+        """Refuse a chunk holding NaN/infinite values, naming the sentence and layer; or zero and count them.
+
+        Returns
+        -------
+        int
+            Values replaced by 0 (``allow_nonfinite``); 0 when the chunk is finite.
+
+        Raises
+        ------
+        UserError
+            Non-finite values and ``allow_nonfinite`` is not set.
+        """
+        found = first_nonfinite(chunk.layers)
+        if found is None:
+            return 0
+        if self.job.get("allow_nonfinite"):
+            return zero_nonfinite(chunk.layers)
+        layer, row = found
+        sentence = int(sentence_ids[chunk.sentence_pos[row]])
+        word = int(chunk.word_ids[row])
+        where = f"word {word} of sentence {sentence}" if word >= 0 else f"sentence {sentence}"
+        raise UserError(f"model {self.job['model_name']!r} gives NaN/infinite activations for {where} "
+                        f"of {self.job['corpus']}/{self.job['split']} at layer {layer}; nothing committed "
+                        "(--allow-nonfinite zeroes and counts them)")
 
     def _flush(self, writers, buffers) -> Future:
         """Write one row group per layer on the writer thread (one flush at a time, in order)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import json
 import logging
 import os
 from pathlib import Path
@@ -50,8 +51,13 @@ REGISTRY_PREFIX = "models:/"
 LAKE_MODEL_TAG = "raydund.lake_model"
 
 
-def resolve_model(name: str, settings=None) -> ModelSpec:
+def resolve_model(name: str, settings=None, lake_name: str | None = None) -> ModelSpec:
     """Find a model by catalog name (``catalog/models/<name>.yaml``), local folder, hub id or registry URI.
+
+    A local folder is named by ``lake_name`` when given, else by the catalog entry whose
+    weights it holds, else by its config's ``_name_or_path`` (the last part of a hub id),
+    else by the folder itself. A name that the catalog gives a different model is refused:
+    two sources never share one lake ``model``.
 
     Parameters
     ----------
@@ -61,29 +67,87 @@ def resolve_model(name: str, settings=None) -> ModelSpec:
     settings : Settings, optional
         Where the MLflow registry and the local model cache are (registry URIs only;
         default: :meth:`Settings.from_env`).
+    lake_name : str, optional
+        The name to store the activations under (``raydund extract --name``).
+
+    Raises
+    ------
+    UserError
+        Unknown model, or a name the catalog gives another source.
     """
     name = str(name)
     if name.startswith(REGISTRY_PREFIX):
-        return resolve_registered(name, settings)
-    if Path(name).is_dir():
-        return ModelSpec(name=Path(name).name, source=str(Path(name).resolve()))
-    try:
-        entry = load_yaml("models", name)
-    except UserError:
-        if "/" in name or "-" in name:  # a hub id such as bert-base-cased or org/model
-            return ModelSpec(name=name.replace("/", "--"), source=name)
-        raise
+        spec = resolve_registered(name, settings)
+    elif Path(name).is_dir():
+        source = str(Path(name).resolve())
+        spec = ModelSpec(name=_local_name(Path(source)), source=source)
+    else:
+        try:
+            spec = _catalog_spec(load_yaml("models", name))
+        except UserError:
+            if "/" not in name and "-" not in name:
+                raise
+            spec = ModelSpec(name=name.replace("/", "--"), source=name)  # a hub id: bert-base-cased, org/model
+    if lake_name is not None:
+        spec = dataclasses.replace(spec, name=str(lake_name))
+    _check_catalog_collision(spec)
+    return spec
+
+
+def _catalog_spec(entry: dict) -> ModelSpec:
+    """The model a catalog entry declares: a folder inside an installed package, or a hub id."""
     source = entry["source"]
     if "package" in source:
         try:
             root = importlib.resources.files(source["package"])
         except ModuleNotFoundError:
-            raise UserError(
-                f"model {name!r} ships in the Python package {source['package']!r}, which is not installed"
-            ) from None
+            raise UserError(f"model {entry['name']!r} ships in the Python package {source['package']!r}, "
+                            f"which is not installed") from None
         path = str(Path(str(root)) / source.get("path", ""))
         return ModelSpec(name=entry["name"], source=path, revision=entry.get("revision"))
     return ModelSpec(name=entry["name"], source=source["hub"], revision=entry.get("revision"))
+
+
+def _catalog_source(name: str) -> str | None:
+    """Where the catalog model ``name`` lives (resolved folder or hub id); None when there is none."""
+    from raydund.config import catalog_entries  # noqa: PLC0415
+
+    if name not in catalog_entries("models"):
+        return None
+    try:
+        source = _catalog_spec(load_yaml("models", name)).source
+    except UserError:  # its package is not installed: it can be nowhere on this machine
+        return None
+    return str(Path(source).resolve()) if Path(source).is_dir() else source
+
+
+def _local_name(folder: Path) -> str:
+    """A local model folder's lake name: its catalog name, else its config's model id, else the folder name."""
+    from raydund.config import catalog_entries  # noqa: PLC0415
+
+    for entry in catalog_entries("models"):
+        if _catalog_source(entry) == str(folder):
+            return entry
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    origin = str(config.get("_name_or_path") or "").strip()
+    # a hub id (org/model) names the model; a filesystem path it was saved from does not
+    if origin and not origin.startswith((".", "/", "~")) and not Path(origin).is_absolute():
+        return origin.rstrip("/").rsplit("/", 1)[-1]
+    return folder.name
+
+
+def _check_catalog_collision(spec: ModelSpec) -> None:
+    """Refuse a lake name that the catalog gives a model from another source."""
+    other = _catalog_source(spec.name)
+    if other is None:
+        return
+    mine = str(Path(spec.source).resolve()) if Path(spec.source).is_dir() else spec.source
+    if other != mine:
+        raise UserError(f"model name {spec.name!r} is the catalog's name for {other}, not {spec.source}; "
+                        f"choose another name with --name")
 
 
 def _parse_registry_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -367,6 +431,33 @@ class Encoder:
             else:
                 positions.append(pad + length - 1)
         return positions
+
+
+def first_nonfinite(layers: np.ndarray) -> tuple[int, int] | None:
+    """Where the first NaN or infinity of a chunk's ``[layers x rows x hidden]`` vectors is.
+
+    One ``isfinite`` pass over the chunk; the position search runs only when one is found.
+
+    Returns
+    -------
+    tuple of int or None
+        ``(layer, row)`` of the first non-finite value (lowest layer, then lowest row),
+        or None when every value is finite.
+    """
+    finite = np.isfinite(layers)
+    if finite.all():
+        return None
+    layer, row = np.argwhere(~finite.all(axis=2))[0]
+    return int(layer), int(row)
+
+
+def zero_nonfinite(layers: np.ndarray) -> int:
+    """Replace every NaN and infinity of ``layers`` by 0 in place; return how many there were."""
+    bad = ~np.isfinite(layers)
+    count = int(bad.sum())
+    if count:
+        layers[bad] = 0.0
+    return count
 
 
 def default_threads(pool_size: int = 1) -> int:

@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow as pa
 
 from raydund.errors import UserError
-from raydund.lake import Lake
+from raydund.lake import Lake, corpus_table_name
 
 
 @dataclasses.dataclass
@@ -50,6 +50,34 @@ def held_out_mask(n: int, fraction: float, seed: int) -> np.ndarray:
     return held
 
 
+#: Columns of a corpus table that are not labels.
+NOT_LABELS = ("split", "sentence_id", "words", "words_b")
+
+
+def check_labels(lake: Lake, corpus: str, labels) -> None:
+    """Every task label is a column of the corpus table: read from its schema, before any activation.
+
+    Parameters
+    ----------
+    lake : Lake
+    corpus : str
+        An ingested corpus.
+    labels : iterable of str
+        The label columns a job will read.
+
+    Raises
+    ------
+    UserError
+        A label the corpus lacks; the message names the label columns it has.
+    """
+    columns = [field.name for field in lake.table(corpus_table_name(corpus)).schema().fields]
+    have = [c for c in columns if c not in NOT_LABELS]
+    for label in labels:
+        if label not in have:
+            raise UserError(f"corpus {corpus!r} has no label column {label!r}; "
+                            f"its label columns: {', '.join(have) or 'none'}")
+
+
 def load_task(lake: Lake, model: str, corpus: str, split: str, label: str, unit: str = "word",
               activations: bool = True) -> TaskData:
     """Activations of every layer and the ``label`` column of the corpus, aligned row by row.
@@ -58,6 +86,7 @@ def load_task(lake: Lake, model: str, corpus: str, split: str, label: str, unit:
     what a driver needs when the activations are read by layer-block workers instead
     (:mod:`raydund.probes.shards`).
     """
+    check_labels(lake, corpus, [label])  # before a layer is read
     n_layers = int(lake.scan("activations").filter(
         (pl.col("model") == model) & (pl.col("corpus") == corpus) & (pl.col("split") == split)
         & (pl.col("unit") == unit)).select(pl.col("layer").max()).collect().item() or -1) + 1
