@@ -22,6 +22,38 @@ def _settings():
     return Settings.from_env().prepare()
 
 
+def _read_lake():
+    """Settings and the lake of a read-only command: nothing is created; no lake is one clear error."""
+    from raydund.config import Settings  # noqa: PLC0415
+    from raydund.lake import Lake  # noqa: PLC0415
+
+    settings = Settings.from_env()
+    return settings, Lake(settings, create=False).require()
+
+
+#: Arguments that name something in the lake, and the kind of name each is (see ``raydund.lake.check_name``).
+_NAME_ARGS = {"corpus": "corpus", "model": "model", "split": "split", "splits": "split", "stats_split": "split",
+              "cluster_split": "split", "unit": "unit"}
+#: Commands whose names are checked before any work; the arguments that are sources, not names
+#: (a catalog entry, folder or hub id: checked once resolved).
+_NAME_COMMANDS = {"extract": ("model",), "similarity": (), "cluster": (), "probe": (), "transfer": (),
+                  "finetune": ("model",), "explore": ()}
+
+
+def _check_names(args) -> None:
+    """Apply the one name rule to every lake name a command was given, before it does anything."""
+    if args.command not in _NAME_COMMANDS:
+        return
+    from raydund.lake import check_name  # noqa: PLC0415
+
+    for attr, kind in _NAME_ARGS.items():
+        value = getattr(args, attr, None)
+        if value is None or attr in _NAME_COMMANDS[args.command]:
+            continue
+        for name in value if isinstance(value, list) else [value]:
+            check_name(kind, name)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -58,7 +90,7 @@ def extract_config(args):
             model=args.model, corpus=args.corpus, split=split, unit=args.unit, aggregation=args.aggregation,
             dtype=args.dtype, batch_size=args.batch_size, shard_words=args.shard_words,
             pool_size=args.pool_size, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
-            threads=args.threads, limit=args.limit, fresh=args.fresh,
+            threads=args.threads, limit=args.limit, fresh=args.fresh, allow_nonfinite=args.allow_nonfinite,
         ).check()
         for split in args.split
     ]
@@ -162,7 +194,8 @@ def cmd_transfer(args) -> None:
 def cmd_report(args) -> None:
     from raydund.report.html import build_report  # noqa: PLC0415
 
-    print(build_report(_settings(), args.run))
+    settings, _ = _read_lake()
+    print(build_report(settings, args.run))
 
 
 def cmd_finetune(args) -> None:
@@ -191,9 +224,9 @@ def cmd_finetune(args) -> None:
 def cmd_tables(args) -> None:
     import polars as pl  # noqa: PLC0415
 
-    from raydund.lake import Lake, partition_counts  # noqa: PLC0415
+    from raydund.lake import partition_counts  # noqa: PLC0415
 
-    lake = Lake(_settings())
+    _, lake = _read_lake()
     with pl.Config(tbl_rows=200, tbl_width_chars=160):
         print(lake.summary())
         if args.partitions and "raydund.activations" in lake.table_names():
@@ -269,10 +302,8 @@ def cmd_explore(args) -> None:
     import polars as pl  # noqa: PLC0415
 
     from raydund import explore as ex  # noqa: PLC0415
-    from raydund.lake import Lake  # noqa: PLC0415
 
-    settings = _settings()
-    lake = Lake(settings)
+    settings, lake = _read_lake()
     where = ex.Slice(args.model, args.corpus, args.split, args.unit)
     with pl.Config(tbl_rows=100, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
         if args.explore == "top-words":
@@ -346,6 +377,8 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per actor (default: CPUs / pool size)")
     p.add_argument("--limit", type=int, default=None, help="only the first N sentences")
     p.add_argument("--fresh", action="store_true", help="recompute shards an interrupted run already finished")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="store NaN/infinite activations as 0 and count them (default: refuse, naming the sentence)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -610,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        _check_names(args)
         args.func(args)
     except UserError as exc:
         print(f"raydund: error: {exc}", file=sys.stderr)

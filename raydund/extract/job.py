@@ -28,7 +28,7 @@ from raydund.errors import UserError
 from raydund.extract.actor import ExtractActor, split_uri
 from raydund.extract.align import check_aggregation
 from raydund.extract.encoder import UNITS, resolve_model
-from raydund.lake import STORAGE_DTYPES, Lake, check_name
+from raydund.lake import STORAGE_DTYPES, Lake, check_name, corpus_table_name
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ class ExtractConfig:
         Override the model's room for word tokens (forces windowing; for tests).
     fresh : bool
         Ignore shards an earlier run of the same job left finished (recompute all).
+    allow_nonfinite : bool
+        Store NaN/infinite activations as 0 and count them (metric ``nonfinite_values``)
+        instead of refusing the job, naming the first sentence and layer.
     """
 
     model: str
@@ -88,6 +91,7 @@ class ExtractConfig:
     limit: int | None = None
     max_tokens: int | None = None
     fresh: bool = False
+    allow_nonfinite: bool = False
 
     def check(self) -> "ExtractConfig":
         """Validate choices a user typed."""
@@ -101,6 +105,8 @@ class ExtractConfig:
         for name in ("batch_size", "shard_words", "pool_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"limit must be at least 1 sentence, got {self.limit}")
         return self
 
 
@@ -207,7 +213,7 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
     tracking.check_reachable(settings)
     lake = Lake(settings)
     corpus = lake.read_corpus(cfg.corpus, cfg.split)
-    corpus_snapshot = lake.table(f"corpus_{cfg.corpus}").current_snapshot().snapshot_id
+    corpus_snapshot = lake.table(corpus_table_name(cfg.corpus)).current_snapshot().snapshot_id
     if cfg.limit:
         corpus = corpus.slice(0, cfg.limit)
     if cfg.unit == "word" and "words_b" in corpus.column_names:
@@ -234,6 +240,7 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
         "split": cfg.split, "unit": cfg.unit, "aggregation": cfg.aggregation, "dtype": cfg.dtype,
         "batch_size": cfg.batch_size, "pool_size": cfg.pool_size, "num_gpus": cfg.num_gpus,
         "limit": cfg.limit, "corpus_snapshot_id": corpus_snapshot, "job_key": key,
+        "allow_nonfinite": cfg.allow_nonfinite,
     }
     experiment = tracking.experiment_name(spec.name, cfg.corpus)
     start = time.perf_counter()
@@ -258,7 +265,7 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
             "words": result.words, "sentences": result.sentences, "words_per_s": result.words_per_second,
             "bytes": result.bytes, "files": result.files, "layers": result.layers, "seconds": seconds,
             "dropped_words": sum(r["dropped"] for r in records), "resumed_shards": len(shards) - len(pending),
-            "pool_retries": retried,
+            "pool_retries": retried, "nonfinite_values": sum(r.get("nonfinite", 0) for r in records),
         })
         tracking.set_tags(settings, run.info.run_id, {"iceberg.snapshot_id": str(snapshot),
                                                       "iceberg.table": "raydund.activations"})
@@ -317,7 +324,7 @@ def _run_pool(cfg, spec, key, files_uri, pending, done, progress):
     job = {
         "model_name": spec.name, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit,
         "aggregation": cfg.aggregation, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
-        "max_tokens": cfg.max_tokens, "files_uri": files_uri,
+        "max_tokens": cfg.max_tokens, "files_uri": files_uri, "allow_nonfinite": cfg.allow_nonfinite,
     }
     ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
         ExtractActor,
@@ -333,7 +340,8 @@ def _run_pool(cfg, spec, key, files_uri, pending, done, progress):
               disable=not progress, dynamic_ncols=True) as bar:
         try:
             for row in ds.iter_rows():
-                done[row["shard"]] = {k: row[k] for k in ("shard", "files", "words", "bytes", "seconds", "dropped")}
+                done[row["shard"]] = {k: row[k] for k in ("shard", "files", "words", "bytes", "seconds", "dropped",
+                                                          "nonfinite")}
                 bar.update(shard_words[row["shard"]])
         except ray.exceptions.RayError as exc:
             raise _user_error_from(exc) or exc

@@ -23,6 +23,7 @@ from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.lake import Lake
 from raydund.probes import analysis
+from raydund.probes.data import check_labels
 from raydund.probes.job import ProbeConfig, plan_splits, probe_workers
 from raydund.report import figures
 from raydund.selection.ccfs import CCFS, Correlations, selection_table_rows
@@ -139,6 +140,7 @@ def run_transfer(cfg: TransferConfig, settings: Settings) -> dict:
     if not cfg.labels:
         raise UserError("give at least one task label")
     lake = Lake(settings)
+    check_labels(lake, cfg.corpus, cfg.labels)  # every task's label, before a layer is read
     source = extraction_run(settings, cfg.model, cfg.corpus, cfg.splits[2], cfg.unit)
     ray = ensure_ray()
     mlflow = tracking.configure(settings)
