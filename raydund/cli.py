@@ -91,6 +91,7 @@ def extract_config(args):
             dtype=args.dtype, batch_size=args.batch_size, shard_words=args.shard_words,
             pool_size=args.pool_size, num_gpus=args.num_gpus, num_cpus=args.num_cpus,
             threads=args.threads, limit=args.limit, fresh=args.fresh, allow_nonfinite=args.allow_nonfinite,
+            name=args.name,
         ).check()
         for split in args.split
     ]
@@ -364,6 +365,8 @@ def cmd_explore(args) -> None:
 def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``raydund extract`` (also used by ``jobs/extract.py``)."""
     p.add_argument("--model", default="minilm", help="catalog name, local folder or hub id (default: minilm)")
+    p.add_argument("--name", default=None, help="the model's lake name (default: its catalog name, the model id "
+                   "in a folder's config, or the folder's name)")
     p.add_argument("--corpus", required=True, help="an ingested corpus (see `raydund tables`)")
     p.add_argument("--split", action="append", required=True, help="split to extract; repeat for several")
     p.add_argument("--unit", choices=["word", "cls"], default="word", help="per-word vectors or one [CLS] per sentence")

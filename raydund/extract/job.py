@@ -74,6 +74,9 @@ class ExtractConfig:
     allow_nonfinite : bool
         Store NaN/infinite activations as 0 and count them (metric ``nonfinite_values``)
         instead of refusing the job, naming the first sentence and layer.
+    name : str, optional
+        The model's lake name (default: from its source, see
+        :func:`~raydund.extract.encoder.resolve_model`).
     """
 
     model: str
@@ -92,6 +95,7 @@ class ExtractConfig:
     max_tokens: int | None = None
     fresh: bool = False
     allow_nonfinite: bool = False
+    name: str | None = None
 
     def check(self) -> "ExtractConfig":
         """Validate choices a user typed."""
@@ -218,7 +222,7 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
         corpus = corpus.slice(0, cfg.limit)
     if cfg.unit == "word" and "words_b" in corpus.column_names:
         raise UserError(f"corpus {cfg.corpus!r} holds sentence pairs: extract it with --unit cls")
-    spec = resolve_model(cfg.model, settings)
+    spec = resolve_model(cfg.model, settings, lake_name=cfg.name)
     check_name("model", spec.name)
     check_model(spec)
     key = job_key(cfg, f"{spec.source}@{spec.revision}", corpus_snapshot)
