@@ -255,6 +255,11 @@ class Tracker:
                                                                            scrub(params or {}).items()},
                            "metrics": {k: float(v) for k, v in (metrics or {}).items()}})
 
+    def model_version(self, name: str, version: str, tags: dict, alias: str | None = None) -> bool:
+        """Tag a registered model version (and point ``alias`` at it)."""
+        return self._send({"kind": "model_version", "name": name, "version": str(version),
+                           "tags": {k: str(v) for k, v in tags.items()}, "alias": alias})
+
 
 def _apply(mlflow, run_id: str, record: dict) -> None:
     """Send one tracking record to MLflow (live, or replayed from the spool)."""
@@ -280,6 +285,11 @@ def _apply(mlflow, run_id: str, record: dict) -> None:
                          metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in record["metrics"].items()],
                          params=[mlflow.entities.Param(k, v) for k, v in record["params"].items()])
         client.set_terminated(child.info.run_id, "FINISHED")
+    elif kind == "model_version":
+        for key, value in record["tags"].items():
+            client.set_model_version_tag(record["name"], record["version"], key, value)
+        if record.get("alias"):
+            client.set_registered_model_alias(record["name"], record["alias"], record["version"])
     else:  # pragma: no cover - written by this module only
         raise ValueError(f"unknown tracking record {kind!r}")
 

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from raydund import tracking
+from raydund import faults, runs, tracking
 from raydund.cluster import DEFAULT_THRESHOLDS
 from raydund.config import Settings
 from raydund.errors import UserError
-from raydund.lake import Lake
+from raydund.lake import ACTIVATIONS, Lake
+from raydund.redundancy import correlation_run, load_correlations
+from raydund.runs import StageRun
 from raydund.probes import analysis
 from raydund.probes.data import check_labels
 from raydund.probes.job import ProbeConfig, plan_splits, probe_workers
@@ -32,6 +34,11 @@ from raydund.selection.reduced import log_reduced, save_reduced
 log = logging.getLogger(__name__)
 
 TRANSFER_RESULTS = "transfer_results"
+#: Registry tag of a reduced model's version: ``pending`` (registered, lake not yet committed),
+#: ``committed`` (its transfer run is in the lake) or ``failed`` (the job died).
+STATUS_TAG = "raydund.status"
+#: Alias of the newest committed version of each reduced model (``models:/NAME@current``).
+CURRENT_ALIAS = "current"
 
 
 @dataclasses.dataclass
@@ -94,7 +101,6 @@ def fit_task(cfg: TransferConfig, label: str, settings: Settings, workers: int =
     (:mod:`raydund.probes.shards`); this process holds the labels and the correlations.
     """
     from raydund.probes import shards  # noqa: PLC0415
-    from raydund.redundancy import load_correlations  # noqa: PLC0415
 
     lake = Lake(settings)
     model = cfg.ccfs()  # validates the thresholds before any reading
@@ -153,31 +159,86 @@ def run_transfer(cfg: TransferConfig, settings: Settings) -> dict:
     else:  # task after task, each on layer-block actors
         results = [fit_task(cfg, label, settings, workers) for label in cfg.labels]
     params["workers"] = workers
+    similarity_run = correlation_run(lake, cfg.model, cfg.corpus, cfg.stats_split, cfg.unit)
+    stage = StageRun(lake, "transfer", cfg.model, cfg.corpus, transfer_scope(cfg),
+                     inputs={ACTIVATIONS: params["activations_snapshot_id"], "similarity_run": similarity_run.run_id})
     rows, registered = [], {}
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus),
                           f"transfer {','.join(cfg.labels)}", params,
-                          tags={"raydund.stage": "transfer"}) as parent:
-        for res in results:
-            task_rows, model_uri = _track_task(mlflow, parent, cfg, res, source, settings)
-            rows += task_rows
-            if model_uri:
-                registered[res["label"]] = model_uri
-        mlflow.log_table(_frame(rows), artifact_file="tables/transfer.json")
-        mlflow.log_text(format_table(rows), "tables/transfer.txt")
-        timing = None
-        if cfg.timing:
-            from raydund.selection.timing import run_timing  # noqa: PLC0415
+                          tags={"raydund.stage": "transfer", "raydund.run_id": stage.run_id}) as parent:
+        fail_stale_versions(mlflow, lake, [registered_name(cfg.model, cfg.corpus, label) for label in cfg.labels])
+        try:
+            for res in results:
+                task_rows, version = _track_task(mlflow, parent, cfg, res, source, settings, stage)
+                rows += task_rows
+                if version:
+                    registered[res["label"]] = version
+                    stage.outputs[f"models:/{version[0]}"] = version[1]
+                    faults.crash_point("transfer.during_registration")
+            timing = None
+            if cfg.timing:
+                from raydund.selection.timing import run_timing  # noqa: PLC0415
 
-            timing = run_timing(cfg, results, source, settings, mlflow)
-        snap = lake.replace(TRANSFER_RESULTS, transfer_table(cfg, rows), ("model", "corpus"),
-                            {"model": cfg.model, "corpus": cfg.corpus}, {"mlflow.run_id": parent.info.run_id})
-        mlflow.set_tag("iceberg.snapshot_id.transfer_results", str(snap))
-    return {"rows": rows, "registered": registered, "run_id": parent.info.run_id, "timing": timing,
-            "results": results}
+                timing = run_timing(cfg, results, source, settings, mlflow)
+            stage.replace(TRANSFER_RESULTS, transfer_table(cfg, rows), ("model", "corpus"),
+                          {"mlflow.run_id": parent.info.run_id})
+            stage.complete(parent.info.run_id)
+        except Exception:
+            _mark_versions(mlflow, registered.values(), "failed")
+            raise
+        # the lake holds the result now: tracking failures from here on are spooled, never raised
+        track = tracking.Tracker(settings, parent.info.run_id)
+        for name, version in registered.values():
+            track.model_version(name, version, {STATUS_TAG: "committed"}, alias=CURRENT_ALIAS)
+        track.tags(stage.tags())
+        track.json(rows, "tables/transfer.json")
+        track.text(format_table(rows), "tables/transfer.txt")
+    return {"rows": rows, "registered": {k: f"models:/{n}/{v}" for k, (n, v) in registered.items()},
+            "run_id": parent.info.run_id, "raydund_run_id": stage.run_id, "timing": timing, "results": results}
 
 
-def _track_task(mlflow, parent, cfg: TransferConfig, res: dict, source: dict, settings: Settings):
-    """A child run per task, a grandchild per threshold pair; the reduced model of the first pair."""
+def transfer_scope(cfg: TransferConfig) -> dict:
+    """The rows one transfer run recomputes: its unit, tasks, threshold pairs and splits (the write rule)."""
+    return {"unit": cfg.unit, "task": list(cfg.labels), "ls_threshold": [float(t) for t in cfg.ls_thresholds],
+            "ccfs_threshold": [float(t) for t in cfg.ccfs_thresholds], "splits": ",".join(cfg.splits)}
+
+
+def _mark_versions(mlflow, versions, status: str) -> None:
+    """Tag registered versions with their status (``failed`` versions are never served as current)."""
+    client = mlflow.MlflowClient()
+    for name, version in versions:
+        try:
+            client.set_model_version_tag(name, version, STATUS_TAG, status)
+        except Exception as exc:  # noqa: BLE001  (the next transfer job marks it: fail_stale_versions)
+            log.warning("could not tag %s version %s %s: %s", name, version, status, exc)
+
+
+def fail_stale_versions(mlflow, lake: Lake, names: list[str]) -> list[tuple[str, str]]:
+    """Tag ``failed`` every pending version whose transfer run never completed (a crashed job's).
+
+    Returns the versions it tagged.
+    """
+    done = {r.run_id for r in runs.completed(lake, "transfer")}
+    client = mlflow.MlflowClient()
+    stale = []
+    for name in names:
+        try:
+            versions = client.search_model_versions(f"name = '{name}'")
+        except Exception:  # noqa: BLE001  (no such model yet)
+            continue
+        for v in versions:
+            if v.tags.get(STATUS_TAG) == "pending" and v.tags.get("raydund.run_id") not in done:
+                stale.append((name, str(v.version)))
+    _mark_versions(mlflow, stale, "failed")
+    return stale
+
+
+def _track_task(mlflow, parent, cfg: TransferConfig, res: dict, source: dict, settings: Settings, stage: StageRun):
+    """A child run per task, a grandchild per threshold pair; the reduced model of the first pair.
+
+    The version is registered ``pending``; it becomes ``committed`` (alias ``current``)
+    only once the job's run row is in the lake. Returns the rows and (name, version).
+    """
     label, model = res["label"], res["model"]
     total = int(sum(res["widths"]))
     exp = parent.info.experiment_id
@@ -211,7 +272,7 @@ def _track_task(mlflow, parent, cfg: TransferConfig, res: dict, source: dict, se
                                      "model_source": source.get("model_source")}},
                         "ccfs/selection.json")
         mlflow.log_dict({"predictions": res["test_predictions"]}, "ccfs/test_predictions.json")
-        model_uri = None
+        version = None
         if cfg.register:
             with tempfile.TemporaryDirectory() as tmp:
                 folder = save_reduced(
@@ -220,13 +281,15 @@ def _track_task(mlflow, parent, cfg: TransferConfig, res: dict, source: dict, se
                      "aggregation": source.get("aggregation", "last"), "model": cfg.model, "corpus": cfg.corpus})
                 name = registered_name(cfg.model, cfg.corpus, label)
                 info = log_reduced(mlflow, folder, name)
-            version = _latest_version(mlflow, name)
-            model_uri = f"models:/{name}/{version}"
-            mlflow.MlflowClient().set_model_version_tag(name, version, "raydund.transfer_run_id", parent.info.run_id)
-            mlflow.MlflowClient().set_model_version_tag(name, version, "raydund.task_run_id", child.info.run_id)
-            mlflow.set_tag("raydund.registered_model", model_uri)
-            log.info("registered %s (%s)", model_uri, info.model_uri)
-    return rows, model_uri
+            number = _version_of(mlflow, name, info.model_id)
+            client = mlflow.MlflowClient()
+            for key, value in ((STATUS_TAG, "pending"), ("raydund.run_id", stage.run_id),
+                               ("raydund.transfer_run_id", parent.info.run_id), ("raydund.task_run_id", child.info.run_id)):
+                client.set_model_version_tag(name, number, key, value)
+            version = (name, number)
+            mlflow.set_tag("raydund.registered_model", f"models:/{name}/{number}")
+            log.info("registered models:/%s/%s (%s), pending the lake commit", name, number, info.model_uri)
+    return rows, version
 
 
 def registered_name(model: str, corpus: str, label: str) -> str:
@@ -234,15 +297,11 @@ def registered_name(model: str, corpus: str, label: str) -> str:
     return f"raydund-ccfs-{model}-{corpus}-{label}"
 
 
-def _latest_version(mlflow, name: str) -> str:
+def _version_of(mlflow, name: str, model_id: str | None) -> str:
+    """The registry version that ``log_model`` just created (matched by its logged model id)."""
     versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
-    return str(max(int(v.version) for v in versions))
-
-
-def _frame(rows: list[dict]):
-    import pandas as pd  # noqa: PLC0415
-
-    return pd.DataFrame(rows)
+    mine = [v for v in versions if model_id and getattr(v, "model_id", None) == model_id]
+    return str(max(int(v.version) for v in (mine or versions)))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -270,6 +329,7 @@ def transfer_table(cfg: TransferConfig, rows: list[dict]) -> pa.Table:
         "unit": pa.array([cfg.unit] * n, pa.string()), "task": pa.array(cols[0], pa.string()),
         "ls_threshold": pa.array(cols[1], pa.float64()), "ccfs_threshold": pa.array(cols[2], pa.float64()),
         "stage": pa.array(cols[3], pa.string()), "layers": pa.array(cols[4], pa.int32()),
-        "neurons": pa.array(cols[5], pa.int32()), "split": pa.array(cols[6], pa.string()),
+        "neurons": pa.array(cols[5], pa.int32()), "splits": pa.array([",".join(cfg.splits)] * n, pa.string()),
+        "split": pa.array(cols[6], pa.string()),
         "metric": pa.array(cols[7], pa.string()), "value": pa.array(cols[8], pa.float64()),
     })
