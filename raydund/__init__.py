@@ -10,3 +10,36 @@ The pipeline, one module per stage::
 """
 
 __version__ = "0.1.0"
+
+#: URI schemes :func:`load_model` passes to MLflow as they are.
+_MODEL_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:", "file:", "s3://")
+
+
+def load_model(name_or_uri: str, settings=None):
+    """Load a model raydund registered (a reduced CCFS model, a fine-tuning) from raydund's MLflow store.
+
+    Plain ``mlflow.pyfunc.load_model("models:/...")`` looks in whatever store
+    ``MLFLOW_TRACKING_URI`` names (``./mlruns`` when unset); this resolves the store from
+    raydund's settings (``RAYDUND_HOME`` / ``MLFLOW_TRACKING_URI``) first.
+
+    Parameters
+    ----------
+    name_or_uri : str
+        A registered model name (its latest version: ``raydund-ccfs-minilm-conll2000-pos``)
+        or an MLflow URI (``models:/NAME/1``, ``models:/NAME@alias``, ``runs:/RUN/reduced_model``).
+    settings : raydund.config.Settings, optional
+        Where the store is (default: :meth:`~raydund.config.Settings.from_env`).
+
+    Returns
+    -------
+    mlflow.pyfunc.PyFuncModel
+        ``.predict(["Stocks fell sharply ."])`` for a reduced model.
+    """
+    from raydund import tracking  # noqa: PLC0415  (mlflow is slow to import)
+    from raydund.config import Settings  # noqa: PLC0415
+
+    mlflow = tracking.configure(settings or Settings.from_env())
+    uri = str(name_or_uri)
+    if not uri.startswith(_MODEL_URI_PREFIXES):
+        uri = f"models:/{uri}/latest"
+    return mlflow.pyfunc.load_model(uri)
