@@ -234,6 +234,32 @@ def cmd_tables(args) -> None:
             print(partition_counts(lake))
 
 
+def cmd_vacuum(args) -> None:
+    from datetime import timedelta  # noqa: PLC0415
+
+    from raydund.config import Settings  # noqa: PLC0415
+    from raydund.vacuum import check_options, lake_exists, sqlite_catalog_path, vacuum  # noqa: PLC0415
+
+    settings = Settings.from_env()  # not prepared: a maintenance command creates nothing
+    retention = timedelta(days=args.retention_days)
+    check_options(retention, args.keep_last)
+    if not lake_exists(settings):
+        print(f"the lake is empty: no catalog at {sqlite_catalog_path(settings)}; nothing to vacuum")
+        return
+    report = vacuum(settings, retention=retention, keep_last=args.keep_last, dry_run=not args.yes)
+    verb = "would expire" if report.dry_run else "expired"
+    print(f"{len(report.tables)} tables; {verb} {report.snapshots_expired} snapshots")
+    for table, ids in sorted(report.expired.items()):
+        print(f"  {table}: {len(ids)}")
+    if report.dry_run:
+        print(f"would delete {len(report.files)} unreferenced files: {report.bytes:,} bytes to reclaim")
+    else:
+        print(f"deleted {len(report.files)} unreferenced files: {report.bytes:,} bytes reclaimed")
+    print(f"kept {report.kept_recent} unreferenced files younger than the retention")
+    if report.dry_run:
+        print("dry run: re-run with --yes to delete")
+
+
 def cmd_catalog(args) -> None:
     from raydund.config import CATALOG_DIR, catalog_entries, load_yaml  # noqa: PLC0415
 
@@ -574,6 +600,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tables", help="list lake tables (rows, files, snapshot)")
     p.add_argument("--partitions", action="store_true", help="also rows per activation partition")
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("vacuum", help="expire old snapshots and delete files no retained snapshot references "
+                                      "(dry run unless --yes)")
+    p.add_argument("--retention-days", type=float, default=7.0,
+                   help="keep snapshots and unreferenced files younger than this (default 7)")
+    p.add_argument("--keep-last", type=int, default=5, help="snapshots every table keeps whatever their age (default 5)")
+    p.add_argument("--yes", action="store_true", help="really expire and delete (default: only report)")
+    p.set_defaults(func=cmd_vacuum)
 
     p = sub.add_parser("catalog", help="list the corpora and models the catalog declares")
     p.set_defaults(func=cmd_catalog)
