@@ -11,13 +11,20 @@ multiplies the neurons it holds and an all-reduce sums the partial scores every 
 of in-process :class:`~raydund.probes.analysis.Splits`, so the same analysis code runs
 either way. Per step the actors exchange ``batch x probes x classes`` floats (the
 scores) and ``probes`` floats (the squared norms), not activations or weights.
+
+The group's rendezvous (a TCP store) and gloo's own sockets have no authentication.
+When every actor runs on one node they listen on 127.0.0.1 only (:func:`rendezvous_host`);
+across nodes they listen on the first actor's node IP, which must be a private network
+(see ``infra/README.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import itertools
+import os
 import socket
 
 import numpy as np
@@ -27,6 +34,61 @@ from raydund.probes.analysis import ProbeSettings, Splits
 from raydund.probes.model import ProbeBank
 
 PARTS = ("train", "dev", "test")
+#: Where a one-node group listens.
+LOOPBACK = "127.0.0.1"
+#: How long the rendezvous waits for every member (torch's default process-group timeout).
+RENDEZVOUS_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def rendezvous_host(node_ids: list[str]) -> str | None:
+    """The address the gloo group listens on: loopback when every actor is on one node.
+
+    Parameters
+    ----------
+    node_ids : list of str
+        The Ray node id of each actor.
+
+    Returns
+    -------
+    str or None
+        ``127.0.0.1`` for one node; None (the first actor's node IP) for several.
+    """
+    return LOOPBACK if len(set(node_ids)) <= 1 else None
+
+
+def interface_of(address: str) -> str | None:
+    """The network interface holding ``address`` (``lo`` for 127.0.0.1 on Linux), None if none does."""
+    import psutil  # noqa: PLC0415
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address == address for a in addrs):
+            return name
+    return None
+
+
+def rendezvous(endpoint: str, rank: int, world: int, listener: socket.socket | None = None):
+    """The group's TCP store, its server listening on ``listener`` (rank 0) and gloo pinned to that interface.
+
+    torch's store would otherwise listen on every interface whatever address it is given;
+    rank 0 hands it a socket already bound to the rendezvous address. ``GLOO_SOCKET_IFNAME``
+    makes gloo's own connections use the interface that holds that address.
+
+    Parameters
+    ----------
+    endpoint : str
+        ``host:port`` of the store (``listener``'s address).
+    rank, world : int
+    listener : socket.socket, optional
+        Rank 0's socket bound to ``endpoint``; None for the other ranks.
+    """
+    import torch.distributed as dist  # noqa: PLC0415
+
+    host, port = endpoint.rsplit(":", 1)
+    interface = interface_of(host)
+    if interface is not None:
+        os.environ["GLOO_SOCKET_IFNAME"] = interface
+    fd = listener.fileno() if listener is not None else None
+    return dist.TCPStore(host, int(port), world, listener is not None, RENDEZVOUS_TIMEOUT, master_listen_fd=fd)
 
 
 def layer_blocks(n_layers: int, workers: int) -> list[list[int]]:
@@ -72,16 +134,28 @@ class LayerShard:
             self.X[part] = read[split] if rows is None else read[split][rows]
         del read
         self.banks: dict[int, ProbeBank] = {}
-        self.shard, self.rank = None, 0
+        self.shard, self.rank, self.listener = None, 0, None
 
-    def endpoint(self) -> str:
-        """``host:port`` for the group's rendezvous (asked of the first actor only)."""
+    def node_id(self) -> str:
+        """The Ray node this actor runs on."""
         import ray  # noqa: PLC0415
 
-        with socket.socket() as sock:
-            sock.bind(("", 0))
-            port = sock.getsockname()[1]
-        return f"{ray.util.get_node_ip_address()}:{port}"
+        return ray.get_runtime_context().get_node_id()
+
+    def endpoint(self, host: str | None = None) -> str:
+        """``host:port`` for the group's rendezvous (asked of the first actor only), bound until ``join``.
+
+        Parameters
+        ----------
+        host : str, optional
+            The address to listen on (default: this node's IP).
+        """
+        import ray  # noqa: PLC0415
+
+        host = host or ray.util.get_node_ip_address()
+        self.listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.listener.bind((host, 0))
+        return f"{host}:{self.listener.getsockname()[1]}"
 
     def join(self, endpoint: str, rank: int, world: int) -> int:
         """Join the gloo group; return the rows held (a cheap readiness check)."""
@@ -91,7 +165,8 @@ class LayerShard:
 
         self.rank = rank
         if world > 1:
-            dist.init_process_group("gloo", init_method=f"tcp://{endpoint}", rank=rank, world_size=world)
+            store = rendezvous(endpoint, rank, world, self.listener if rank == 0 else None)
+            dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
         self.shard = Shard(self.columns, dist.all_reduce if world > 1 else (lambda t: None), rank == 0)
         return sum(len(X) for X in self.X.values())
 
@@ -128,6 +203,9 @@ class LayerShard:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
 
 
 def gather(refs: list) -> list:
@@ -214,7 +292,8 @@ def start(splits: Splits, settings: Settings, model: str, corpus: str, unit: str
                            np.arange(offsets[block[0]], offsets[block[-1] + 1]), threads) for block in blocks]
     out = ShardedSplits(splits.train, splits.dev, splits.test, splits.classes, actors=actors)
     try:
-        endpoint = ray.get(actors[0].endpoint.remote())
+        host = rendezvous_host(ray.get([a.node_id.remote() for a in actors]))
+        endpoint = ray.get(actors[0].endpoint.remote(host))
         gather([a.join.remote(endpoint, rank, len(actors)) for rank, a in enumerate(actors)])
     except BaseException:
         out.close()
@@ -235,4 +314,4 @@ def held_by(splits: Splits, settings: Settings, model: str, corpus: str, unit: s
         sharded.close()
 
 
-__all__ = ["LayerShard", "ShardedSplits", "held_by", "layer_blocks", "start"]
+__all__ = ["LayerShard", "ShardedSplits", "held_by", "layer_blocks", "rendezvous", "rendezvous_host", "start"]
