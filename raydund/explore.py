@@ -16,9 +16,13 @@ are read:
     tokens) / std of the neuron``, for every neuron against one label value, or for one
     neuron against every value.
 ``cluster_of``
-    the members of a neuron's correlation cluster at a threshold (table ``clusters``),
-    their layers, pairwise Pearson r (table ``neuron_correlation``) and
-    ``neuron_ranks``: where each member sits in every task's ranking (``neuron_rankings``).
+    the members of a neuron's correlation cluster at a threshold, from ONE completed
+    clustering run (table ``clusters`` at the snapshot it recorded), their layers,
+    pairwise Pearson r from the similarity run that clustering read
+    (``neuron_correlation``) and ``neuron_ranks``: where each member sits in each
+    task's ranking (``neuron_rankings`` of the task's latest probe run). Result tables
+    are never read as "current rows" (:mod:`raydund.runs`): two splits, seeds or
+    variants never mix.
 ``sentence_activations``
     activations of chosen neurons over chosen sentences, for
     :func:`raydund.report.heatmap.activation_heatmap`.
@@ -39,8 +43,10 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from raydund import runs
 from raydund.errors import UserError
-from raydund.lake import Lake, corpus_table_name, decode_half
+from raydund.lake import Lake, corpus_table_name, decode_half, table_identifier
+from raydund.report import sources
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +337,9 @@ class ClusterView:
         ``[members x members]`` Pearson r among the members, in the order of ``members``.
     ranks : polars.DataFrame
         ``layer, neuron, task, ranker, rank, ranked`` of every member in every stored ranking.
+    sources : list of dict
+        The completed runs read (:func:`raydund.report.sources.describe`): cluster,
+        similarity, probes.
     """
 
     layer: int
@@ -340,33 +349,65 @@ class ClusterView:
     members: pl.DataFrame
     r: np.ndarray
     ranks: pl.DataFrame
+    sources: list = dataclasses.field(default_factory=list)
 
 
-def _cluster_rows(lake: Lake, where: Slice, representative: str | None, seed: int | None) -> pl.LazyFrame:
-    if f"raydund.{CLUSTERS}" not in lake.table_names():
-        raise UserError("the lake holds no clusters yet; run `raydund cluster` first")
-    rows = lake.scan(CLUSTERS).filter((pl.col("model") == where.model) & (pl.col("corpus") == where.corpus)
-                                      & (pl.col("split") == where.split) & (pl.col("unit") == where.unit))
-    combos = rows.select("representative", "seed").unique().sort("representative", "seed").collect()
-    if combos.height == 0:
-        raise UserError(f"no clusters for {where.model} {where.corpus}/{where.split}; run `raydund cluster` first")
-    representative = representative or combos["representative"][0]
-    seed = combos.filter(pl.col("representative") == representative)["seed"].min() if seed is None else seed
-    return rows.filter((pl.col("representative") == representative) & (pl.col("seed") == seed))
+def cluster_run(lake: Lake, where: Slice, variant: str = "all", representative: str | None = None,
+                seed: int | None = None) -> runs.Run:
+    """The latest completed clustering run of a slice (one representative rule, one seed).
+
+    ``representative`` and ``seed`` narrow the choice; left out, any of them matches.
+    A :class:`UserError` when there is none.
+    """
+    want = {k: v for k, v in (("representative", representative), ("seed", seed)) if v is not None}
+    run = runs.latest(lake, "cluster", where.model, where.corpus, CLUSTERS, split=where.split, unit=where.unit,
+                      variant=variant, **want)
+    if run is None:
+        asked = "".join(f", {k} {v}" for k, v in want.items())
+        raise UserError(f"no clusters for {where.model} {where.corpus}/{where.split} ({where.unit}, {variant}"
+                        f"{asked}); run `raydund cluster` first")
+    return run
 
 
-def thresholds(lake: Lake, where: Slice) -> list[float]:
-    """The clustering thresholds stored for a slice."""
-    return sorted(_cluster_rows(lake, where, None, None).select("threshold").unique().collect()["threshold"].to_list())
+def similarity_run(lake: Lake, where: Slice, variant: str = "all", cluster: runs.Run | None = None) -> runs.Run:
+    """The similarity run whose correlations to read.
+
+    With ``cluster``: the run that clustering read (so r and the clusters agree), else
+    the latest completed similarity run of the slice. A :class:`UserError` when there is none.
+    """
+    source = (cluster.inputs.get("similarity_run") if cluster is not None else None)
+    if source:
+        found = [r for r in runs.completed(lake, "similarity", where.model, where.corpus) if r.run_id == source]
+        if found:
+            return found[0]
+    run = runs.latest(lake, "similarity", where.model, where.corpus, CORRELATION, split=where.split, unit=where.unit,
+                      variant=variant)
+    if run is None:
+        raise UserError(f"no correlations for {where.model} {where.corpus}/{where.split} ({where.unit}, {variant}); "
+                        "run `raydund similarity` first")
+    return run
 
 
-def correlations(lake: Lake, where: Slice, positions: Sequence[int], variant: str = "all") -> np.ndarray:
-    """Rows of the stored Pearson r for the given stacked positions: ``[len(positions) x neurons]``."""
-    if f"raydund.{CORRELATION}" not in lake.table_names():
-        raise UserError("the lake holds no correlations yet; run `raydund similarity` first")
-    frame = (lake.scan(CORRELATION)
-             .filter(where.where() & (pl.col("variant") == variant) & pl.col("position").is_in(list(map(int, positions))))
-             .select("position", "r").collect())
+def _cluster_rows(lake: Lake, run: runs.Run, columns: tuple[str, ...] = ("*",)) -> pl.DataFrame:
+    """The rows of ``clusters`` that one clustering run wrote, at its snapshot."""
+    return sources.read(lake, run, CLUSTERS, columns=columns)
+
+
+def thresholds(lake: Lake, where: Slice, variant: str = "all", representative: str | None = None,
+               seed: int | None = None) -> list[float]:
+    """The clustering thresholds of the latest clustering run of a slice."""
+    run = cluster_run(lake, where, variant, representative, seed)
+    return sorted(_cluster_rows(lake, run, ("threshold",))["threshold"].unique().to_list())
+
+
+def correlations(lake: Lake, where: Slice, positions: Sequence[int], variant: str = "all",
+                 run: runs.Run | None = None) -> np.ndarray:
+    """Rows of the stored Pearson r for the given stacked positions: ``[len(positions) x neurons]``.
+
+    Read from ``run`` (default: the latest completed similarity run of the slice).
+    """
+    run = run or similarity_run(lake, where, variant)
+    frame = sources.read(lake, run, CORRELATION, {"position": [int(p) for p in positions]}, ("position", "r"))
     index = {p: i for i, p in enumerate(frame["position"].to_list())}
     missing = [p for p in positions if int(p) not in index]
     if missing:
@@ -377,13 +418,18 @@ def correlations(lake: Lake, where: Slice, positions: Sequence[int], variant: st
 
 def cluster_of(lake: Lake, model: str, corpus: str, layer: int, neuron: int, threshold: float, *,
                split: str = "dev", unit: str = "word", representative: str | None = None,
-               seed: int | None = None) -> ClusterView:
-    """The members of neuron (layer, neuron)'s cluster at ``threshold``, their r and task ranks."""
+               seed: int | None = None, variant: str = "all") -> ClusterView:
+    """The members of neuron (layer, neuron)'s cluster at ``threshold``, their r and task ranks.
+
+    Clusters come from ONE clustering run (:func:`cluster_run`), r from the similarity
+    run it read, ranks from the latest probe run of each task; ``sources`` names them.
+    """
     where = Slice(model, corpus, split, unit)
-    rows = _cluster_rows(lake, where, representative, seed).filter((pl.col("threshold") - threshold).abs() < 1e-6)
-    rows = rows.select("layer", "neuron", "position", "cluster_id", "kept").collect()
+    run = cluster_run(lake, where, variant, representative, seed)
+    rows = _cluster_rows(lake, run, ("threshold", "layer", "neuron", "position", "cluster_id", "kept"))
+    rows = rows.filter((pl.col("threshold") - threshold).abs() < 1e-6).drop("threshold")
     if rows.height == 0:
-        have = ", ".join(f"{t:g}" for t in thresholds(lake, where))
+        have = ", ".join(f"{t:g}" for t in thresholds(lake, where, variant, representative, seed))
         raise UserError(f"no clustering at threshold {threshold:g} for {model} {corpus}/{split} (thresholds: {have})")
     me = rows.filter((pl.col("layer") == layer) & (pl.col("neuron") == neuron))
     if me.height == 0:
@@ -394,22 +440,49 @@ def cluster_of(lake: Lake, model: str, corpus: str, layer: int, neuron: int, thr
     cluster_id = int(me["cluster_id"][0])
     members = rows.filter(pl.col("cluster_id") == cluster_id).sort("layer", "neuron").drop("cluster_id")
     positions = members["position"].to_list()
-    r_rows = correlations(lake, where, positions)
+    sim = similarity_run(lake, where, variant, cluster=run)
+    r_rows = correlations(lake, where, positions, variant, run=sim)
     r = r_rows[:, positions]
     own = positions.index(int(me["position"][0]))
     members = members.with_columns(pl.Series("r", r[own]))
+    probes = ranking_runs(lake, model, corpus, unit)
+    used = [sources.describe(run, [CLUSTERS]), sources.describe(sim, [CORRELATION]),
+            *(sources.describe(p, [RANKINGS]) for p in _distinct(probes.values()))]
     return ClusterView(int(layer), int(neuron), float(threshold), cluster_id, members, r,
-                       neuron_ranks(lake, model, corpus, members.select("layer", "neuron"), unit=unit))
+                       neuron_ranks(lake, model, corpus, members.select("layer", "neuron"), unit=unit), used)
+
+
+def _distinct(items) -> list:
+    """Runs in first-seen order without repeats (one probe run may hold several tasks)."""
+    seen, out = set(), []
+    for run in items:
+        if run.run_id not in seen:
+            seen.add(run.run_id)
+            out.append(run)
+    return out
+
+
+def _tasks(run: runs.Run) -> list[str]:
+    task = run.scope.get("task")
+    return [] if task is None else [str(t) for t in (task if isinstance(task, list) else [task])]
+
+
+def ranking_runs(lake: Lake, model: str, corpus: str, unit: str = "word") -> dict[str, runs.Run]:
+    """Task -> the latest completed probe run of that task and unit that wrote ``neuron_rankings``."""
+    out: dict[str, runs.Run] = {}
+    for run in runs.completed(lake, "probes", model, corpus):  # oldest first: later runs win
+        if run.covers({"unit": unit}) and table_identifier(RANKINGS) in run.outputs:
+            for task in _tasks(run):
+                out[task] = run
+    return dict(sorted(out.items()))
 
 
 def rankings(lake: Lake, model: str, corpus: str, unit: str = "word") -> pl.LazyFrame:
-    """``task, ranker, rank, layer, neuron`` of every stored ranking (empty without probe runs)."""
+    """``task, ranker, rank, layer, neuron`` of every task's latest probe run (empty without probe runs)."""
     schema = {"task": pl.String, "ranker": pl.String, "rank": pl.Int32, "layer": pl.Int32, "neuron": pl.Int32}
-    if f"raydund.{RANKINGS}" not in lake.table_names():
-        return pl.LazyFrame(schema=schema)
-    return (lake.scan(RANKINGS)
-            .filter((pl.col("model") == model) & (pl.col("corpus") == corpus) & (pl.col("unit") == unit))
-            .select(list(schema)))
+    parts = [sources.read(lake, run, RANKINGS, {"task": task}, tuple(schema)).cast(schema)
+             for task, run in ranking_runs(lake, model, corpus, unit).items()]
+    return pl.concat(parts).lazy() if parts else pl.LazyFrame(schema=schema)
 
 
 def neuron_ranks(lake: Lake, model: str, corpus: str, neurons: pl.DataFrame, unit: str = "word") -> pl.DataFrame:
@@ -515,12 +588,11 @@ def _heat(values: np.ndarray) -> tuple[list[list[int]], list[float]]:
     return q.tolist(), [float(f"{p:.4g}") for p in peak]
 
 
-def _cluster_export(lake: Lake, where: Slice, N: int, cfg: BrowserConfig) -> dict:
-    try:
-        rows = _cluster_rows(lake, where, None, None).select("threshold", "position", "cluster_id", "kept").collect()
-    except UserError as exc:
-        log.info("browser without clusters: %s", exc)
+def _cluster_export(lake: Lake, run: runs.Run | None, N: int, cfg: BrowserConfig) -> dict:
+    """Cluster ids and representative flags at every threshold of ONE clustering run."""
+    if run is None:
         return {"thresholds": [], "clusters": [], "kept": [], "default_threshold": 0}
+    rows = _cluster_rows(lake, run, ("threshold", "position", "cluster_id", "kept"))
     ts = sorted(rows["threshold"].unique().to_list())
     clusters, kept = [], []
     for t in ts:
@@ -530,17 +602,18 @@ def _cluster_export(lake: Lake, where: Slice, N: int, cfg: BrowserConfig) -> dic
         flags[part["position"].to_numpy()] = part["kept"].cast(pl.Int8).to_numpy()
         clusters.append(ids.tolist())
         kept.append("".join(map(str, flags)))
-    default = int(np.argmin([abs(t - cfg.threshold) for t in ts]))
+    default = int(np.argmin([abs(t - cfg.threshold) for t in ts])) if ts else 0
     return {"thresholds": [round(float(t), 6) for t in ts], "clusters": clusters, "kept": kept,
             "default_threshold": default}
 
 
-def _correlated(lake: Lake, where: Slice, N: int, k: int) -> list[list]:
-    if f"raydund.{CORRELATION}" not in lake.table_names() or k <= 0:
+def _correlated(lake: Lake, run: runs.Run | None, N: int, k: int) -> list[list]:
+    """Per position, its ``k`` most correlated neurons ``[position, r]`` from one similarity run."""
+    if run is None or k <= 0:
         return []
-    frame = (lake.scan(CORRELATION).filter(where.where() & (pl.col("variant") == "all"))
-             .select("position", "r").sort("position").collect())
+    frame = sources.read(lake, run, CORRELATION, columns=("position", "r")).sort("position")
     if frame.height != N:
+        log.info("browser without correlations: run %s has %d rows for %d neurons", run.run_id, frame.height, N)
         return []
     out = []
     for p, row in zip(frame["position"].to_list(), frame["r"].to_list()):
@@ -551,21 +624,52 @@ def _correlated(lake: Lake, where: Slice, N: int, k: int) -> list[list]:
     return out
 
 
-def _rank_export(lake: Lake, where: Slice, offsets: np.ndarray, N: int) -> list[dict]:
-    ranks = rankings(lake, where.model, where.corpus, where.unit).collect()
+def _rank_export(lake: Lake, probes: dict[str, runs.Run], offsets: np.ndarray, N: int) -> list[dict]:
+    """Per (task, ranker) of each task's probe run, the rank of every position (0: not ranked)."""
     out = []
-    for (task, ranker), part in ranks.group_by("task", "ranker", maintain_order=True):
-        by_position = np.zeros(N, dtype=int)
-        by_position[offsets[part["layer"].to_numpy()] + part["neuron"].to_numpy()] = part["rank"].to_numpy()
-        out.append({"task": task, "ranker": ranker, "ranked": part.height, "rank": by_position.tolist()})
+    for task, run in probes.items():
+        ranks = sources.read(lake, run, RANKINGS, {"task": task}, ("task", "ranker", "rank", "layer", "neuron"))
+        for (ranker,), part in ranks.group_by("ranker", maintain_order=True):
+            by_position = np.zeros(N, dtype=int)
+            by_position[offsets[part["layer"].to_numpy()] + part["neuron"].to_numpy()] = part["rank"].to_numpy()
+            out.append({"task": task, "ranker": ranker, "ranked": part.height, "rank": by_position.tolist()})
     return sorted(out, key=lambda d: (d["task"], d["ranker"]))
 
 
+def browser_runs(lake: Lake, where: Slice, variant: str = "all", representative: str | None = None,
+                 cluster_seed: int | None = None) -> tuple[runs.Run | None, runs.Run | None, dict[str, runs.Run]]:
+    """The runs a browser page reads: clustering, the similarity run it read, each task's probe run.
+
+    A missing clustering or similarity run is ``None`` (the page says so), unless a
+    representative rule or seed was asked for: then there must be one.
+    """
+    cluster = sim = None
+    try:
+        cluster = cluster_run(lake, where, variant, representative, cluster_seed)
+    except UserError as exc:
+        if representative is not None or cluster_seed is not None:
+            raise
+        log.info("browser without clusters: %s", exc)
+    try:
+        sim = similarity_run(lake, where, variant, cluster)
+    except UserError as exc:
+        log.info("browser without correlations: %s", exc)
+    return cluster, sim, ranking_runs(lake, where.model, where.corpus, where.unit)
+
+
 def browser_data(lake: Lake, model: str, corpus: str, split: str = "dev", unit: str = "word",
-                 cfg: BrowserConfig | None = None) -> dict:
-    """Everything the neuron browser shows, for every neuron of every layer (layout: ``raydund.report.browser``)."""
+                 cfg: BrowserConfig | None = None, *, variant: str = "all", representative: str | None = None,
+                 cluster_seed: int | None = None) -> dict:
+    """Everything the neuron browser shows, for every neuron of every layer (layout: ``raydund.report.browser``).
+
+    Result tables are read only through completed runs (:func:`browser_runs`): clusters
+    from ONE clustering run of (split, unit, variant[, representative, seed]), r from the
+    similarity run it read, rankings from each task's latest probe run; ``sources``
+    names each run and the snapshot it was read at.
+    """
     cfg = cfg or BrowserConfig()
     where = Slice(model, corpus, split, unit)
+    cluster, sim, probes = browser_runs(lake, where, variant, representative, cluster_seed)
     layers = layers_of(lake, where)
     sample = sample_sentences(lake, where, cfg.sentences, cfg.min_words, cfg.max_words, cfg.seed)
     vocab: dict[str, int] = {}
@@ -592,15 +696,26 @@ def browser_data(lake: Lake, model: str, corpus: str, split: str = "dev", unit: 
         "min_count": cfg.min_count, "top_k": cfg.top_k, "vocab": sorted(vocab, key=vocab.get), "top": top,
         "sentences": [{"id": int(sid), "words": heat[sid][2], "heat": heat[sid][0], "peak": heat[sid][1]}
                       for sid in sample],
-        **_cluster_export(lake, where, N, cfg),
-        "correlated": _correlated(lake, where, N, cfg.correlated),
-        "rankings": _rank_export(lake, where, offsets, N),
+        **_cluster_export(lake, cluster, N, cfg),
+        "correlated": _correlated(lake, sim, N, cfg.correlated),
+        "rankings": _rank_export(lake, probes, offsets, N),
+        "variant": variant, "sources": _browser_sources(cluster, sim, probes),
     }
 
 
+def _browser_sources(cluster: runs.Run | None, sim: runs.Run | None, probes: dict[str, runs.Run]) -> list[dict]:
+    """:func:`raydund.report.sources.describe` of every run a browser page read."""
+    used = [] if cluster is None else [sources.describe(cluster, [CLUSTERS])]
+    used += [] if sim is None else [sources.describe(sim, [CORRELATION])]
+    return used + [sources.describe(run, [RANKINGS]) for run in _distinct(probes.values())]
+
+
 def build_browser(settings, model: str, corpus: str, split: str = "dev", unit: str = "word",
-                  cfg: BrowserConfig | None = None, track: bool = True):
+                  cfg: BrowserConfig | None = None, track: bool = True, *, variant: str = "all",
+                  representative: str | None = None, cluster_seed: int | None = None):
     """Write the neuron browser to ``report_dir(model, corpus)/browser/index.html``; log it to MLflow.
+
+    The runs it reads (see :func:`browser_data`) are on the page and in the MLflow params.
 
     Returns
     -------
@@ -612,12 +727,14 @@ def build_browser(settings, model: str, corpus: str, split: str = "dev", unit: s
 
     cfg = cfg or BrowserConfig()
     lake = Lake(settings)
-    data = browser_data(lake, model, corpus, split, unit, cfg)
+    data = browser_data(lake, model, corpus, split, unit, cfg, variant=variant, representative=representative,
+                        cluster_seed=cluster_seed)
     page = browser.write(data, settings.report_dir(model, corpus) / "browser")
     log.info("neuron browser written to %s (%.1f MB)", page, page.stat().st_size / 1e6)
     if track:
         params = {**dataclasses.asdict(cfg), "model": model, "corpus": corpus, "split": split, "unit": unit,
-                  "activations_snapshot_id": lake.activations().current_snapshot().snapshot_id}
+                  "activations_snapshot_id": lake.activations().current_snapshot().snapshot_id,
+                  **{f"{src['stage']}_run_id": src["run_id"] for src in data["sources"] if src["stage"] != "probes"}}
         with tracking.job_run(settings, tracking.experiment_name(model, corpus), f"neuron browser {split}", params,
                               tags={"raydund.stage": "browser"}):
             mlflow = tracking.configure(settings)
@@ -636,8 +753,9 @@ def parse_neuron(text: str) -> tuple[int, int]:
 
 
 __all__ = [
-    "BrowserConfig", "ClusterView", "browser_data", "build_browser", "MIN_SCORE", "Slice", "class_mean_differences", "cluster_of", "correlations", "label_neurons",
-    "layer_width", "layers_of", "neuron_columns", "neuron_labels", "neuron_ranks", "parse_neuron", "partitions",
-    "rankings", "sample_sentences", "select_top", "sentence_activations", "task_top_neurons", "thresholds",
-    "token_labels", "top_types", "top_words", "type_statistics", "word_scores",
+    "MIN_SCORE", "BrowserConfig", "ClusterView", "Slice", "browser_data", "browser_runs", "build_browser",
+    "class_mean_differences", "cluster_of", "cluster_run", "correlations", "label_neurons", "layer_width",
+    "layers_of", "neuron_columns", "neuron_labels", "neuron_ranks", "parse_neuron", "partitions", "ranking_runs",
+    "rankings", "sample_sentences", "select_top", "sentence_activations", "similarity_run", "task_top_neurons",
+    "thresholds", "token_labels", "top_types", "top_words", "type_statistics", "word_scores",
 ]

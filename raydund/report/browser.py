@@ -15,6 +15,10 @@ Data layout (all lists indexed by layer, then neuron within the layer)::
     kept[t_index]   = "0101..." (representative flags by position)
     correlated[pos] = [[position, r], ...]  most correlated first
     rankings        = [{task, ranker, ranked, rank[position] (0: not ranked)}]
+    sources         = [{stage, run_id, mlflow_run_id, snapshots {table: id}, scope}]
+
+Every result table is read through one completed run (:mod:`raydund.runs`); the page
+lists those runs ("Built from") so it can be traced to exact snapshots.
 """
 
 from __future__ import annotations
@@ -215,6 +219,10 @@ BODY = """
       <th>of</th></tr></thead><tbody></tbody></table>
     <p id="ranks-note" class="muted"></p>
   </section>
+  <section class="wide">
+    <h2>Built from</h2>
+    {sources}
+  </section>
 </main>
 """
 
@@ -225,12 +233,26 @@ def embed_json(data: dict) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
+def sources_table(records: list[dict]) -> str:
+    """The "Built from" table: one row per run the page read (:mod:`raydund.report.sources`)."""
+    from html import escape  # noqa: PLC0415
+
+    from raydund.report import sources  # noqa: PLC0415
+
+    if not records:
+        return '<p class="muted">no completed clustering, similarity or probe run</p>'
+    head = "".join(f'<th class="word">{escape(h)}</th>' for h in sources.HEADER)
+    body = "".join("<tr>" + "".join(f'<td class="word">{escape(c)}</td>' for c in row) + "</tr>"
+                   for row in sources.rows(records))
+    return f'<table id="sources"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def render(data: dict) -> str:
     """The whole page for one browser export."""
     from html import escape  # noqa: PLC0415
 
     title = escape(f"{data['model']} · {data['corpus']}/{data['split']}")
-    body = BODY.format(title=title, min_count=int(data["min_count"]))
+    body = BODY.format(title=title, min_count=int(data["min_count"]), sources=sources_table(data.get("sources", [])))
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>raydund neurons: {title}</title><style>{STYLE}</style></head><body>{body}"
             f"<script type=\"application/json\" id=\"raydund-data\">{embed_json(data)}</script>"
@@ -247,4 +269,4 @@ def write(data: dict, folder: str | Path) -> Path:
     return page
 
 
-__all__ = ["embed_json", "render", "write"]
+__all__ = ["embed_json", "render", "sources_table", "write"]

@@ -8,6 +8,7 @@ page opens anywhere with no server and no network, and the same PNGs go to MLflo
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -17,14 +18,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from raydund import tracking
+from raydund import runs, tracking
 from raydund.cluster import SPANS, composition
 from raydund.config import Settings
 from raydund.errors import UserError
-from raydund.lake import Lake
-from raydund.report import figures
+from raydund.lake import Lake, table_identifier
+from raydund.report import figures, sources
 
 log = logging.getLogger(__name__)
+
+LAYER_SIMILARITY, CLUSTERS = "layer_similarity", "clusters"
+PROBE_RESULTS, TRANSFER_RESULTS = "probe_results", "transfer_results"
 
 #: Published numbers (Dalvi et al. 2020, Tables 9 and 10: BERT-base, test accuracy %, LS layers,
 #: CCFS neurons) for the tasks whose data raydund has; keyed by (corpus, label).
@@ -105,22 +109,112 @@ class Report:
         return path
 
 
-def _scan(lake: Lake, name: str, model: str, corpus: str) -> pl.DataFrame:
-    if f"raydund.{name}" not in lake.table_names():
-        return pl.DataFrame()
-    return lake.scan(name).filter((pl.col("model") == model) & (pl.col("corpus") == corpus)).collect()
+@dataclasses.dataclass
+class Sources:
+    """The completed runs one report page is built from (:mod:`raydund.runs`).
+
+    Attributes
+    ----------
+    transfer : raydund.runs.Run
+        The transfer run the report is of.
+    similarity, cluster : raydund.runs.Run or None
+        The similarity run the transfer run read (else the latest of its stats split and
+        unit) and the latest clustering run of that same split, unit and variant.
+    probes : dict
+        Task -> the latest probe run of that task and the transfer run's unit.
+    notes : list of str
+        What could not be matched exactly (shown on the page).
+    """
+
+    transfer: runs.Run
+    similarity: runs.Run | None = None
+    cluster: runs.Run | None = None
+    probes: dict = dataclasses.field(default_factory=dict)
+    notes: list = dataclasses.field(default_factory=list)
+
+    def records(self) -> list[dict]:
+        """:func:`raydund.report.sources.describe` of every run the page reads, each once."""
+        used = [(self.similarity, [LAYER_SIMILARITY]), (self.cluster, [CLUSTERS])]
+        used += [(run, [PROBE_RESULTS]) for run in self.probes.values()]
+        used.append((self.transfer, [TRANSFER_RESULTS]))
+        out, seen = [], set()
+        for run, tables in used:
+            if run is not None and run.run_id not in seen:
+                seen.add(run.run_id)
+                out.append(sources.describe(run, tables))
+        return out
 
 
-def general_section(rep: Report, lake: Lake, model: str, corpus: str) -> None:
-    """CKA heatmaps (Figure 1), clustering curve and composition (Figures 2 and 3)."""
+def _tasks(run: runs.Run) -> list[str]:
+    task = run.scope.get("task")
+    return [] if task is None else [str(t) for t in (task if isinstance(task, list) else [task])]
+
+
+def resolve_transfer(lake: Lake, run_id: str) -> runs.Run:
+    """The completed transfer run named by its MLflow or raydund run id; a :class:`UserError` otherwise."""
+    run = runs.by_id(lake, run_id)
+    if run.stage != "transfer":
+        raise UserError(f"run {run_id} is a {run.stage} run, not a transfer run (`raydund transfer` prints the id)")
+    return run
+
+
+def resolve_sources(lake: Lake, transfer: runs.Run, stats_split: str | None, variant: str = "all") -> Sources:
+    """The runs behind each section of the report of ``transfer``.
+
+    Parameters
+    ----------
+    lake : Lake
+    transfer : raydund.runs.Run
+    stats_split : str, optional
+        The transfer job's ``stats_split`` (its MLflow param), used when the run does
+        not name the similarity run it read.
+    variant : str
+        Similarity variant the transfer job reads (``all``).
+    """
+    model, corpus, unit = transfer.model, transfer.corpus, transfer.scope.get("unit", "word")
+    out = Sources(transfer)
+    wanted = transfer.inputs.get("similarity_run")
+    if wanted:
+        out.similarity = next((r for r in runs.completed(lake, "similarity", model, corpus) if r.run_id == wanted),
+                              None)
+        if out.similarity is None:
+            out.notes.append(f"the similarity run {wanted} this transfer read is not in the lake")
+    elif stats_split:
+        out.similarity = runs.latest(lake, "similarity", model, corpus, LAYER_SIMILARITY, split=stats_split,
+                                     unit=unit, variant=variant)
+    if out.similarity is not None:
+        scope = {k: out.similarity.scope[k] for k in ("split", "unit", "variant") if k in out.similarity.scope}
+        done = [r for r in runs.completed(lake, "cluster", model, corpus)
+                if r.covers(scope) and table_identifier(CLUSTERS) in r.outputs]
+        same = [r for r in done if r.inputs.get("similarity_run") == out.similarity.run_id]
+        out.cluster = (same or done or [None])[-1]
+        if out.cluster is not None and not same:
+            out.notes.append(f"clustering run {out.cluster.run_id} read another similarity run "
+                             f"({out.cluster.inputs.get('similarity_run')})")
+    for task in _tasks(transfer):
+        probe = runs.latest(lake, "probes", model, corpus, PROBE_RESULTS, task=task, unit=unit)
+        if probe is not None:
+            out.probes[task] = probe
+    return out
+
+
+def sources_section(rep: Report, used: Sources) -> None:
+    """The "Built from" table: stage, run ids, table -> snapshot id, scope of every run read."""
+    rep.section("Built from")
+    rep.raw(_table(sources.HEADER, sources.rows(used.records()), left=5))
+    for note in used.notes:
+        rep.text(note, "note")
+
+
+def general_section(rep: Report, lake: Lake, sim: runs.Run | None, cluster: runs.Run | None) -> None:
+    """CKA heatmaps (Figure 1), clustering curve and composition (Figures 2 and 3) of ONE run each."""
     rep.section("General redundancy")
-    sim = _scan(lake, "layer_similarity", model, corpus)
-    if sim.height:
-        split = sim["split"][0]
+    frame = sources.read(lake, sim, LAYER_SIMILARITY) if sim is not None else pl.DataFrame()
+    if frame.height:
+        split = sim.scope.get("split")
         named = {}
         for measure in ("cka", "cka_debiased"):
-            part = sim.filter((pl.col("measure") == measure) & (pl.col("split") == split)
-                              & (pl.col("variant") == "all"))
+            part = frame.filter(pl.col("measure") == measure)
             if part.height:
                 L = int(part["layer_a"].max()) + 1
                 M = np.full((L, L), np.nan)
@@ -128,19 +222,25 @@ def general_section(rep: Report, lake: Lake, model: str, corpus: str) -> None:
                 M = np.where(np.isnan(M), M.T, M)
                 named[f"{measure}_heatmap"] = figures.cka_heatmap(M, f"{measure.replace('_', ' ')} ({split})")
         rep.figures(named)
-    clusters = _scan(lake, "clusters", model, corpus)
+    clusters = sources.read(lake, cluster, CLUSTERS) if cluster is not None else pl.DataFrame()
     if clusters.height:
-        summary = []
-        for (t,), g in clusters.sort("threshold").group_by("threshold", maintain_order=True):
-            comp = composition(g["cluster_id"].to_numpy(), g["layer"].to_numpy())
-            summary.append({"threshold": t, "neurons_kept": int(g["kept"].sum()), "neurons_total": g.height, **comp})
+        summary = cluster_summary(clusters)
         rep.figures({"cc_threshold_curve": figures.threshold_curve(summary, "correlation clustering"),
                      "cc_composition": figures.composition_bars(summary, SPANS, "cluster composition")})
         rep.raw(_table(["threshold", "neurons kept", "of", "reduction %"],
                        [[r["threshold"], r["neurons_kept"], r["neurons_total"],
                          100 * (1 - r["neurons_kept"] / r["neurons_total"])] for r in summary], left=0))
-    if not sim.height and not clusters.height:
+    if not frame.height and not clusters.height:
         rep.text("No general-redundancy results: run `raydund similarity` and `raydund cluster`.", "note")
+
+
+def cluster_summary(clusters: pl.DataFrame) -> list[dict]:
+    """Per threshold of ONE clustering run's rows: neurons kept, clustered, and the composition."""
+    summary = []
+    for (t,), g in clusters.sort("threshold").group_by("threshold", maintain_order=True):
+        comp = composition(g["cluster_id"].to_numpy(), g["layer"].to_numpy())
+        summary.append({"threshold": t, "neurons_kept": int(g["kept"].sum()), "neurons_total": g.height, **comp})
+    return summary
 
 
 def _probe_rows(frame: pl.DataFrame, analysis: str) -> list[dict]:
@@ -158,13 +258,17 @@ def _probe_rows(frame: pl.DataFrame, analysis: str) -> list[dict]:
     return list(rows.values())
 
 
-def task_section(rep: Report, lake: Lake, model: str, corpus: str) -> None:
-    """Per task: layer-wise redundancy (Figure 4, Table 7), per class (Figures 7-9), minimal set (Table 8)."""
-    probes = _scan(lake, "probe_results", model, corpus)
-    if not probes.height:
+def task_section(rep: Report, lake: Lake, probes: dict[str, runs.Run]) -> None:
+    """Per task: layer-wise redundancy (Figure 4, Table 7), per class (Figures 7-9), minimal set (Table 8).
+
+    ``probes``: task -> the probe run whose ``probe_results`` rows of that task are shown.
+    """
+    frames = {task: sources.read(lake, run, PROBE_RESULTS, {"task": task}) for task, run in probes.items()}
+    frames = {task: frame for task, frame in frames.items() if frame.height}
+    if not frames:
         return
     rep.section("Task-specific redundancy")
-    for (task,), frame in probes.group_by("task", maintain_order=True):
+    for task, frame in frames.items():
         layer_rows = _probe_rows(frame, "layerwise")
         key = "pearson" if any("pearson" in r["dev"] for r in layer_rows) else "accuracy"
         oracle = next((r for r in layer_rows if r["probe"] == "oracle"), None)
@@ -183,9 +287,10 @@ def task_section(rep: Report, lake: Lake, model: str, corpus: str) -> None:
                         for r in layer_rows]))
 
 
-def transfer_section(rep: Report, lake: Lake, model: str, corpus: str) -> None:
-    """LS + CCFS per task (Tables 3, 9, 10), with the paper's published BERT-base numbers beside."""
-    rows = _scan(lake, "transfer_results", model, corpus)
+def transfer_section(rep: Report, lake: Lake, transfer: runs.Run) -> None:
+    """LS + CCFS per task (Tables 3, 9, 10) of the transfer run's own rows, with the paper's numbers beside."""
+    model, corpus = transfer.model, transfer.corpus
+    rows = sources.read(lake, transfer, TRANSFER_RESULTS)
     if not rows.height:
         return
     rep.section("Efficient transfer: LayerSelector + CCFS")
@@ -232,39 +337,56 @@ def timing_section(rep: Report, timing: dict | None) -> None:
                    [[s, 1000 * f["slope"], f["r2"]] for s, f in timing["linear_fits"].items()]))
 
 
-def build_report(settings: Settings, run_id: str) -> Path:
-    """Render the report of a transfer run (``raydund transfer``) and log its page and PNGs to that run."""
-    mlflow = tracking.configure(settings)
-    client = mlflow.MlflowClient()
+def _mlflow_params(client, run_id: str | None) -> dict:
+    """The params of an MLflow run ({} when it is not in the tracking store)."""
+    if not run_id:
+        return {}
     try:
-        run = client.get_run(run_id)
+        return dict(client.get_run(run_id).data.params)
     except Exception:  # noqa: BLE001  (MLflow raises its own exception types for unknown ids)
-        raise UserError(f"no MLflow run {run_id!r} in {settings.tracking_uri}") from None
-    params = run.data.params
-    if run.data.tags.get("raydund.stage") != "transfer":
-        raise UserError(f"run {run_id} is not a transfer run (`raydund transfer` prints the id)")
-    model, corpus = params["model"], params["corpus"]
+        log.warning("MLflow run %s is not in the tracking store; the report uses the lake only", run_id)
+        return {}
+
+
+def build_report(settings: Settings, run_id: str) -> Path:
+    """Render the report of a transfer run (``raydund transfer``) and log its page and PNGs to that run.
+
+    ``run_id`` is the transfer job's MLflow run id or its raydund run id. Every section
+    reads only the rows of exact completed runs (:func:`resolve_sources`), at the
+    snapshots they recorded; the page's "Built from" table (and ``sources.json``) names them.
+    """
+    mlflow = tracking.configure(settings)
     lake = Lake(settings)
+    transfer = resolve_transfer(lake, run_id)
+    mlflow_id = transfer.mlflow_run_id
+    params = _mlflow_params(mlflow.MlflowClient(), mlflow_id)
+    used = resolve_sources(lake, transfer, params.get("stats_split"))
+    model, corpus = transfer.model, transfer.corpus
     rep = Report(f"raydund: {model} on {corpus}")
-    rep.text(f"MLflow run {run_id}; tasks {params.get('labels')}; LS thresholds {params.get('ls_thresholds')}, "
-             f"CCFS thresholds {params.get('ccfs_thresholds')}; activations snapshot "
-             f"{params.get('activations_snapshot_id')}.", "note")
+    scope = transfer.scope
+    rep.text(f"Transfer run {transfer.run_id} (MLflow run {mlflow_id}); tasks {', '.join(_tasks(transfer))}; "
+             f"LS thresholds {scope.get('ls_threshold')}, CCFS thresholds {scope.get('ccfs_threshold')}; "
+             f"activations snapshot {params.get('activations_snapshot_id')}.", "note")
     browser = settings.report_dir(model, corpus) / "browser" / "index.html"
     if browser.exists():
         rep.raw('<p><a href="browser/index.html">Neuron browser</a></p>')
-    general_section(rep, lake, model, corpus)
-    task_section(rep, lake, model, corpus)
-    transfer_section(rep, lake, model, corpus)
+    sources_section(rep, used)
+    general_section(rep, lake, used.similarity, used.cluster)
+    task_section(rep, lake, used.probes)
+    transfer_section(rep, lake, transfer)
     timing = None
     try:
-        timing = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="timing/timing.json"))
-                            .read_text(encoding="utf-8"))
+        local = mlflow.artifacts.download_artifacts(run_id=mlflow_id, artifact_path="timing/timing.json")
+        timing = json.loads(Path(local).read_text(encoding="utf-8"))
     except Exception:  # noqa: BLE001  (no timing logged for this run)
-        log.info("run %s has no timing artefact", run_id)
+        log.info("run %s has no timing artefact", mlflow_id)
     timing_section(rep, timing)
     path = rep.write(settings.report_dir(model, corpus))
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_artifact(str(path), "report")
-        for name in rep.images:
-            mlflow.log_artifact(str(path.parent / f"{name}.png"), "report/figures")
+    (path.parent / "sources.json").write_text(json.dumps(used.records(), indent=1), encoding="utf-8")
+    if mlflow_id:
+        with mlflow.start_run(run_id=mlflow_id):
+            mlflow.log_artifact(str(path), "report")
+            mlflow.log_artifact(str(path.parent / "sources.json"), "report")
+            for name in rep.images:
+                mlflow.log_artifact(str(path.parent / f"{name}.png"), "report/figures")
     return path
