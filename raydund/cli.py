@@ -383,7 +383,8 @@ def cmd_explore(args) -> None:
             cfg = ex.BrowserConfig(top_k=args.top_k, min_count=args.min_count, sentences=args.sentences,
                                    threshold=args.threshold, seed=args.seed)
             page = ex.build_browser(settings, args.model, args.corpus, args.split, args.unit, cfg,
-                                    track=not args.no_track)
+                                    track=not args.no_track, representative=args.representative,
+                                    cluster_seed=args.cluster_seed)
             print(f"neuron browser: {page}")
 
 
@@ -538,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("report", help="one self-contained HTML page with the paper's figures and tables for a run")
-    p.add_argument("run", help="MLflow run id of a `raydund transfer` job")
+    p.add_argument("run", help="MLflow run id (or raydund run id) of a completed `raydund transfer` job")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("explore", help="look at neurons: top words, labels, clusters, heatmaps, an HTML browser")
@@ -573,8 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = explore_parser("cluster", "a neuron's correlation cluster: members, layers, r, task ranks", neuron=True)
     e.add_argument("--threshold", type=float, default=0.3, help="clustering threshold (default 0.3)")
     e.add_argument("--representative", choices=["random", "central"], default=None,
-                   help="which stored sweep (default: the first stored)")
-    e.add_argument("--seed", type=int, default=None, help="seed of the stored sweep")
+                   help="which clustering run (default: the latest of the split)")
+    e.add_argument("--seed", type=int, default=None, help="seed of the clustering run")
     e = explore_parser("heatmap", "activations of neurons over sentences as a picture (SVG + PNG)")
     e.add_argument("--neuron", action="append", metavar="L:N", help="a neuron as LAYER:INDEX (repeatable)")
     e.add_argument("--cluster", metavar="L:N", help="the members of this neuron's cluster (see --threshold)")
@@ -595,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sentences", type=int, default=3, help="sample sentences for the heatmaps")
     e.add_argument("--threshold", type=float, default=0.3, help="clustering threshold selected on opening")
     e.add_argument("--seed", type=int, default=0, help="seed of the sentence sample")
+    e.add_argument("--representative", choices=["random", "central"], default=None,
+                   help="which clustering run (default: the latest of the split)")
+    e.add_argument("--cluster-seed", type=int, default=None, help="seed of the clustering run")
     e.add_argument("--no-track", action="store_true", help="do not log the page to MLflow")
 
     p = sub.add_parser("tables", help="list lake tables (rows, files, snapshot)")
