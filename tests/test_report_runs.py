@@ -284,5 +284,13 @@ def test_report_refuses_what_is_not_a_completed_transfer_run(two_splits):
     settings = two_splits["settings"]
     with pytest.raises(UserError, match="not a transfer run"):
         report_html.build_report(settings, two_splits["cluster_dev"].run_id)
-    with pytest.raises(UserError, match="no completed raydund run"):
+    with pytest.raises(UserError, match="no MLflow run and no completed raydund run"):
         report_html.build_report(settings, "0123456789abcdef")
+    from raydund import tracking
+
+    with tracking.job_run(settings, "raydund/m/toy", "transfer that died", {"model": "m"},
+                          tags={"raydund.stage": "transfer"}) as died:
+        runs.StageRun(two_splits["lake"], "transfer", "m", "toy", TRANSFER_SCOPE).replace(
+            "transfer_results", transfer_rows(0.1), ("model", "corpus"))  # no complete(): it crashed
+    with pytest.raises(UserError, match="no completed run in the lake"):
+        report_html.build_report(settings, died.info.run_id)

@@ -150,12 +150,30 @@ def _tasks(run: runs.Run) -> list[str]:
     return [] if task is None else [str(t) for t in (task if isinstance(task, list) else [task])]
 
 
-def resolve_transfer(lake: Lake, run_id: str) -> runs.Run:
-    """The completed transfer run named by its MLflow or raydund run id; a :class:`UserError` otherwise."""
-    run = runs.by_id(lake, run_id)
+def resolve_transfer(lake: Lake, client, run_id: str) -> runs.Run:
+    """The completed transfer run named by its MLflow or raydund run id; a :class:`UserError` otherwise.
+
+    When the lake has no completed run of that id, MLflow tells why: an unknown id, a
+    run of another stage, or a transfer job that failed or did not finish.
+    """
+    try:
+        run = runs.by_id(lake, run_id)
+    except UserError:
+        raise UserError(_not_found(client, run_id)) from None
     if run.stage != "transfer":
         raise UserError(f"run {run_id} is a {run.stage} run, not a transfer run (`raydund transfer` prints the id)")
     return run
+
+
+def _not_found(client, run_id: str) -> str:
+    """Why ``run_id`` names no completed transfer run in the lake."""
+    try:
+        stage = client.get_run(run_id).data.tags.get("raydund.stage")
+    except Exception:  # noqa: BLE001  (MLflow raises its own exception types for unknown ids)
+        return f"no MLflow run and no completed raydund run {run_id!r} (`raydund transfer` prints the id)"
+    if stage != "transfer":
+        return f"run {run_id} is not a transfer run (`raydund transfer` prints the id)"
+    return f"transfer run {run_id} has no completed run in the lake (it failed or did not finish); run it again"
 
 
 def resolve_sources(lake: Lake, transfer: runs.Run, stats_split: str | None, variant: str = "all") -> Sources:
@@ -356,10 +374,11 @@ def build_report(settings: Settings, run_id: str) -> Path:
     snapshots they recorded; the page's "Built from" table (and ``sources.json``) names them.
     """
     mlflow = tracking.configure(settings)
-    lake = Lake(settings)
-    transfer = resolve_transfer(lake, run_id)
+    lake = Lake(settings, create=False)
+    client = mlflow.MlflowClient()
+    transfer = resolve_transfer(lake, client, run_id)
     mlflow_id = transfer.mlflow_run_id
-    params = _mlflow_params(mlflow.MlflowClient(), mlflow_id)
+    params = _mlflow_params(client, mlflow_id)
     used = resolve_sources(lake, transfer, params.get("stats_split"))
     model, corpus = transfer.model, transfer.corpus
     rep = Report(f"raydund: {model} on {corpus}")
