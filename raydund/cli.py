@@ -54,9 +54,24 @@ def _check_names(args) -> None:
             check_name(kind, name)
 
 
+class _RedactFilter(logging.Filter):
+    """Log records with any password inside a URI replaced by ``***`` (tracking and catalog URIs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from raydund.config import redact_uri  # noqa: PLC0415
+
+        message = record.getMessage()
+        redacted = redact_uri(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RedactFilter())
     logging.getLogger("raydund").setLevel(logging.INFO)
     logging.getLogger("pyiceberg.io.pyarrow").setLevel(logging.ERROR)  # "statistics missing" for vectors
     if not verbose:
@@ -687,7 +702,9 @@ def main(argv: list[str] | None = None) -> int:
         _check_names(args)
         args.func(args)
     except UserError as exc:
-        print(f"raydund: error: {exc}", file=sys.stderr)
+        from raydund.config import redact_uri  # noqa: PLC0415
+
+        print(f"raydund: error: {redact_uri(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("raydund: interrupted (re-run the same command to resume)", file=sys.stderr)

@@ -126,7 +126,7 @@ def run_demo(settings: Settings, limit: int | None = None, train_limit: int = DE
     print(lake.summary())
     print(partition_counts(lake).filter(partition_counts(lake)["model"] == DEMO_MODEL).head(21))
     print(f"\nwarehouse: {settings.warehouse}\ncatalog:   {settings.catalog_uri}")
-    print(f"MLflow UI: {tracking.ui_command(settings)}   (then open http://127.0.0.1:5000)")
+    print(f"MLflow UI: {tracking.redact(tracking.ui_command(settings))}   (then open http://127.0.0.1:5000)")
     print("\nquery the tables with polars:\n" + QUERIES)
     print("reports (open in a browser; the neuron browser is linked from each):")
     for path in reports:

@@ -198,7 +198,7 @@ def resolve_registered(uri: str, settings=None) -> ModelSpec:
         else:
             mv = client.get_model_version(model, version)
     except MlflowException as exc:
-        raise UserError(f"no registered model version for {uri!r} in {settings.tracking_uri}: "
+        raise UserError(f"no registered model version for {uri!r} in {tracking.redact(settings.tracking_uri)}: "
                         f"{str(exc).splitlines()[0]}") from None
     cache = settings.home / "models" / model / str(mv.version)
     if not (cache / "config.json").is_file():
