@@ -249,6 +249,37 @@ def cmd_tables(args) -> None:
             print(partition_counts(lake))
 
 
+def cmd_runs(args) -> None:
+    import json  # noqa: PLC0415
+
+    from raydund import runs  # noqa: PLC0415
+
+    _, lake = _read_lake()
+    found = runs.completed(lake, args.stage, args.model, args.corpus)
+    if not found:
+        print("no completed runs")
+    for run in found[-args.last:]:
+        scope = {k: v for k, v in run.scope.items() if k not in ("model", "corpus")}
+        print(f"{run.run_id}  {run.stage:<10} {run.model} {run.corpus} {json.dumps(scope)}  "
+              f"MLflow {run.mlflow_run_id}")
+        for table, snap in sorted(run.outputs.items()):
+            print(f"    {table} @ {snap}")
+
+
+def cmd_tracking_flush(args) -> None:
+    from raydund import tracking  # noqa: PLC0415
+
+    settings = _settings()
+    pending = sorted(p.stem for p in (settings.home / "mlflow-spool").glob("*.jsonl"))
+    if not pending:
+        print("nothing spooled: MLflow holds everything")
+        return
+    sent = tracking.replay_spool(settings)
+    print(f"replayed {sent} of {len(pending)} spooled run(s) to {tracking.redact(settings.tracking_uri)}")
+    if sent < len(pending):
+        raise UserError(f"{len(pending) - sent} run(s) still spooled: MLflow did not take them; try again later")
+
+
 def cmd_vacuum(args) -> None:
     from datetime import timedelta  # noqa: PLC0415
 
@@ -619,6 +650,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tables", help="list lake tables (rows, files, snapshot)")
     p.add_argument("--partitions", action="store_true", help="also rows per activation partition")
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("runs", help="completed stage runs: what readers see, with the snapshot of every table written")
+    p.add_argument("--stage", help="only this stage (similarity, cluster, probes, transfer)")
+    p.add_argument("--model", help="only this model")
+    p.add_argument("--corpus", help="only this corpus")
+    p.add_argument("--last", type=int, default=20, help="the newest N (default 20)")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("tracking", help="MLflow bookkeeping")
+    tsub = p.add_subparsers(dest="tracking_command", required=True)
+    t = tsub.add_parser("flush", help="send what a job could not log (MLflow was down after its lake commit)")
+    t.set_defaults(func=cmd_tracking_flush)
 
     p = sub.add_parser("vacuum", help="expire old snapshots and delete files no retained snapshot references "
                                       "(dry run unless --yes)")

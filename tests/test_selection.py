@@ -66,7 +66,8 @@ def tagged_corpus(n, seed):
     words = list(VOCAB)
     sents = [[words[j] for j in rng.integers(0, len(words), int(rng.integers(3, 9)))] for _ in range(n)]
     return pa.table({"sentence_id": pa.array(range(n), pa.int64()), "words": sents,
-                     "pos": [[VOCAB[w] for w in s] for s in sents]})
+                     "pos": [[VOCAB[w] for w in s] for s in sents],
+                     "det": [["yes" if VOCAB[w] == "DT" else "no" for w in s] for s in sents]})
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -126,6 +127,17 @@ def test_transfer_job_registers_a_reduced_model_that_reproduces_the_pipeline(set
     timing = out["timing"]
     assert [r["layers"] for r in timing["forward_by_layers"]] == [2, 3]  # embeddings + 1 or 2 blocks
     assert timing["reduced_vs_full"][0]["speedup"] > 0
+    # the version is served as current only once the lake holds its run
+    version = client.get_model_version_by_alias(uri.split("/")[1], "current")
+    assert uri.endswith(f"/{version.version}") and version.tags["raydund.status"] == "committed"
+
+    # another task on the same corpus replaces its own rows only: pos stays as it was (issue 15.1)
+    before = table.sort(table.columns)
+    run_transfer(TransferConfig(model=name, corpus="toy", labels=("det",), stats_split="train", epochs=5,
+                                register=False, timing=False), settings)
+    after = lake.scan("transfer_results").filter(pl.col("model") == name).collect()
+    assert after.filter(pl.col("task") == "pos").sort(table.columns).equals(before)
+    assert after.filter(pl.col("task") == "det").height == 4 * 2
 
     # the report: one self-contained page; every figure loads in headless Chromium, no console errors
     from browser import page_of
@@ -147,7 +159,7 @@ def test_transfer_job_registers_a_reduced_model_that_reproduces_the_pipeline(set
     names = {alt for alt, _ in images}
     assert all(ok for _, ok in images) and {"cka_heatmap", "cc_threshold_curve", "layerwise_pos",
                                              "timing_forward_by_layers", "timing_probe_cost"} <= names
-    assert headings == ["General redundancy", "Task-specific redundancy", "Efficient transfer: LayerSelector + CCFS",
+    assert headings == ["Built from", "General redundancy", "Task-specific redundancy", "Efficient transfer: LayerSelector + CCFS",
                         "Timing (measured)"]
     assert "ccfs" in text and "POS" not in text  # toy corpus: no paper row to compare with
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(out["run_id"], "report")}
