@@ -579,8 +579,10 @@ def run_finetune(cfg: FinetuneConfig, settings: Settings) -> FinetuneResult:
             mlflow.log_dict(state, "finetune_state.json")
             mlflow.log_artifacts(str(Path(folder) / "model"), "model")
         version = _register(client, mlflow, name, run.info.run_id, key, spec.name, cfg.corpus, task, test)
-        mlflow.set_tags({"raydund.registered_model": name, "raydund.model_version": version.version,
-                         LAKE_MODEL_TAG: version.tags[LAKE_MODEL_TAG]})
+        # the registry holds the model now: tracking failures from here on are spooled, never raised
+        tracking.Tracker(settings, run.info.run_id).tags({
+            "raydund.registered_model": name, "raydund.model_version": version.version,
+            LAKE_MODEL_TAG: version.tags[LAKE_MODEL_TAG]})
     return FinetuneResult(
         registered_name=name, version=str(version.version), lake_model=version.tags[LAKE_MODEL_TAG], task=task,
         test=test, dev={k[4:]: v for k, v in state["history"][-1].items() if k.startswith("dev_")},

@@ -56,10 +56,11 @@ def ingest(corpus: str, settings: Settings, splits: list[str] | None = None) -> 
     with tracking.job_run(settings, tracking.experiment_name("corpora", spec.name), f"ingest {spec.name}",
                           params, tags={"raydund.stage": "ingest"}) as run:
         snapshot = Lake(settings).write_corpus(spec.name, tables, properties={"mlflow.run_id": run.info.run_id})
-        mlflow = tracking.configure(settings)
-        mlflow.log_metrics({**{f"sentences_{k}": v for k, v in sentences.items()},
-                            **{f"tokens_{k}": v for k, v in tokens.items()},
-                            "seconds": time.perf_counter() - start})
-        mlflow.set_tag("iceberg.snapshot_id", str(snapshot))
+        # the lake holds the corpus now: tracking failures from here on are spooled, never raised
+        track = tracking.Tracker(settings, run.info.run_id)
+        track.metrics({**{f"sentences_{k}": v for k, v in sentences.items()},
+                       **{f"tokens_{k}": v for k, v in tokens.items()},
+                       "seconds": time.perf_counter() - start})
+        track.tags({"iceberg.snapshot_id": str(snapshot)})
     log.info("ingested %s: %s", spec.name, ", ".join(f"{k}={v} sentences" for k, v in sentences.items()))
     return IngestResult(spec.name, snapshot, sentences, tokens, run.info.run_id)
