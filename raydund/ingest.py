@@ -12,7 +12,7 @@ import time
 
 import pyarrow.compute as pc
 
-from raydund import tracking
+from raydund import faults, tracking
 from raydund.config import Settings
 from raydund.corpora import load_spec, read_corpus
 from raydund.errors import UserError
@@ -55,7 +55,9 @@ def ingest(corpus: str, settings: Settings, splits: list[str] | None = None) -> 
               "labels": ",".join(spec.labels)}
     with tracking.job_run(settings, tracking.experiment_name("corpora", spec.name), f"ingest {spec.name}",
                           params, tags={"raydund.stage": "ingest"}) as run:
+        faults.crash_point("ingest.before_commit")
         snapshot = Lake(settings).write_corpus(spec.name, tables, properties={"mlflow.run_id": run.info.run_id})
+        faults.crash_point("ingest.after_commit")
         # the lake holds the corpus now: tracking failures from here on are spooled, never raised
         track = tracking.Tracker(settings, run.info.run_id)
         track.metrics({**{f"sentences_{k}": v for k, v in sentences.items()},

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from raydund import tracking
+from raydund import faults, tracking
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.extract.actor import ExtractActor, split_uri
@@ -344,11 +344,13 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
         records = [done[s["shard"]] for s in shards]
         files = [f for r in records for f in r["files"]]
         _touch(fs, f"{root}/{SEALED}")  # from here on no file of this generation is ever written again
+        faults.crash_point("extract.before_commit")
         snapshot = lake.commit_activation_files(
             files, spec.name, cfg.corpus, cfg.split, cfg.unit,
             properties={"raydund.job_key": key, "mlflow.run_id": run.info.run_id},
         )
         _check_committed(lake, snapshot, records)
+        faults.crash_point("extract.after_commit")
         seconds = time.perf_counter() - start
         result = ExtractResult(
             snapshot_id=snapshot, run_id=run.info.run_id, words=sum(r["words"] for r in records),
