@@ -15,8 +15,8 @@ def test_load_model_reads_raydunds_store(settings, tmp_path, monkeypatch):
             return [str(t).upper() for t in model_input]
 
     tracking.configure(settings)
-    mlflow.set_experiment("raydund/test/load")
-    with mlflow.start_run():
+    experiment = tracking.ensure_experiment(settings, "raydund/test/load")  # artifacts under RAYDUND_HOME
+    with mlflow.start_run(experiment_id=experiment):
         mlflow.pyfunc.log_model(name="m", python_model=Upper(), registered_model_name="raydund-upper")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/elsewhere.db")  # what a user's shell might point at
     monkeypatch.setenv("RAYDUND_HOME", str(settings.home))
