@@ -24,7 +24,12 @@ lists those runs ("Built from") so it can be traced to exact snapshots.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
+
+from raydund import faults
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #222; }
@@ -260,13 +265,48 @@ def render(data: dict) -> str:
 
 
 def write(data: dict, folder: str | Path) -> Path:
-    """Write ``index.html`` (data embedded) and ``data.json`` into ``folder``; return the page's path."""
+    """Write ``index.html`` (data embedded) and ``data.json`` as ``folder``, whole or not at all.
+
+    Both files go into a new hidden sibling folder, which then takes ``folder``'s place by
+    two renames (the old folder aside, the new one in), so a crash leaves the previous
+    page (or, between the renames, none), never half of a new one. Leftovers of a
+    crashed write are removed by the next one (one writer per page at a time).
+
+    Returns
+    -------
+    pathlib.Path
+        The page, ``folder/index.html``.
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    page = folder / "index.html"
-    page.write_text(render(data), encoding="utf-8")
-    (folder / "data.json").write_text(json.dumps(data, separators=(",", ":"), ensure_ascii=False), encoding="utf-8")
-    return page
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(folder)
+    faults.crash_point("browser.before_write")
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
+    staging.chmod(0o755)
+    (staging / "index.html").write_text(render(data), encoding="utf-8")
+    faults.crash_point("browser.between_files")
+    (staging / "data.json").write_text(json.dumps(data, separators=(",", ":"), ensure_ascii=False), encoding="utf-8")
+    _swap_in(staging, folder)
+    faults.crash_point("browser.after_write")
+    return folder / "index.html"
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Put the complete ``staging`` folder where ``folder`` is (renames; the old one is then deleted)."""
+    if not folder.exists():
+        os.rename(staging, folder)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    os.rename(folder, old / folder.name)
+    os.rename(staging, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete the hidden staging folders a crashed :func:`write` of ``folder`` left beside it."""
+    for prefix in (f".{folder.name}.new-", f".{folder.name}.old-"):
+        for path in folder.parent.glob(f"{prefix}*"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 __all__ = ["embed_json", "render", "sources_table", "write"]
