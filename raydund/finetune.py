@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raydund import tracking
+from raydund import faults, tracking
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.extract.encoder import LAKE_MODEL_TAG, default_threads, resolve_model
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 TASKS = ("classification", "regression")
 JOB_KEY_TAG = "raydund.job_key"
+#: Registry tag of a version's state: ``pending`` (being registered), ``committed`` (complete: a re-run
+#: of its job returns it) or ``failed`` (its registration was interrupted; never returned).
+STATUS_TAG = "raydund.status"
 #: Fields of :class:`FinetuneConfig` that do not change the fine-tuned weights.
 _NOT_IN_KEY = ("use_gpu", "cpus_per_worker", "threads", "max_failures", "fail_after_steps", "fresh")
 
@@ -482,10 +485,35 @@ def train_loop(config: dict) -> None:
 
 # -- the driver ---------------------------------------------------------------------------
 def _existing_version(client, name: str, key: str):
-    """The registered version an earlier run of this job produced, if any."""
+    """The complete version an earlier run of this job registered, if any.
+
+    Complete: tagged ``committed``, or registered before versions had a status (it has
+    its lake name). A ``pending`` or ``failed`` version is never returned.
+    """
     versions = client.search_model_versions(f"name='{name}'")  # empty when the model is not registered yet
-    found = [v for v in versions if v.tags.get(JOB_KEY_TAG) == key]
+    found = [v for v in versions if v.tags.get(JOB_KEY_TAG) == key and _complete(v)]
     return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def _complete(version) -> bool:
+    status = version.tags.get(STATUS_TAG)
+    return status == "committed" or (status is None and LAKE_MODEL_TAG in version.tags)
+
+
+def fail_interrupted_versions(client, name: str, key: str) -> list[str]:
+    """Tag ``failed`` every ``pending`` version of job ``key``: its registration never finished.
+
+    Runs of one job key share their Ray Train storage, so they never run at the same
+    time: a pending version seen by a new run of the same key belongs to a dead run.
+    Returns the versions it tagged.
+    """
+    versions = client.search_model_versions(f"name='{name}'")  # empty when the model is not registered yet
+    stale = [str(v.version) for v in versions
+             if v.tags.get(JOB_KEY_TAG) == key and v.tags.get(STATUS_TAG) == "pending"]
+    for number in stale:
+        client.set_model_version_tag(name, number, STATUS_TAG, "failed")
+        log.warning("%s version %s: its registration was interrupted; tagged failed", name, number)
+    return stale
 
 
 def _use_gpu(cfg: FinetuneConfig, ray) -> bool:
@@ -526,6 +554,7 @@ def run_finetune(cfg: FinetuneConfig, settings: Settings) -> FinetuneResult:
     name = registered_name(spec.name, cfg.corpus)
     mlflow = tracking.configure(settings)
     client = mlflow.MlflowClient()
+    fail_interrupted_versions(client, name, key)
     if not cfg.fresh:
         done = _existing_version(client, name, key)
         if done is not None:
@@ -578,6 +607,7 @@ def run_finetune(cfg: FinetuneConfig, settings: Settings) -> FinetuneResult:
                                 "steps": state["step"], "seconds": time.perf_counter() - start})
             mlflow.log_dict(state, "finetune_state.json")
             mlflow.log_artifacts(str(Path(folder) / "model"), "model")
+        faults.crash_point("finetune.before_register")
         version = _register(client, mlflow, name, run.info.run_id, key, spec.name, cfg.corpus, task, test)
         # the registry holds the model now: tracking failures from here on are spooled, never raised
         tracking.Tracker(settings, run.info.run_id).tags({
@@ -596,7 +626,10 @@ def _is_user_error(exc: Exception) -> bool:
 
 
 def _register(client, mlflow, name: str, run_id: str, key: str, model: str, corpus: str, task: str, test: dict):
-    """A new version of ``name`` from this run's ``model`` artifacts, tagged with its lake name and metrics."""
+    """A new version of ``name`` from this run's ``model`` artifacts, tagged with its lake name and metrics.
+
+    The version is created ``pending`` and tagged ``committed`` last, once every tag is set.
+    """
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
     try:
@@ -606,10 +639,12 @@ def _register(client, mlflow, name: str, run_id: str, key: str, model: str, corp
                                        description=f"{model} fine-tuned on {corpus} ({task}) by raydund")
     source = mlflow.get_artifact_uri("model")
     version = client.create_model_version(name, source=source, run_id=run_id,
-                                          tags={JOB_KEY_TAG: key, "raydund.task": task,
+                                          tags={JOB_KEY_TAG: key, "raydund.task": task, STATUS_TAG: "pending",
                                                 **{f"test_{k}": f"{v:.6f}" for k, v in test.items()}})
     lake_model = lake_model_name(model, corpus, version.version)
     client.set_model_version_tag(name, version.version, LAKE_MODEL_TAG, lake_model)
+    faults.crash_point("finetune.during_registration")
+    client.set_model_version_tag(name, version.version, STATUS_TAG, "committed")
     return client.get_model_version(name, version.version)
 
 
