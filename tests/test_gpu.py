@@ -38,7 +38,7 @@ def planted(T=6000, N=64, C=5, seed=0):
     return X, y, C
 
 
-@pytest.mark.parametrize("precision", ["float32", "auto"])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_probe_bank_on_cuda_learns_what_the_cpu_bank_learns(precision):
     from raydund.probes.model import ProbeBank, resolve_precision
 
@@ -50,8 +50,8 @@ def test_probe_bank_on_cuda_learns_what_the_cpu_bank_learns(precision):
     kwargs = dict(masks=masks, epochs=5, lr=1e-2, batch_size=256, seed=0)
     cpu = ProbeBank(**kwargs, precision="float32", device="cpu").fit(X[:5000], y[:5000], C)
     gpu = ProbeBank(**kwargs, precision=precision, device="cuda").fit(X[:5000], y[:5000], C)
-    assert gpu.precision_ == ("bfloat16" if precision == "auto" else "float32") == \
-        resolve_precision(precision, "cuda")
+    # auto is float32 on CUDA: the step is launch-bound there and bfloat16's casts cost more (measured)
+    assert gpu.precision_ == precision and resolve_precision("auto", "cuda") == "float32"
     acc = lambda bank: (bank.predict(X[5000:]) == y[5000:]).mean(1)  # noqa: E731
     a_cpu, a_gpu = acc(cpu), acc(gpu)
     assert a_gpu[0] > 0.7 and a_gpu[1] > 0.7 and a_gpu[2] < 0.4  # the planted structure, found on the GPU

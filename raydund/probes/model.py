@@ -372,15 +372,17 @@ def default_device() -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device | str | None = None) -> str:
     """The products' type for ``precision`` on ``device`` (:func:`default_device`): ``auto`` is
-    ``bfloat16`` where it is native.
+    ``bfloat16`` where it pays.
 
-    Native: a CUDA device that supports bfloat16, or a CPU with AVX-512-BF16 or AMX
-    (torch's own checks); elsewhere bfloat16 products are emulated and slower, so
-    ``float32``.
+    On a CPU with AVX-512-BF16 or AMX (torch's own checks) bfloat16 products run 3-4x the
+    float32 rate and the step is compute-bound, so ``bfloat16``; elsewhere they are
+    emulated and slower, so ``float32``. On CUDA a probe step is bound by kernel launches,
+    not arithmetic (measured on an H200: 2.2 ms a step at batch 128 and 3.6 ms at 1,024,
+    with bfloat16 10-17% slower for its casts; BENCHMARKS.md "GPU checks"), so ``float32``.
     """
     if precision == "auto":
         if torch.device(device or default_device()).type == "cuda":
-            return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
+            return "float32"
         native = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported",
                                                                       "_is_amx_tile_supported")]
         return "bfloat16" if any(check() for check in native) else "float32"
