@@ -33,7 +33,7 @@ from pyiceberg.expressions import And, EqualTo, In
 
 from raydund import faults
 from raydund.errors import UserError
-from raydund.lake import Lake, commit_with_retry, table_identifier
+from raydund.lake import NAMESPACE, Lake, commit_with_retry, table_identifier
 
 RUNS = "runs"
 
@@ -246,7 +246,8 @@ def protected_snapshots(lake: Lake) -> dict[str, set[int]]:
     out: dict[str, set[int]] = {}
     for run in current.values():
         for table, snap in run.outputs.items():
-            out.setdefault(table, set()).add(int(snap))
+            if table.startswith(f"{NAMESPACE}."):  # not the registry versions a transfer run records
+                out.setdefault(table, set()).add(int(snap))
     return out
 
 
