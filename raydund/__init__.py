@@ -25,7 +25,7 @@ def load_model(name_or_uri: str, settings=None):
     Parameters
     ----------
     name_or_uri : str
-        A registered model name (its latest version: ``raydund-ccfs-minilm-conll2000-pos``)
+        A registered model name (its newest committed version: ``raydund-ccfs-minilm-conll2000-pos``)
         or an MLflow URI (``models:/NAME/1``, ``models:/NAME@alias``, ``runs:/RUN/reduced_model``).
     settings : raydund.config.Settings, optional
         Where the store is (default: :meth:`~raydund.config.Settings.from_env`).
@@ -40,6 +40,9 @@ def load_model(name_or_uri: str, settings=None):
 
     mlflow = tracking.configure(settings or Settings.from_env())
     uri = str(name_or_uri)
-    if not uri.startswith(_MODEL_URI_PREFIXES):
-        uri = f"models:/{uri}/latest"
+    name = None if uri.startswith(_MODEL_URI_PREFIXES) else uri
+    if uri.startswith("models:/") and uri.endswith("/latest"):
+        name = uri[len("models:/"):-len("/latest")]
+    if name is not None:  # the newest version whose job committed, never a failed or pending one
+        uri = f"models:/{name}/{tracking.latest_valid_version(mlflow.MlflowClient(), name).version}"
     return mlflow.pyfunc.load_model(uri)

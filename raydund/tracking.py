@@ -340,6 +340,26 @@ def replay_spool(settings: Settings) -> int:
     return done
 
 
+#: Registry tag of a version raydund registered: ``pending`` (its job has not committed),
+#: ``committed`` or ``failed``. Versions without it (registered by hand) count as committed.
+STATUS_TAG = "raydund.status"
+
+
+def latest_valid_version(client, name: str):
+    """The newest version of a registered model whose job committed (never a ``pending`` or ``failed`` one).
+
+    Raises
+    ------
+    UserError
+        When the model has no such version.
+    """
+    versions = [v for v in client.search_model_versions(f"name='{name}'")
+                if v.tags.get(STATUS_TAG, "committed") == "committed"]
+    if not versions:
+        raise UserError(f"registered model {name!r} has no committed version")
+    return max(versions, key=lambda v: int(v.version))
+
+
 def ui_command(settings: Settings) -> str:
     """The command that opens the MLflow UI on this installation's store."""
     return f"mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1 --port 5000"

@@ -121,3 +121,26 @@ def test_tracking_failures_after_the_commit_are_spooled_then_flushed(settings, m
     children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     assert [c.data.metrics["kept"] for c in children] == [12.0]
     assert tracking.read_spool(settings, run_id) == []
+
+
+def test_latest_skips_failed_versions_and_settle_decides_pending_ones(settings, tmp_path):
+    """`models:/NAME/latest` is the newest committed version; a pending version is settled by its run."""
+    from raydund.selection.job import settle_versions
+
+    mlflow = tracking.configure(settings)
+    client = mlflow.MlflowClient()
+    lake = Lake(settings)
+    done = runs.StageRun(lake, "transfer", "m", "c", {"task": ["pos"]})
+    done.replace("results", rows(1.0), ("model", "corpus"))
+    done.complete()
+    client.create_registered_model("r")
+    statuses = [("committed", done.run_id), ("pending", done.run_id), ("pending", "crashed"), ("failed", "x")]
+    for status, run_id in statuses:
+        v = client.create_model_version("r", str(tmp_path), tags={"raydund.status": status, "raydund.run_id": run_id})
+    assert str(v.version) == "4"
+    assert str(tracking.latest_valid_version(client, "r").version) == "1"  # 3 and 4 would be wrong
+    settled = settle_versions(mlflow, lake, ["r"])
+    assert settled == {"committed": [("r", "2")], "failed": [("r", "3")]}
+    assert [client.get_model_version("r", str(i)).tags["raydund.status"] for i in range(1, 5)] == \
+        ["committed", "committed", "failed", "failed"]
+    assert str(tracking.latest_valid_version(client, "r").version) == "2"

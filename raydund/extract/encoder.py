@@ -191,10 +191,7 @@ def resolve_registered(uri: str, settings=None) -> ModelSpec:
         if alias is not None:
             mv = client.get_model_version_by_alias(model, alias)
         elif version == "latest":
-            versions = client.search_model_versions(f"name='{model}'")
-            if not versions:
-                raise UserError(f"registered model {model!r} has no versions")
-            mv = max(versions, key=lambda v: int(v.version))
+            mv = tracking.latest_valid_version(client, model)
         else:
             mv = client.get_model_version(model, version)
     except MlflowException as exc:

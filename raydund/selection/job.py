@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 TRANSFER_RESULTS = "transfer_results"
 #: Registry tag of a reduced model's version: ``pending`` (registered, lake not yet committed),
 #: ``committed`` (its transfer run is in the lake) or ``failed`` (the job died).
-STATUS_TAG = "raydund.status"
+STATUS_TAG = tracking.STATUS_TAG
 #: Alias of the newest committed version of each reduced model (``models:/NAME@current``).
 CURRENT_ALIAS = "current"
 
@@ -166,7 +166,7 @@ def run_transfer(cfg: TransferConfig, settings: Settings) -> dict:
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus),
                           f"transfer {','.join(cfg.labels)}", params,
                           tags={"raydund.stage": "transfer", "raydund.run_id": stage.run_id}) as parent:
-        fail_stale_versions(mlflow, lake, [registered_name(cfg.model, cfg.corpus, label) for label in cfg.labels])
+        settle_versions(mlflow, lake, [registered_name(cfg.model, cfg.corpus, label) for label in cfg.labels])
         try:
             for res in results:
                 task_rows, version = _track_task(mlflow, parent, cfg, res, source, settings, stage)
@@ -213,24 +213,28 @@ def _mark_versions(mlflow, versions, status: str) -> None:
             log.warning("could not tag %s version %s %s: %s", name, version, status, exc)
 
 
-def fail_stale_versions(mlflow, lake: Lake, names: list[str]) -> list[tuple[str, str]]:
-    """Tag ``failed`` every pending version whose transfer run never completed (a crashed job's).
+def settle_versions(mlflow, lake: Lake, names: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Settle the ``pending`` versions earlier transfer jobs left behind.
 
-    Returns the versions it tagged.
+    A pending version whose run is in the lake was committed (the job died after its run
+    row, before tagging): tag it ``committed``. One whose run never completed belongs to a
+    crashed job: tag it ``failed``. Returns both lists.
     """
     done = {r.run_id for r in runs.completed(lake, "transfer")}
     client = mlflow.MlflowClient()
-    stale = []
+    settled = {"committed": [], "failed": []}
     for name in names:
         try:
             versions = client.search_model_versions(f"name = '{name}'")
         except Exception:  # noqa: BLE001  (no such model yet)
             continue
         for v in versions:
-            if v.tags.get(STATUS_TAG) == "pending" and v.tags.get("raydund.run_id") not in done:
-                stale.append((name, str(v.version)))
-    _mark_versions(mlflow, stale, "failed")
-    return stale
+            if v.tags.get(STATUS_TAG) == "pending":
+                status = "committed" if v.tags.get("raydund.run_id") in done else "failed"
+                settled[status].append((name, str(v.version)))
+    for status, versions in settled.items():
+        _mark_versions(mlflow, versions, status)
+    return settled
 
 
 def _track_task(mlflow, parent, cfg: TransferConfig, res: dict, source: dict, settings: Settings, stage: StageRun):
