@@ -50,7 +50,7 @@ def probe_bank_seconds(precision: str, T=45_000, widths=(384,) * 7, C=44, epochs
 
 
 def comoment_rate(T=49_152, N=9_984, chunk=4_096) -> dict:
-    from raydund.stats.moments import add_block_rows
+    from raydund.general.moments import add_block_rows
 
     rng = np.random.default_rng(0)
     off = np.arange(0, N + 1, N // 26)

@@ -89,7 +89,7 @@ def _setup_logging(verbose: bool) -> None:
 
 # -- subcommands ----------------------------------------------------------------------
 def cmd_ingest(args) -> None:
-    from raydund.ingest import ingest  # noqa: PLC0415
+    from raydund.corpora.job import ingest  # noqa: PLC0415
 
     result = ingest(args.corpus, _settings(), args.split or None)
     for split, n in result.sentences.items():
@@ -124,8 +124,8 @@ def cmd_extract(args) -> None:
 
 
 def cmd_similarity(args) -> None:
-    from raydund.redundancy import run_similarity  # noqa: PLC0415
-    from raydund.stats.job import SimilarityConfig  # noqa: PLC0415
+    from raydund.general.job import run_similarity  # noqa: PLC0415
+    from raydund.general.stream import SimilarityConfig  # noqa: PLC0415
 
     settings = _settings()
     for split in args.split:
@@ -146,7 +146,7 @@ def _matrix(title, m) -> str:
 
 
 def cmd_cluster(args) -> None:
-    from raydund.redundancy import ClusterConfig, run_clustering  # noqa: PLC0415
+    from raydund.general.job import ClusterConfig, run_clustering  # noqa: PLC0415
 
     from raydund.config import check_unit_interval  # noqa: PLC0415
 
@@ -192,7 +192,7 @@ def cmd_probe(args) -> None:
 
 
 def cmd_transfer(args) -> None:
-    from raydund.selection.job import TransferConfig, format_table, run_transfer  # noqa: PLC0415
+    from raydund.transfer.job import TransferConfig, format_table, run_transfer  # noqa: PLC0415
 
     cfg = TransferConfig(model=args.model, corpus=args.corpus, labels=tuple(args.label), unit=args.unit,
                          task=args.task, splits=tuple(args.splits), stats_split=args.stats_split,
@@ -252,7 +252,7 @@ def cmd_tables(args) -> None:
 def cmd_runs(args) -> None:
     import json  # noqa: PLC0415
 
-    from raydund import runs  # noqa: PLC0415
+    from raydund.lake import runs  # noqa: PLC0415
 
     _, lake = _read_lake()
     found = runs.completed(lake, args.stage, args.model, args.corpus)
@@ -284,7 +284,7 @@ def cmd_vacuum(args) -> None:
     from datetime import timedelta  # noqa: PLC0415
 
     from raydund.config import Settings  # noqa: PLC0415
-    from raydund.vacuum import check_options, lake_exists, sqlite_catalog_path, vacuum  # noqa: PLC0415
+    from raydund.lake.vacuum import check_options, lake_exists, sqlite_catalog_path, vacuum  # noqa: PLC0415
 
     settings = Settings.from_env()  # not prepared: a maintenance command creates nothing
     retention = timedelta(days=args.retention_days)
@@ -319,13 +319,13 @@ def cmd_catalog(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from raydund.demo import run_demo  # noqa: PLC0415
+    from raydund.workflows.demo import run_demo  # noqa: PLC0415
 
     run_demo(_settings(), limit=args.limit)
 
 
 def cmd_submit(args) -> None:
-    from raydund.submit import submit  # noqa: PLC0415
+    from raydund.workflows.submit import submit  # noqa: PLC0415
 
     job_id, status = submit(_settings(), args.script, args.args, address=args.address, working_dir=args.working_dir,
                             forward=tuple(args.env or ()), wait=not args.no_wait)
@@ -334,40 +334,57 @@ def cmd_submit(args) -> None:
         sys.exit(1)
 
 
+def _bench_module():
+    """``benchmarks/bench.py`` of the source checkout (developer tooling: not in the wheel)."""
+    import importlib  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "bench.py").is_file():
+        raise UserError("`raydund bench` runs the benchmarks of a source checkout (benchmarks/); "
+                        "this installation has none")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("benchmarks.bench")
+
+
+def _bench_settings():
+    """Benchmarks write synthetic and sample data: their own lake (``RAYDUND_BENCH_HOME``,
+    default ``~/.raydund-bench``), never the user's."""
+    from raydund.config import Settings  # noqa: PLC0415
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAYDUND_CATALOG_URI", "RAYDUND_WAREHOUSE",
+                                                           "MLFLOW_TRACKING_URI", "RAYDUND_ARTIFACT_ROOT")}
+    env["RAYDUND_HOME"] = os.environ.get("RAYDUND_BENCH_HOME", os.path.expanduser("~/.raydund-bench"))
+    return Settings.from_env(env).prepare()
+
+
 def cmd_bench(args) -> None:
-    from raydund.bench import bench_extract, bench_similarity  # noqa: PLC0415
-
+    bench = _bench_module()
+    settings = _bench_settings()
     if args.bench == "scaling":
-        from raydund.bench import bench_scaling  # noqa: PLC0415
-
-        bench_scaling(_settings(), model=args.model, corpus=args.corpus, split=args.split,
+        bench.bench_scaling(settings, model=args.model, corpus=args.corpus, split=args.split,
                       words=tuple(args.words), pool_sizes=tuple(args.pool_sizes), out=args.out)
         return
     if args.bench == "large":
-        from raydund.bench import bench_large  # noqa: PLC0415
-
-        bench_large(_settings(), words=tuple(args.words), corpus=args.corpus, label=args.label,
+        bench.bench_large(settings, words=tuple(args.words), corpus=args.corpus, label=args.label,
                     stages=tuple(args.stages), out=args.out)
         return
     if args.bench == "probes":
-        from raydund.bench import bench_probes  # noqa: PLC0415
-
-        bench_probes(_settings(), model=args.model, corpus=args.corpus, label=args.label,
+        bench.bench_probes(settings, model=args.model, corpus=args.corpus, label=args.label,
                      train_tokens=args.train_tokens, out=args.out, threads=args.threads,
                      precision=args.precision)
         return
     if args.bench == "probe-workers":
-        from raydund.bench import bench_probe_workers  # noqa: PLC0415
-
-        bench_probe_workers(_settings(), model=args.model, corpus=args.corpus, label=args.label,
+        bench.bench_probe_workers(settings, model=args.model, corpus=args.corpus, label=args.label,
                             train_tokens=args.train_tokens, workers=tuple(args.workers), epochs=args.epochs,
                             out=args.out)
         return
     if args.bench == "similarity":
-        bench_similarity(_settings(), model=args.model, corpus=args.corpus, split=args.split,
+        bench.bench_similarity(settings, model=args.model, corpus=args.corpus, split=args.split,
                          paper_tokens=args.paper_tokens, parts=tuple(args.parts), out=args.out)
         return
-    bench_extract(_settings(), model=args.model, corpus=args.corpus, split=args.split, limit=args.limit,
+    bench.bench_extract(settings, model=args.model, corpus=args.corpus, split=args.split, limit=args.limit,
                   neurox_limit=args.neurox_limit, batch_size=args.batch_size, out=args.out)
 
 

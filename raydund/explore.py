@@ -21,7 +21,7 @@ are read:
     pairwise Pearson r from the similarity run that clustering read
     (``neuron_correlation``) and ``neuron_ranks``: where each member sits in each
     task's ranking (``neuron_rankings`` of the task's latest probe run). Result tables
-    are never read as "current rows" (:mod:`raydund.runs`): two splits, seeds or
+    are never read as "current rows" (:mod:`raydund.lake.runs`): two splits, seeds or
     variants never mix.
 ``sentence_activations``
     activations of chosen neurons over chosen sentences, for
@@ -43,7 +43,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from raydund import runs
+from raydund.lake import runs
 from raydund.errors import UserError
 from raydund.lake import Lake, corpus_table_name, decode_half, table_identifier
 from raydund.report import sources

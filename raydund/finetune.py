@@ -703,12 +703,12 @@ def sentence_demo(settings: Settings, corpus: str = "sst2", model: str = "minilm
         probe_layers (probe -> dev/test metric), probe_oracle, clusters (threshold ->
         neurons kept), seconds``.
     """
-    from raydund.cluster import DEFAULT_THRESHOLDS  # noqa: PLC0415
+    from raydund.general.clustering import DEFAULT_THRESHOLDS  # noqa: PLC0415
     from raydund.extract.job import ExtractConfig, run_extraction  # noqa: PLC0415
-    from raydund.ingest import ingest  # noqa: PLC0415
+    from raydund.corpora.job import ingest  # noqa: PLC0415
     from raydund.probes.job import ProbeConfig, run_probes  # noqa: PLC0415
-    from raydund.redundancy import ClusterConfig, run_clustering, run_similarity  # noqa: PLC0415
-    from raydund.stats.job import SimilarityConfig  # noqa: PLC0415
+    from raydund.general.job import ClusterConfig, run_clustering, run_similarity  # noqa: PLC0415
+    from raydund.general.stream import SimilarityConfig  # noqa: PLC0415
 
     start = time.perf_counter()
     lake = Lake(settings)

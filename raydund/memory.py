@@ -126,7 +126,7 @@ def block_row_bytes(neurons: int, layers: int, groups: int) -> int:
     One group holds one N x N ``dsyrk`` accumulator up to ``SYRK_MAX_NEURONS`` neurons and
     its block rows (the upper block triangle) above.
     """
-    from raydund.stats.moments import SYRK_MAX_NEURONS  # noqa: PLC0415
+    from raydund.general.moments import SYRK_MAX_NEURONS  # noqa: PLC0415
 
     if groups <= 1 and neurons <= SYRK_MAX_NEURONS:
         return neurons * neurons * F64

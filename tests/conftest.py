@@ -13,7 +13,7 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["POLARS_ICEBERG_PLANNER"] = "pyiceberg"
 os.environ.pop("RAY_ADDRESS", None)
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 import tiny_models  # noqa: E402
 

@@ -19,11 +19,12 @@ import numpy as np
 import pyarrow as pa
 import polars as pl
 
-from raydund import runs, tracking
+from raydund import tracking
+from raydund.lake import runs
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.lake import ACTIVATIONS, Lake
-from raydund.runs import StageRun
+from raydund.lake.runs import StageRun
 from raydund.probes import analysis
 from raydund.probes.data import check_labels, held_out_mask, load_task
 from raydund.probes.model import primary_metric, resolve_precision

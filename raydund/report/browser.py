@@ -17,7 +17,7 @@ Data layout (all lists indexed by layer, then neuron within the layer)::
     rankings        = [{task, ranker, ranked, rank[position] (0: not ranked)}]
     sources         = [{stage, run_id, mlflow_run_id, snapshots {table: id}, scope}]
 
-Every result table is read through one completed run (:mod:`raydund.runs`); the page
+Every result table is read through one completed run (:mod:`raydund.lake.runs`); the page
 lists those runs ("Built from") so it can be traced to exact snapshots.
 """
 

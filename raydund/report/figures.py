@@ -136,7 +136,7 @@ def ccfs_sweep(rows: list[dict], task: str):
 
 
 def timing_figures(timing: dict, title: str) -> dict:
-    """Figures 5 and 10-14 from :func:`raydund.selection.timing.run_timing`'s measurements."""
+    """Figures 5 and 10-14 from :func:`raydund.transfer.timing.run_timing`'s measurements."""
     out = {}
     rows = timing["forward_by_layers"]
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from raydund import runs, tracking
-from raydund.cluster import SPANS, composition
+from raydund import tracking
+from raydund.lake import runs
+from raydund.general.clustering import SPANS, composition
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.lake import Lake, table_identifier
@@ -111,13 +112,13 @@ class Report:
 
 @dataclasses.dataclass
 class Sources:
-    """The completed runs one report page is built from (:mod:`raydund.runs`).
+    """The completed runs one report page is built from (:mod:`raydund.lake.runs`).
 
     Attributes
     ----------
-    transfer : raydund.runs.Run
+    transfer : raydund.lake.runs.Run
         The transfer run the report is of.
-    similarity, cluster : raydund.runs.Run or None
+    similarity, cluster : raydund.lake.runs.Run or None
         The similarity run the transfer run read (else the latest of its stats split and
         unit) and the latest clustering run of that same split, unit and variant.
     probes : dict
@@ -182,7 +183,7 @@ def resolve_sources(lake: Lake, transfer: runs.Run, stats_split: str | None, var
     Parameters
     ----------
     lake : Lake
-    transfer : raydund.runs.Run
+    transfer : raydund.lake.runs.Run
     stats_split : str, optional
         The transfer job's ``stats_split`` (its MLflow param), used when the run does
         not name the similarity run it read.

@@ -1,6 +1,6 @@
 """The completed runs a page is built from, and their rows (never "the current rows" of a table).
 
-A report or browser page resolves each stage's result through :mod:`raydund.runs`
+A report or browser page resolves each stage's result through :mod:`raydund.lake.runs`
 (the latest completed run whose scope covers what the page shows, or a run by id),
 reads every table at the snapshot that run recorded, filtered by its scope, and names
 the runs it used: stage, raydund and MLflow run ids, table -> snapshot id, scope.
@@ -12,7 +12,7 @@ import json
 
 import polars as pl
 
-from raydund import runs
+from raydund.lake import runs
 from raydund.lake import Lake, table_identifier
 
 
@@ -28,14 +28,14 @@ def read(lake: Lake, run: runs.Run, table: str, want: dict | None = None,
          columns: tuple[str, ...] = ("*",)) -> pl.DataFrame:
     """The rows of ``table`` that ``run`` wrote, at its snapshot, narrowed by ``want``.
 
-    Like :func:`raydund.runs.read`, but scope keys that are not columns of the table
+    Like :func:`raydund.lake.runs.read`, but scope keys that are not columns of the table
     (e.g. a transfer run's ``splits``) are not filtered on: they cannot tell its rows
     apart, the snapshot and the other keys do.
 
     Parameters
     ----------
     lake : Lake
-    run : raydund.runs.Run
+    run : raydund.lake.runs.Run
     table : str
     want : dict, optional
         Column -> value (or list of values) to narrow to.
@@ -58,7 +58,7 @@ def describe(run: runs.Run, tables: list[str] | None = None) -> dict:
 
     Parameters
     ----------
-    run : raydund.runs.Run
+    run : raydund.lake.runs.Run
     tables : list of str, optional
         The tables the page read from this run (default: every table it wrote).
 

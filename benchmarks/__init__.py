@@ -1,0 +1,1 @@
+"""Benchmarks behind BENCHMARKS.md (`raydund bench ...` from a checkout): developer tooling, not the package."""

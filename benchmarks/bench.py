@@ -1,0 +1,671 @@
+"""``raydund bench extract``: the extraction job side by side with its baselines.
+
+Three measurements on the same sentences, in one process, one after the other:
+
+1. the raydund job (Ray Data actor pool -> Parquet files -> one Iceberg commit),
+2. a bare batched ``transformers`` loop (batch sorted by length, ``last`` aggregation,
+   vectors copied to numpy, nothing written): the floor for any extraction code,
+3. NeuroX 1.0.9 ``extract_representations`` (one sentence per forward, HDF5 output),
+   on a prefix of the sentences because it is slow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from raydund.config import Settings
+from raydund.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def bare_loop(sentences: list[list[str]], model, tokenizer, batch_size: int = 32) -> float:
+    """Words/s of a plain batched forward loop with ``last`` subword aggregation."""
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    words = 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            batch = [sentences[i] for i in order[s : s + batch_size]]
+            enc = tokenizer(batch, is_split_into_words=True, padding=True, return_tensors="pt")
+            hidden = torch.stack(model(**enc, output_hidden_states=True).hidden_states)
+            for b in range(len(batch)):
+                last = {}
+                for pos, w in enumerate(enc.word_ids(b)):
+                    if w is not None:
+                        last[w] = pos
+                idx = torch.tensor([last[w] for w in sorted(last)])
+                _ = hidden[:, b, idx].numpy()
+                words += len(batch[b])
+    return words / (time.perf_counter() - start)
+
+
+def neurox_loop(sentences: list[list[str]], model_path: str, output_type: str = "hdf5") -> float | None:
+    """Words/s of NeuroX 1.0.9's ``extract_representations`` (None if NeuroX is missing).
+
+    ``output_type`` is NeuroX's writer: ``hdf5``, or ``json`` (its default).
+    """
+    try:
+        from neurox.data.extraction import transformers_extractor  # noqa: PLC0415
+    except ImportError:
+        log.warning("NeuroX is not installed (make bench-deps); skipping its column")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "sentences.txt")
+        with open(src, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(" ".join(s) for s in sentences) + "\n")
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # NeuroX prints every token list
+            transformers_extractor.extract_representations(
+                model_path, src, os.path.join(tmp, f"out.{output_type}"), aggregation="last", device="cpu",
+                output_type=output_type)
+        seconds = time.perf_counter() - start
+    return sum(len(s) for s in sentences) / seconds
+
+
+def bench_extract(settings: Settings, model: str = "minilm", corpus: str = "conll2000", split: str = "train",
+                  limit: int | None = None, neurox_limit: int = 200, batch_size: int = 32,
+                  out: str | None = None) -> dict:
+    """Run the three measurements and print a table; return the figures."""
+    from raydund.extract.encoder import load_model, resolve_model  # noqa: PLC0415
+    from raydund.extract.job import ExtractConfig, ensure_ray, run_extraction  # noqa: PLC0415
+    from raydund.lake import Lake  # noqa: PLC0415
+
+    lake = Lake(settings)
+    table = _corpus_split(lake, settings, corpus, split)
+    if limit:
+        table = table.slice(0, limit)
+    sentences = table.column("words").to_pylist()
+    n_words = sum(len(s) for s in sentences)
+    spec = resolve_model(model)
+
+    ensure_ray()  # start-up is not part of the job's throughput; reported separately below
+    cfg = ExtractConfig(model=model, corpus=corpus, split=split, limit=limit, batch_size=batch_size,
+                        threads=os.cpu_count(), fresh=True)
+    start = time.perf_counter()
+    result = run_extraction(cfg, settings, progress=False)
+    job_wps = n_words / (time.perf_counter() - start)
+
+    torch.set_num_threads(os.cpu_count())
+    hf_model, tokenizer = load_model(spec)
+    bare_wps = bare_loop(sentences, hf_model, tokenizer, batch_size)
+    nx_sentences = sentences[:neurox_limit]
+    neurox_wps = neurox_loop(nx_sentences, spec.source, "hdf5") if neurox_limit else None
+    neurox_json_wps = neurox_loop(nx_sentences, spec.source, "json") if neurox_limit else None
+
+    figures = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "model": model, "corpus": f"{corpus}/{split}", "sentences": len(sentences), "words": n_words,
+        "raydund_words_per_s": round(job_wps, 1), "bare_loop_words_per_s": round(bare_wps, 1),
+        "neurox_words_per_s": round(neurox_wps, 1) if neurox_wps else None,
+        "neurox_json_words_per_s": round(neurox_json_wps, 1) if neurox_json_wps else None,
+        "neurox_sentences": len(nx_sentences),
+        "ratio_vs_bare": round(job_wps / bare_wps, 3),
+        "ratio_vs_neurox": round(job_wps / neurox_wps, 1) if neurox_wps else None,
+        "bytes_written": result.bytes, "snapshot_id": result.snapshot_id,
+    }
+    print(f"{'what':<42}{'words/s':>12}")
+    print(f"{'raydund extract (Ray actor -> Iceberg)':<42}{job_wps:>12,.0f}")
+    print(f"{'bare transformers loop (no writing)':<42}{bare_wps:>12,.0f}")
+    if neurox_wps:
+        print(f"{'NeuroX 1.0.9, HDF5 output':<42}{neurox_wps:>12,.0f}  ({len(nx_sentences)} sentences)")
+        print(f"{'NeuroX 1.0.9, JSON output (its default)':<42}{neurox_json_wps:>12,.0f}")
+    print(f"ratio vs bare loop: {figures['ratio_vs_bare']:.2f}x"
+          + (f", vs NeuroX: {figures['ratio_vs_neurox']:.0f}x" if neurox_wps else ""))
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(figures, fh, indent=2)
+    return figures
+
+
+
+
+class PeakMemory:
+    """Samples the memory (PSS: shared pages split among the processes mapping them, so Ray's
+    shared-memory object store is not counted twice) of this process and Ray's workers
+    (``ray::``) every 0.5 s (reading PSS costs CPU: sample rarely).
+
+    ``peak_work`` is the largest sum over this process and the workers; ``peak_all``
+    also counts Ray's own daemons (raylet, GCS, ...); ``baseline`` is the first sample
+    (the libraries this process has imported, idle workers), so ``peak_work - baseline``
+    is what the measured work added; ``peak_process`` is the largest single process (the
+    driver or one worker).
+    """
+
+    def __init__(self, interval: float = 0.5, own_only: bool = False):
+        import threading  # noqa: PLC0415
+
+        self.interval, self.peak_work, self.peak_all, self.baseline = interval, 0, 0, None
+        self.peak_process = 0
+        #: only this process's descendants (its own local Ray), not other users' ``ray::`` processes
+        self.own_only = own_only
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        import psutil  # noqa: PLC0415
+
+        me = psutil.Process()
+        work = me.memory_full_info().pss
+        largest = work
+        infra = 0
+        procs = me.children(recursive=True) if self.own_only else psutil.process_iter(["name", "cmdline"])
+        for proc in procs:
+            try:
+                if proc.pid == me.pid:
+                    continue
+                info = proc.info if hasattr(proc, "info") else proc.as_dict(["name", "cmdline"])
+                cmd = " ".join(info["cmdline"] or [])
+                if info["name"] and info["name"].startswith("ray::") or cmd.startswith("ray::"):
+                    pss = proc.memory_full_info().pss
+                    work += pss
+                    largest = max(largest, pss)
+                elif "ray" in cmd and ("raylet" in cmd or "gcs_server" in cmd or "dashboard" in cmd
+                                       or "default_worker" in cmd or "log_monitor" in cmd):
+                    infra += proc.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        if self.baseline is None:
+            self.baseline = work
+        self.peak_work = max(self.peak_work, work)
+        self.peak_process = max(self.peak_process, largest)
+        self.peak_all = max(self.peak_all, work + infra)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _corpus_split(lake, settings: Settings, corpus: str, split: str):
+    """A corpus split from the lake, ingesting it first when the lake lacks it."""
+    try:
+        return lake.read_corpus(corpus, split)
+    except UserError:
+        from raydund.corpora.job import ingest  # noqa: PLC0415
+
+        ingest(corpus, settings, [split])
+        return lake.read_corpus(corpus, split)
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def floor_syrk(tokens: int, widths: tuple[int, ...], chunk: int = 4096, seed: int = 0) -> float:
+    """Seconds of ``sum_chunks D^T D`` in float64 over data of the given size (products only)."""
+    from benchmarks.synthetic import structured_chunk  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    N = sum(widths)
+    mixing = rng.standard_normal((64, N), dtype=np.float32)
+    means = rng.uniform(-3, 3, N).astype(np.float32)
+    G = np.zeros((N, N))
+    seconds = 0.0
+    for start in range(0, tokens, chunk):
+        D = structured_chunk(rng, min(chunk, tokens - start), widths, mixing, means).astype(np.float64)
+        t0 = time.perf_counter()
+        G += D.T @ D  # NumPy dispatches a transposed self-product to BLAS syrk
+        seconds += time.perf_counter() - t0
+    return seconds
+
+
+def bench_similarity(settings: Settings, model: str = "minilm", corpus: str = "conll2000", split: str = "train",
+                     paper_tokens: int = 150_000, paper_layers: int = 13, paper_hidden: int = 768,
+                     threshold: float = 0.3, parts: tuple[str, ...] = ("minilm", "paper"),
+                     out: str | None = None) -> dict:
+    """General redundancy: the streaming job vs NeuroX's clustering, and vs the SYRK floor at paper scale."""
+    from raydund.extract.job import ensure_ray  # noqa: PLC0415
+    from raydund.lake import Lake  # noqa: PLC0415
+
+    lake = Lake(settings)
+    ensure_ray()
+    figures: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}"}
+
+    if "minilm" in parts:
+        figures["minilm"] = _similarity_vs_neurox(lake, model, corpus, split, threshold)
+    if "paper" in parts:
+        figures["paper"] = _similarity_vs_floor(lake, paper_tokens, (paper_hidden,) * paper_layers)
+    print(json.dumps(figures, indent=2))
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(figures, fh, indent=2)
+    return figures
+
+
+def _similarity_vs_neurox(lake, model: str, corpus: str, split: str, threshold: float) -> dict:
+    """MiniLM scale: real activations, the raydund pass + one cut vs NeuroX create_correlation_clusters."""
+    from raydund.general.clustering import CorrelationClustering  # noqa: PLC0415
+    from raydund.general.stream import SimilarityConfig, compute_moments, layer_of  # noqa: PLC0415
+    from raydund.general.similarity import similarity  # noqa: PLC0415
+
+    cfg = SimilarityConfig(model=model, corpus=corpus, split=split)
+
+    def ours():
+        sim = similarity(compute_moments(lake, cfg, progress=False))
+        return CorrelationClustering(thresholds=(threshold,)).fit(sim.r, layer_of(sim.widths), sim.constant), sim
+
+    with PeakMemory() as mem:
+        (cc, sim), t_ours = _timed(ours)
+    result = {"tokens": sim.n, "neurons": len(sim.constant), "raydund_s": round(t_ours, 1),
+              "raydund_peak_gb": round(mem.peak_work / 2**30, 2),
+              "raydund_added_gb": round((mem.peak_work - mem.baseline) / 2**30, 2),
+              "raydund_clusters": int(cc.summary_[0]["clusters"]), "constant_neurons": int(sim.constant.sum())}
+    try:
+        from neurox.interpretation.clustering import create_correlation_clusters  # noqa: PLC0415
+    except ImportError:
+        create_correlation_clusters = None
+    if create_correlation_clusters is not None:
+        (X, t_load) = _timed(lambda: np.hstack([lake.layer_matrix(model, corpus, split, l)[0]
+                                                for l in range(len(sim.widths))]))
+        with PeakMemory() as mem, contextlib.redirect_stdout(io.StringIO()):
+            labels, t_nx = _timed(lambda: create_correlation_clusters(
+                X, use_abs_correlation=True, clustering_threshold=threshold, method="average"))
+        result.update(neurox_s=round(t_nx, 1), neurox_load_s=round(t_load, 1),
+                      neurox_peak_gb=round(mem.peak_work / 2**30, 2),
+                      neurox_added_gb=round((mem.peak_work - mem.baseline) / 2**30, 2),
+                      neurox_clusters=int(len(np.unique(labels))),
+                      speedup=round(t_nx / t_ours, 2), speedup_with_load=round((t_nx + t_load) / t_ours, 2))
+        del X
+    return result
+
+
+def _similarity_vs_floor(lake, paper_tokens: int, widths: tuple[int, ...]) -> dict:
+    """Paper scale: synthetic activations through the lake, against the float64 SYRK floor."""
+    from raydund.general.stream import SimilarityConfig, compute_moments  # noqa: PLC0415
+    from benchmarks.synthetic import write_activations  # noqa: PLC0415
+
+    _, t_write = _timed(lambda: write_activations(lake, model="synthetic", corpus="paper", split="bench",
+                                                  tokens=paper_tokens, widths=widths))
+    cfg = SimilarityConfig(model="synthetic", corpus="paper", split="bench")
+    with PeakMemory() as mem:
+        moments, t_job = _timed(lambda: compute_moments(lake, cfg, progress=False))
+    n2 = sum(widths) ** 2 * 8
+    t_floor = floor_syrk(paper_tokens, widths)
+    return {"tokens": moments.n, "neurons": sum(widths), "write_s": round(t_write, 1),
+                        "raydund_s": round(t_job, 1), "floor_syrk_s": round(t_floor, 1),
+                        "ratio_vs_floor": round(t_job / t_floor, 2),
+                        "peak_gb": round(mem.peak_work / 2**30, 2),
+                        "added_gb": round((mem.peak_work - mem.baseline) / 2**30, 2),
+                        "peak_gb_with_ray_daemons": round(mem.peak_all / 2**30, 2),
+                        "nxn_float64_gb": round(n2 / 2**30, 2)}
+
+
+
+
+def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll2000", label: str = "pos",
+                 train_tokens: int = 50_000, out: str | None = None, threads: int | None = None,
+                 precision: str = "auto") -> dict:
+    """Layer-wise analysis + minimal-set search: raydund's probe banks vs NeuroX one probe at a time.
+
+    Both run in this process with the same torch threads (``threads``, default all CPUs),
+    raydund before and after NeuroX (its time is the mean of the two).
+
+    Same settings for both (the paper's: ElasticNet 1e-5/1e-5, Adam 1e-3, batch 128, 10
+    epochs), same rows (the first ``train_tokens`` tokens of train), same probes.
+    ``precision`` is the type of raydund's training products (NeuroX: float32).
+    """
+    from raydund.lake import Lake  # noqa: PLC0415
+    from raydund.probes import analysis  # noqa: PLC0415
+    from raydund.probes.data import TaskData, layer_masks  # noqa: PLC0415
+    from raydund.probes.job import ProbeConfig, load_splits  # noqa: PLC0415
+
+    torch.set_num_threads(threads or os.cpu_count())
+    cfg = ProbeConfig(model=model, corpus=corpus, label=label, precision=precision)
+    splits = load_splits(Lake(settings), cfg)
+    tr = splits.train  # the class list is made from the rows actually trained on
+    splits = analysis.make_splits(TaskData(tr.X[:train_tokens], tr.labels[:train_tokens], tr.words[:train_tokens],
+                                           tr.widths), splits.dev, splits.test, cfg.task)
+    ps = cfg.settings()
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # warm-up: the first optimiser imports ~800 modules
+
+    def ours():
+        layer = analysis.layerwise(splits, ps)
+        oracle = next(r for r in layer["rows"] if r["probe"] == "oracle")["dev"]["accuracy"]
+        ranks = analysis.rankings(splits, layer["oracle_weights"])
+        return layer, analysis.minimal_set(splits, ps, ranks["lca"], oracle), ranks
+
+    cpu0 = time.process_time()
+    (layer, minimal, ranks), t_ours = _timed(ours)
+    cpu_ours = time.process_time() - cpu0
+    masks, names = layer_masks(splits.train.widths)
+    masks = list(masks) + list(analysis.masks_for(ranks["lca"], [r["k"] for r in minimal["rows"]],
+                                                  splits.train.X.shape[1]))
+    ours_test = [r["test"]["accuracy"] for r in layer["rows"]] + [r["test"]["accuracy"] for r in minimal["rows"]]
+    result = {"train_tokens": len(splits.train.X), "neurons": splits.train.X.shape[1],
+              "classes": len(splits.classes), "probes": len(masks), "raydund_s": round(t_ours, 1),
+              "raydund_cpu_s": round(cpu_ours, 1), "load_average_1min": round(os.getloadavg()[0], 2),
+              "threads": torch.get_num_threads(), "precision": precision,
+              "precision_resolved": layer["bank"].precision_}
+    log.info("raydund: %s", json.dumps(result))
+    try:
+        from neurox.interpretation import linear_probe  # noqa: PLC0415
+    except ImportError:
+        linear_probe = None
+    if linear_probe is not None:
+        y_train = splits.targets(splits.train)
+        scored = {}  # NeuroX scores known labels only; the rows are picked once, before the clock
+        for name in ("dev", "test"):
+            part, y = getattr(splits, name), splits.targets(getattr(splits, name))
+            scored[name] = (part.X[y >= 0], y[y >= 0], float(np.mean(y >= 0)))
+
+        def accuracy(probe, name, mask):
+            X, y, known = scored[name]
+            acc = linear_probe.evaluate_probe(probe, X[:, mask], y, batch_size=ps.batch_size)["__OVERALL__"]
+            return acc * known  # unseen labels count as errors, as in raydund
+
+        def neurox_all():  # dev scores too: the analysis reads them (share of the oracle, the chosen k)
+            accs = []
+            for mask in masks:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    probe = linear_probe.train_logistic_regression_probe(
+                        splits.train.X[:, mask], y_train, lambda_l1=ps.l1, lambda_l2=ps.l2,
+                        num_epochs=ps.epochs, batch_size=ps.batch_size, learning_rate=ps.lr)
+                    accuracy(probe, "dev", mask)
+                    accs.append(accuracy(probe, "test", mask))
+            return accs
+
+        cpu0 = time.process_time()
+        nx_test, t_nx = _timed(neurox_all)
+        cpu_nx = time.process_time() - cpu0
+        # raydund once more after NeuroX: the machine's speed drifts over a minute, so its time is the
+        # mean of the runs on either side (the second should give the same answers: every choice is seeded)
+        cpu0 = time.process_time()
+        (layer2, minimal2, _), t_again = _timed(ours)
+        cpu_again = time.process_time() - cpu0
+        same = [r["test"] for r in layer2["rows"] + minimal2["rows"]] == [r["test"] for r in layer["rows"] + minimal["rows"]]
+        runs = (t_ours, t_again)
+        t_ours, cpu_ours = sum(runs) / 2, (cpu_ours + cpu_again) / 2
+        diffs = 100 * np.abs(np.array(ours_test) - np.array(nx_test))
+        result.update(raydund_s=round(t_ours, 1), raydund_runs_s=[round(t, 1) for t in runs], second_run_same_answers=same,
+                      raydund_cpu_s=round(cpu_ours, 1),
+                      neurox_s=round(t_nx, 1), speedup=round(t_nx / t_ours, 2), neurox_cpu_s=round(cpu_nx, 1),
+                      cpu_speedup=round(cpu_nx / cpu_ours, 2), load_average_1min_after=round(os.getloadavg()[0], 2),
+                      max_test_accuracy_diff_points=round(float(diffs.max()), 2),
+                      mean_test_accuracy_diff_points=round(float(diffs.mean()), 2),
+                      oracle_test_accuracy=round(100 * ours_test[names.index("oracle")], 2),
+                      neurox_oracle_test_accuracy=round(100 * nx_test[names.index("oracle")], 2))
+    print(json.dumps(result, indent=2))
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
+def bench_probe_workers(settings: Settings, model: str = "minilm", corpus: str = "conll2000", label: str = "pos",
+                        train_tokens: int = 50_000, workers: tuple[int, ...] = (1, 2), epochs: int = 10,
+                        out: str | None = None) -> dict:
+    """The probe job (``raydund probe``, no control task) with 1 and more layer-block workers.
+
+    Per run: seconds, the peak memory of the largest single process (the driver or one
+    actor: what must fit on one node) and of all of them together.
+    """
+    from raydund.extract.job import ensure_ray  # noqa: PLC0415
+    from raydund.probes.job import ProbeConfig, run_probes  # noqa: PLC0415
+
+    ensure_ray()
+    rows = []
+    for n in workers:
+        cfg = ProbeConfig(model=model, corpus=corpus, label=label, train_limit=train_tokens, control=False,
+                          epochs=epochs, workers=n)
+        with PeakMemory(own_only=True) as mem:
+            result, seconds = _timed(lambda: run_probes(cfg, settings))  # noqa: B023
+        oracle = next(r for r in result["layerwise"] if r["probe"] == "oracle")
+        rows.append({"workers": n, "seconds": round(seconds, 1), "peak_process_gb": round(mem.peak_process / 1e9, 2),
+                     "peak_all_gb": round(mem.peak_work / 1e9, 2), "baseline_gb": round(mem.baseline / 1e9, 2),
+                     "oracle_test_accuracy": round(100 * oracle["test"]["accuracy"], 2),
+                     "minimal_set": result["minimal"]["k"]})
+        log.info("probe workers: %s", json.dumps(rows[-1]))
+    result = {"train_tokens": train_tokens, "epochs": epochs, "runs": rows}
+    print(json.dumps(result, indent=2))
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
+def bench_scaling(settings: Settings, model: str = "minilm", corpus: str = "conll2000", split: str = "train",
+                  words: tuple[int, ...] = (10_000, 20_000, 40_000), pool_sizes: tuple[int, ...] = (1, 2),
+                  shard_words: int = 5_000, out: str | None = None) -> dict:
+    """Scaling: words/s and peak memory of extraction and of the correlation pass at growing sizes.
+
+    For every size in ``words`` (a prefix of the split, whole sentences), one extraction
+    (1 actor, all cores) and one similarity pass (co-moments of all neurons) run with
+    :class:`PeakMemory` sampling this process and every Ray worker. Then, at the largest
+    size, the same two jobs with 1 and 2 Ray worker processes (``pool_sizes`` actors with
+    cores / actors torch threads; similarity tasks of 2 or 1 CPUs). Linear scaling shows as
+    a constant words/s and a flat peak memory.
+    """
+    from raydund.extract.job import ExtractConfig, ensure_ray, run_extraction  # noqa: PLC0415
+    from raydund.lake import Lake  # noqa: PLC0415
+    from raydund.general.stream import SimilarityConfig, compute_moments  # noqa: PLC0415
+
+    lake = Lake(settings)
+    table = _corpus_split(lake, settings, corpus, split)
+    lengths = np.cumsum([len(s) for s in table.column("words").to_pylist()])
+    cores = os.cpu_count() or 1
+    ensure_ray()
+
+    def extract(n_words: int, pool: int) -> dict:
+        limit = int(np.searchsorted(lengths, n_words) + 1)
+        cfg = ExtractConfig(model=model, corpus=corpus, split=split, limit=limit, shard_words=shard_words,
+                            pool_size=pool, threads=max(1, cores // pool), fresh=True)
+        with PeakMemory() as mem:
+            result, seconds = _timed(lambda: run_extraction(cfg, settings, progress=False))
+        return {"words": result.words, "sentences": limit, "shards": -(-result.words // shard_words),
+                "seconds": round(seconds, 1), "words_per_s": round(result.words / seconds, 1),
+                "peak_gb": round(mem.peak_work / 2**30, 2),
+                "added_gb": round((mem.peak_work - mem.baseline) / 2**30, 2),
+                "bytes": result.bytes}
+
+    def correlate(cpus_per_task: float) -> dict:
+        cfg = SimilarityConfig(model=model, corpus=corpus, split=split, cpus_per_task=cpus_per_task)
+        with PeakMemory() as mem:
+            moments, seconds = _timed(lambda: compute_moments(lake, cfg, progress=False))
+        return {"tokens": moments.n, "neurons": int(sum(moments.widths)), "seconds": round(seconds, 1),
+                "words_per_s": round(moments.n / seconds, 1), "peak_gb": round(mem.peak_work / 2**30, 2),
+                "added_gb": round((mem.peak_work - mem.baseline) / 2**30, 2)}
+
+    figures: dict = {"machine": f"{platform.machine()}, {cores} cores, torch {torch.__version__}",
+                     "model": model, "corpus": f"{corpus}/{split}", "shard_words": shard_words,
+                     "sizes": [], "workers": []}
+    for n_words in sorted(words):
+        row = {"target_words": n_words, "extract": extract(n_words, 1), "similarity": correlate(1)}
+        figures["sizes"].append(row)
+        log.info("scaling %s", row)
+    largest = max(words)
+    for pool in pool_sizes:
+        # pool actors share the cores; similarity: `pool` tasks of cores / pool CPUs each
+        figures["workers"].append({"workers": pool, "extract": extract(largest, pool),
+                                   "similarity": correlate(max(1, cores // pool))})
+    print(f"{'words':>8} {'extract w/s':>12} {'peak GB':>8} {'similarity w/s':>15} {'peak GB':>8}")
+    for row in figures["sizes"]:
+        e, s = row["extract"], row["similarity"]
+        print(f"{e['words']:>8} {e['words_per_s']:>12,.0f} {e['peak_gb']:>8.2f} {s['words_per_s']:>15,.0f} "
+              f"{s['peak_gb']:>8.2f}")
+    for row in figures["workers"]:
+        e, s = row["extract"], row["similarity"]
+        print(f"{row['workers']} worker(s) at {e['words']} words: extract {e['words_per_s']:,.0f} w/s, "
+              f"similarity {s['words_per_s']:,.0f} w/s")
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            json.dump(figures, fh, indent=2)
+    return figures
+
+
+def large_model(settings: Settings, layers: int = 24, hidden: int = 1024, heads: int = 16,
+                intermediate: int = 4096, seed: int = 0) -> str:
+    """A BERT-large-shaped model with random weights, saved once under ``RAYDUND_HOME/models``.
+
+    ``transformers.BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+    intermediate_size=4096)``: the compute and memory of ``bert-large-cased`` without its
+    weights (none can be fetched here), with the MiniLM catalog model's WordPiece tokenizer
+    (vocabulary 30,522) so CoNLL-2000 sentences tokenise as a real BERT's would. Returns the folder.
+    """
+    from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: PLC0415
+
+    from raydund.extract.encoder import resolve_model  # noqa: PLC0415
+
+    folder = settings.home / "models" / f"bert-large-random-l{layers}-h{hidden}"
+    if (folder / "config.json").exists():
+        return str(folder)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm").source, use_fast=True)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate)
+    tmp = folder.with_name(folder.name + ".tmp")
+    BertModel(config).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)  # complete or absent
+    return str(folder)
+
+
+def bench_large(settings: Settings, words: tuple[int, ...] = (20_000,), corpus: str = "conll2000", label: str = "pos",
+                eval_words: int | None = None, batch_size: int = 16, shard_words: int = 5_000,
+                stages: tuple[str, ...] = ("extract", "similarity", "cluster", "probes"),
+                memory_limit_gb: float | None = 20.0, out: str | None = None) -> dict:
+    """The whole analysis on a BERT-large-shaped model (25 hidden states x 1024 = 25,600 neurons).
+
+    For every size in ``words`` (a prefix of the corpus's train split, whole sentences):
+    extraction into the lake (train, plus ``eval_words`` of dev and of test for the probes;
+    default a tenth of the size), the streaming co-moment pass with r and all-layer CKA
+    (``raydund similarity``'s job), the correlation-clustering sweep on all neurons
+    (``raydund cluster``'s job) and the layer-wise probes (25 layers, the oracle, the
+    prefixes; in process, all cores). Each stage is timed and its peak memory sampled
+    (:class:`PeakMemory`: this process and Ray's workers, PSS), next to its memory plan.
+    ``memory_limit_gb`` sets ``RAYDUND_MEMORY_LIMIT_GB`` (the issue's 20 GB) unless it is
+    set already. The JSON is rewritten after every stage, so a long run leaves partial figures.
+    """
+    from raydund import memory  # noqa: PLC0415
+    from raydund.extract.job import ExtractConfig, ensure_ray, run_extraction  # noqa: PLC0415
+    from raydund.lake import Lake  # noqa: PLC0415
+    from raydund.probes import analysis  # noqa: PLC0415
+    from raydund.probes.job import ProbeConfig, load_splits  # noqa: PLC0415
+    from raydund.general.job import ClusterConfig, run_clustering, run_similarity  # noqa: PLC0415
+    from raydund.general.stream import SimilarityConfig  # noqa: PLC0415
+
+    if memory_limit_gb and not os.environ.get("RAYDUND_MEMORY_LIMIT_GB"):
+        os.environ["RAYDUND_MEMORY_LIMIT_GB"] = str(memory_limit_gb)
+    lake = Lake(settings)
+    tables = {}
+    for split in ("train", "dev", "test"):
+        try:
+            tables[split] = lake.read_corpus(corpus, split)
+        except UserError:
+            from raydund.corpora.job import ingest  # noqa: PLC0415
+
+            ingest(corpus, settings, ["train", "dev", "test"])
+            tables[split] = lake.read_corpus(corpus, split)
+    lengths = {s: np.cumsum([len(x) for x in t.column("words").to_pylist()]) for s, t in tables.items()}
+    folder = large_model(settings)
+    model = os.path.basename(folder)
+    cores = os.cpu_count() or 1
+    ensure_ray()
+    figures: dict = {"machine": f"{platform.machine()}, {cores} cores, {memory.total_ram() / 1e9:.1f} GB RAM, "
+                                f"torch {torch.__version__}, numpy {np.__version__}",
+                     "model": "BertConfig(hidden 1024, 24 layers, 16 heads, intermediate 4096), random weights",
+                     "neurons": 25 * 1024, "memory_limit_gb": memory.memory_limit() / 1e9, "sizes": []}
+
+    def save():
+        if out:
+            with open(out, "w", encoding="utf-8") as fh:
+                json.dump(figures, fh, indent=2)
+
+    def measured(fn):
+        with PeakMemory(own_only=True) as mem:  # the machine is shared: count this run's processes only
+            result, seconds = _timed(fn)
+        return result, {"seconds": round(seconds, 1), "peak_gb": round(mem.peak_work / 1e9, 2),
+                        "added_gb": round((mem.peak_work - mem.baseline) / 1e9, 2),
+                        "peak_gb_with_ray_daemons": round(mem.peak_all / 1e9, 2)}
+
+    for n_words in sorted(words):
+        row: dict = {"target_words": n_words}
+        figures["sizes"].append(row)
+        limits = {"train": int(np.searchsorted(lengths["train"], n_words) + 1)}
+        n_eval = eval_words or max(1_000, n_words // 10)
+        for s in ("dev", "test"):
+            limits[s] = int(np.searchsorted(lengths[s], n_eval) + 1)
+        row["words"] = {s: int(lengths[s][min(limits[s], len(lengths[s])) - 1]) for s in limits}
+        if "extract" in stages:
+            def extract_all():
+                out_ = {}
+                for s, limit in limits.items():
+                    cfg = ExtractConfig(model=folder, corpus=corpus, split=s, limit=limit, batch_size=batch_size,
+                                        shard_words=shard_words, threads=cores, fresh=True)
+                    t0 = time.perf_counter()
+                    res = run_extraction(cfg, settings, progress=False)
+                    out_[s] = {"words": res.words, "seconds": round(time.perf_counter() - t0, 1), "bytes": res.bytes}
+                return out_
+
+            parts, row["extract"] = measured(extract_all)
+            row["extract"]["splits"] = parts
+            row["extract"]["train_words_per_s"] = round(parts["train"]["words"] / parts["train"]["seconds"], 1)
+            log.info("large %d words: extract %s", n_words, row["extract"])
+            save()
+        tokens = row["words"]["train"]
+        if "similarity" in stages:
+            plan = memory.similarity_plan(25 * 1024, 25, tokens, 1)
+            res, row["similarity"] = measured(lambda: run_similarity(
+                SimilarityConfig(model=model, corpus=corpus, split="train"), settings, progress=False))
+            row["similarity"].update(planned_peak_gb=round(plan.peak / 1e9, 2), tokens=res["tokens"],
+                                     cka_adjacent_mean=round(res["cka_adjacent_mean"], 4))
+            del res
+            log.info("large %d words: similarity %s", n_words, row["similarity"])
+            save()
+        if "cluster" in stages:
+            plan = memory.clustering_plan(25 * 1024, 25)
+            cc, row["cluster"] = measured(lambda: run_clustering(
+                ClusterConfig(model=model, corpus=corpus, split="train"), settings))
+            row["cluster"].update(planned_peak_gb=round(plan.peak / 1e9, 2),
+                                  clusters={f"{r['threshold']:.1f}": r["clusters"] for r in cc.summary_})
+            del cc
+            log.info("large %d words: cluster %s", n_words, row["cluster"])
+            save()
+        if "probes" in stages:
+            torch.set_num_threads(cores)
+            cfg = ProbeConfig(model=model, corpus=corpus, label=label)
+
+            def probes():
+                from raydund.probes.job import check_memory  # noqa: PLC0415
+
+                check_memory(lake, dataclasses.replace(cfg, control=False), object_store=False)  # in process
+                splits = load_splits(lake, cfg)
+                return analysis.layerwise(splits, cfg.settings()), splits.train.X.shape
+
+            (layer, shape), row["probes"] = measured(probes)
+            oracle = next(r for r in layer["rows"] if r["probe"] == "oracle")
+            best = max((r for r in layer["rows"] if r["probe"].startswith("layer ")), key=lambda r: r["dev"]["accuracy"])
+            row["probes"].update(train_rows=shape[0], features=shape[1], probes=len(layer["rows"]),
+                                 oracle_dev_accuracy=round(oracle["dev"]["accuracy"], 4),
+                                 best_layer=best["probe"], best_layer_dev_accuracy=round(best["dev"]["accuracy"], 4))
+            log.info("large %d words: probes %s", n_words, row["probes"])
+            save()
+    print(json.dumps(figures, indent=2))
+    save()
+    return figures
+
+
+__all__ = ["PeakMemory", "bare_loop", "bench_extract", "bench_large", "bench_probe_workers", "bench_probes",
+           "bench_scaling", "bench_similarity", "floor_syrk", "large_model", "neurox_loop"]

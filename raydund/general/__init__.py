@@ -1,0 +1,1 @@
+"""General redundancy (paper section 5): co-moments in one streaming pass, Pearson r and CKA, correlation clustering, the jobs."""

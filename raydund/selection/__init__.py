@@ -1,1 +1,0 @@
-"""Selection (paper section 7): LayerSelector + CCFS, the reduced deployable model, timing."""

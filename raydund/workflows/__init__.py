@@ -1,0 +1,1 @@
+"""Workflows that chain the stages: the README demo, job submission to a Ray cluster."""

@@ -1,0 +1,215 @@
+"""Memory plans against the arrays they describe, the refusal before a stage starts, the
+memory-lean paths (packed transfer, in-place r, blockwise condensed distances) against
+NumPy references, and the products' device selection."""
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import squareform
+
+from raydund import memory
+from raydund.general.clustering import condensed_distance
+from raydund.errors import UserError
+from raydund.lake import Lake
+from raydund.general import stream as stats_job
+from raydund.general.moments import Moments, add_block_rows, add_packed_lower, pack_upper, symmetrize
+from raydund.general.similarity import similarity
+
+WIDTHS = (16, 16, 16, 16)
+
+
+def data(T=500, seed=0):
+    rng = np.random.default_rng(seed)
+    N = sum(WIDTHS)
+    Z = rng.standard_normal((T, N)) @ (np.eye(N) + 0.2 * rng.standard_normal((N, N))) + rng.uniform(-5, 50, N)
+    Z[:, 3] = 1.5  # constant
+    return Z
+
+
+# -- the plan's numbers are the arrays' sizes ------------------------------------------------------
+def test_plan_sizes_match_the_arrays_they_describe():
+    N, L, T = sum(WIDTHS), len(WIDTHS), 500
+    Z = data(T)
+    m = Moments.empty(WIDTHS, Z[:64].mean(0))
+    acc = {}
+    D = np.asfortranarray(Z - m.shift)
+    add_block_rows(acc, D, m.offsets, list(range(L)), L)
+    packed = pack_upper(acc["all"])
+    plan = memory.similarity_plan(N, L, T, workers=1)
+    assert plan.phases["transfer"]["accumulator"] == acc["all"].nbytes
+    assert plan.phases["transfer"]["shipped to the driver"] == packed.nbytes
+    assert plan.phases["unpack"]["driver G"] == m.G.nbytes
+    assert plan.phases["statistics"]["G -> r (N x N float64)"] == m.G.nbytes
+    sim = similarity(m.update(Z))
+    r = sim.r.astype(np.float32)
+    cplan = memory.clustering_plan(N)
+    assert cplan.phases["distances"]["r float32"] == r.nbytes
+    assert cplan.phases["distances"]["condensed distances float64"] == condensed_distance(
+        np.nan_to_num(sim.r, nan=0.0)).nbytes
+    X = Z.astype(np.float32)
+    pplan = memory.probe_plan(N, L, tokens=400, eval_tokens=100, classes=5, object_store=True)
+    assert pplan.phases["train"]["X train/dev/test float32"] == X.nbytes
+    assert pplan.phases["put"]["X on the driver"] == pplan.phases["put"]["X in the object store"] == X.nbytes
+    # block rows split over groups: the largest group's accumulator, as balance_blocks assigns them
+    for groups in (2, 3):
+        off = m.offsets
+        held = [sum(WIDTHS[l] * (N - off[l]) * 8 for l in g) for g in stats_job.balance_blocks(L, groups)]
+        assert memory.block_row_bytes(N, L, groups) == max(held)
+
+
+def test_bert_large_fits_one_worker_not_two_in_20_gb():
+    N, L = 25 * 1024, 25
+    limit = int(20e9)
+    one = memory.similarity_plan(N, L, 20_000, workers=1)
+    two = memory.similarity_plan(N, L, 20_000, workers=2)
+    # one accumulator of block rows (the upper block triangle, ~half of N x N), shipped as it is
+    acc = sum(1024 * (N - 1024 * l) * 8 for l in range(L))
+    assert one.phases["transfer"]["accumulator"] == one.phases["transfer"]["shipped to the driver"] == acc
+    assert one.peak < 10e9 and two.peak > one.peak + acc
+    assert memory.fit_workers(N, L, 20_000, wanted=2, limit=limit) == 1
+    assert memory.fit_workers(9984, 13, 150_000, wanted=2, limit=limit) == 2  # paper scale keeps both
+    assert memory.clustering_plan(N, L).peak < 8e9  # r float32 + condensed float64 + blocks
+    assert abs(memory.condensed_bytes(N) / 1e9 - 2.62) < 0.01
+
+
+def test_over_the_limit_is_refused_with_the_numbers(monkeypatch):
+    monkeypatch.setenv("RAYDUND_MEMORY_LIMIT_GB", "0.5")
+    with pytest.raises(UserError) as err:
+        memory.check(memory.similarity_plan(25_600, 25, 20_000))
+    line = str(err.value)
+    assert line.startswith("stage similarity needs ~")
+    assert "limit 0.5 GB (RAYDUND_MEMORY_LIMIT_GB or detected RAM - headroom)" in line
+    assert "neurons=25600" in line and "G -> r (N x N float64) 5.24" in line
+    monkeypatch.setenv("RAYDUND_MEMORY_LIMIT_GB", "abc")
+    with pytest.raises(UserError, match="not a number"):
+        memory.memory_limit()
+    monkeypatch.delenv("RAYDUND_MEMORY_LIMIT_GB")
+    ram = memory.total_ram()
+    assert 0 < memory.memory_limit() <= ram - memory.HEADROOM_MIN
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_similarity_job_refuses_before_any_compute(settings, monkeypatch):
+    from benchmarks.synthetic import write_activations
+
+    lake = Lake(settings)
+    write_activations(lake, model="m", corpus="c", split="dev", tokens=200, widths=(8, 8), shard_tokens=100)
+
+    def computed(*args, **kwargs):
+        raise AssertionError("the pass started")
+
+    monkeypatch.setattr(stats_job.Moments, "empty", computed)
+    monkeypatch.setattr(stats_job, "centred_chunk", computed)
+    monkeypatch.setenv("RAYDUND_MEMORY_LIMIT_GB", "0.0001")
+    with pytest.raises(UserError, match=r"stage similarity needs ~.*neurons=16.*tokens=200"):
+        stats_job.compute_moments(lake, stats_job.SimilarityConfig("m", "c", "dev"), progress=False)
+
+
+# -- the memory-lean paths equal the references ---------------------------------------------------
+def test_packed_transfer_and_symmetrize_rebuild_the_matrix():
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((37, 37))
+    G = np.zeros((37, 37))
+    add_packed_lower(G, pack_upper(np.asfortranarray(A)))
+    add_packed_lower(G, pack_upper(A))  # two parts add
+    symmetrize(G, "lower", block=8)
+    upper = np.triu(2 * A) + np.triu(2 * A, 1).T
+    np.testing.assert_array_equal(G, upper)
+    B = A.copy()
+    symmetrize(B, "upper", block=5)
+    np.testing.assert_array_equal(B, np.triu(A) + np.triu(A, 1).T)
+
+
+def test_inplace_similarity_equals_numpy_and_the_copying_path():
+    Z = data()
+    m = Moments.empty(WIDTHS, Z[:50].mean(0))
+    for s in range(0, len(Z), 128):
+        m.update(Z[s : s + 128])
+    ref = similarity(m)
+    G_before = m.G.copy()
+    np.testing.assert_array_equal(m.G, G_before)  # the default path leaves the moments alone
+    sim = similarity(m, inplace=True, block=7)
+    assert sim.r is m.G  # consumed: G became r
+    np.testing.assert_array_equal(sim.r, ref.r)
+    np.testing.assert_array_equal(sim.cka, ref.cka)
+    np.testing.assert_array_equal(sim.cka_debiased, ref.cka_debiased)
+    R = np.corrcoef(Z.T)
+    keep = ~sim.constant
+    assert sim.constant[3] and sim.constant.sum() == 1
+    np.testing.assert_allclose(sim.r[np.ix_(keep, keep)], R[np.ix_(keep, keep)], atol=1e-9)
+
+
+def test_condensed_distance_blockwise_equals_squareform():
+    rng = np.random.default_rng(2)
+    r = np.corrcoef(rng.standard_normal((40, 200)) + rng.standard_normal((1, 200)))
+    r[5, 9] += 1e-7  # not exactly symmetric, as float arithmetic leaves it
+    index = np.array([0, 2, 3, 5, 9, 11, 30, 39])
+    for rr, idx in ((r, None), (r, index), (r.astype(np.float32), index)):
+        sub = rr if idx is None else rr[np.ix_(idx, idx)]
+        d = 1.0 - np.abs(sub.astype(np.float64))
+        d = np.clip((d + d.T) / 2, 0, 1)
+        np.fill_diagonal(d, 0)
+        np.testing.assert_array_equal(condensed_distance(rr, idx, block=3), squareform(d, checks=False))
+    bad = r.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        condensed_distance(bad)
+
+
+# -- where the products run ------------------------------------------------------------------------
+def test_products_device_selection(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("RAYDUND_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert stats_job.products_device() == "cuda"
+    assert stats_job.products_device("cpu") == "cpu"  # forced
+    monkeypatch.setenv("RAYDUND_DEVICE", "cpu")
+    assert stats_job.products_device() == "cpu"
+    monkeypatch.delenv("RAYDUND_DEVICE")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert stats_job.products_device() == "cpu"
+
+
+@pytest.mark.parametrize("rows", [None, [0, 2]])
+def test_torch_products_path_equals_blas_and_numpy(rows):
+    """The GPU code path (torch float64), run on the CPU, against BLAS and a NumPy reference."""
+    Z = data(T=300)
+    L = len(WIDTHS)
+    off = np.concatenate([[0], np.cumsum(WIDTHS)])
+    D = np.asfortranarray(Z - Z[:40].mean(0))
+    rows = list(range(L)) if rows is None else rows
+    blas, tch = {}, {}
+    for s in range(0, len(D), 100):
+        add_block_rows(blas, np.asfortranarray(D[s : s + 100]), off, rows, L, "cpu")
+        add_block_rows(tch, np.asfortranarray(D[s : s + 100]), off, rows, L, "torch:cpu")
+    from raydund.general.moments import to_numpy
+
+    tch = to_numpy(tch)
+    full = D.T @ D
+    if "all" in blas:
+        np.testing.assert_allclose(np.triu(tch["all"]), np.triu(blas["all"]), rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(np.triu(blas["all"]), np.triu(full), rtol=1e-12, atol=1e-9)
+    else:
+        for l in rows:
+            np.testing.assert_allclose(tch[l], full[off[l] : off[l + 1], off[l] :], rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(blas[l], tch[l], rtol=1e-12, atol=1e-9)
+
+
+def test_block_rows_above_the_syrk_limit_equal_the_dsyrk_path(monkeypatch):
+    """Above SYRK_MAX_NEURONS one task keeps per-block-row accumulators (half the memory)."""
+    from raydund.general import moments as moments_mod
+
+    Z = data(T=300)
+    ref = Moments.empty(WIDTHS, Z[:40].mean(0))
+    ref.update(Z)
+    monkeypatch.setattr(moments_mod, "SYRK_MAX_NEURONS", 10)
+    acc = {}
+    D = np.asfortranarray(Z - ref.shift)
+    add_block_rows(acc, D, ref.offsets, list(range(len(WIDTHS))), len(WIDTHS))
+    assert sorted(acc) == list(range(len(WIDTHS)))  # no "all"
+    m = Moments.empty(WIDTHS, ref.shift)
+    m.update(Z)
+    np.testing.assert_allclose(m.full_G(), ref.full_G(), rtol=1e-12, atol=1e-9)
+    a, b = similarity(m), similarity(ref)
+    np.testing.assert_allclose(a.r, b.r, atol=1e-9)
+    np.testing.assert_allclose(a.cka_debiased, b.cka_debiased, atol=1e-9)
