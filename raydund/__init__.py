@@ -1,9 +1,10 @@
 """raydund: redundancy analysis of pretrained transformers, from a laptop to a Ray cluster.
 
-The pipeline, one module per stage::
+The pipeline, one package per stage::
 
-    corpora/  -> lake.py  -> extract/  -> (statistics, probes, selection: later stages)
-    readers      Iceberg     Ray Data actors writing per-word activations
+    corpora/  -> lake/    -> extract/                -> general/, probes/, transfer/, finetune/
+    readers      Iceberg     Ray Data actors writing    statistics, probes, reduced models
+                             per-word activations
 
 ``config`` holds where things live (home folder, catalog, warehouse, MLflow);
 ``tracking`` records every job as an MLflow run.
@@ -16,7 +17,7 @@ _MODEL_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:", "file:", "s3:/
 
 
 def load_model(name_or_uri: str, settings=None):
-    """Load a model raydund registered (a reduced CCFS model, a fine-tuning) from raydund's MLflow store.
+    """Load a model raydund registered (a reduced transfer model, a fine-tuning) from raydund's MLflow store.
 
     Plain ``mlflow.pyfunc.load_model("models:/...")`` looks in whatever store
     ``MLFLOW_TRACKING_URI`` names (``./mlruns`` when unset); this resolves the store from
@@ -25,7 +26,7 @@ def load_model(name_or_uri: str, settings=None):
     Parameters
     ----------
     name_or_uri : str
-        A registered model name (its newest committed version: ``raydund-ccfs-minilm-conll2000-pos``)
+        A registered model name (its newest committed version: ``raydund-transfer-minilm-conll2000-pos``)
         or an MLflow URI (``models:/NAME/1``, ``models:/NAME@alias``, ``runs:/RUN/reduced_model``).
     settings : raydund.config.Settings, optional
         Where the store is (default: :meth:`~raydund.config.Settings.from_env`).

@@ -305,7 +305,7 @@ def assert_registry_consistent(world: World) -> None:
     client = tracking.configure(world.settings).MlflowClient()
     for (name, version), tags in registry(world.settings).items():
         status = tags.get(STATUS_TAG)
-        if name.startswith("raydund-ccfs-"):
+        if name.startswith("raydund-transfer-"):
             if status in ("committed", "pending"):
                 assert tags["raydund.run_id"] in completed, f"{name} v{version} is {status}; its run never completed"
         else:
