@@ -17,25 +17,7 @@ import numpy as np
 from raydund.probes.data import TaskData, control_labels, encode, layer_masks
 from raydund.probes.model import ProbeBank, metrics, primary_metric
 from raydund.probes.rank import lca_ordering, percent_grid, probeless_scores
-
-
-@dataclasses.dataclass
-class ProbeSettings:
-    """The paper's probe settings (all configurable)."""
-
-    task: str = "classification"
-    l1: float = 1e-5
-    l2: float = 1e-5
-    lr: float = 1e-3
-    batch_size: int = 128
-    epochs: int = 10
-    seed: int = 0
-    standardize: bool = False
-    precision: str = "auto"
-
-    def bank(self, masks: np.ndarray) -> ProbeBank:
-        """An untrained bank of probes with these settings (the field names are ProbeBank's)."""
-        return ProbeBank(masks, **dataclasses.asdict(self))
+from raydund.probes.settings import ProbeSettings
 
 
 @dataclasses.dataclass

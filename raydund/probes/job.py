@@ -28,6 +28,7 @@ from raydund.lake.runs import StageRun
 from raydund.probes import analysis
 from raydund.probes.data import check_labels, held_out_mask, load_task
 from raydund.probes.model import primary_metric, resolve_precision
+from raydund.probes.settings import ProbeSettings
 from raydund.report import figures
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,19 @@ PROBE_RESULTS = "probe_results"
 NEURON_RANKINGS = "neuron_rankings"
 
 
-@dataclasses.dataclass
-class ProbeConfig:
-    """A probing task and what to run on it.
+@dataclasses.dataclass(kw_only=True)
+class ProbeConfig(ProbeSettings):
+    """A probing task and what to run on it; the probe hyperparameters are
+    :class:`~raydund.probes.settings.ProbeSettings`' fields (keyword-only, as all of these).
 
     Attributes
     ----------
+    model, corpus : str
+        The activations to probe: a model's lake name and an ingested corpus.
     label : str
         The corpus label column (``pos``, ``chunk``, ``upos``, ``semtag``, ``label``).
+    unit : str
+        ``word`` (per-word vectors) or ``cls`` (one per sentence), as extracted.
     splits : tuple of str
         (train, dev, test). For GLUE-style corpora without a test split, use
         ``("train", "train", "dev")``: 10% of train (seeded) becomes dev, official dev is test.
@@ -54,13 +60,10 @@ class ProbeConfig:
         Also train control-task probes (selectivity).
     cluster_split : str, optional
         Score the clustering sweep of this split (``raydund cluster``) on the task.
+    dev_fraction : float
+        Share of train held out (seeded) as dev when dev names the train split.
     train_limit : int, optional
         Train on the first N training rows only (the paper uses the first 150k tokens).
-    standardize : bool
-        Probes train on z-scored neurons (see :class:`~raydund.probes.model.ProbeBank`).
-    precision : {"auto", "float32", "bfloat16"}
-        The type of the training products (see :class:`~raydund.probes.model.ProbeBank`;
-        ``auto``: bfloat16 where the device multiplies it natively).
     workers : int, optional
         Layer-block actors (see the module docstring); default: Ray's CPUs, at most one per
         layer. 1 reads every layer into the driver.
@@ -70,28 +73,14 @@ class ProbeConfig:
     corpus: str
     label: str
     unit: str = "word"
-    task: str = "classification"
     splits: tuple[str, str, str] = ("train", "dev", "test")
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    l1: float = 1e-5
-    l2: float = 1e-5
-    seed: int = 0
     redundant_share: float = 0.99
     keep_share: float = 0.97
     control: bool = True
     cluster_split: str | None = None
     dev_fraction: float = 0.1
     train_limit: int | None = None
-    standardize: bool = False
-    precision: str = "auto"
     workers: int | None = None
-
-    def settings(self) -> analysis.ProbeSettings:
-        """The probe hyperparameters of this config (fields of the same names)."""
-        return analysis.ProbeSettings(**{f.name: getattr(self, f.name)
-                                         for f in dataclasses.fields(analysis.ProbeSettings)})
 
 
 def load_splits(lake: Lake, cfg: ProbeConfig, activations: bool = True) -> analysis.Splits:

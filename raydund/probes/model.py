@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from raydund.errors import UserError
+from raydund.probes.settings import ProbeSettings
 
 TASKS = ("classification", "regression")
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # and "auto" (see resolve_precision)
@@ -32,32 +33,21 @@ BLOCK_FLOP = 1e7  # a block's fixed work per training step, as product flops (~6
 
 
 @dataclasses.dataclass
-class ProbeBank:
+class ProbeBank(ProbeSettings):
     """``P`` linear probes over the same rows (scikit-learn style).
+
+    The hyperparameters (``task``, ``l1``, ``l2``, ``lr``, ``batch_size``, ``epochs``,
+    ``seed``, ``standardize``, ``precision``; keyword-only) and their defaults are
+    :class:`~raydund.probes.settings.ProbeSettings`' fields, documented there.
+    ``bfloat16`` precision multiplies bfloat16 copies of the batch, the weights and the
+    score gradients, accumulating in float32; the weights, Adam, the softmax and the
+    penalty stay float32, and scoring (:meth:`predict`) is float32. ``auto`` resolves
+    through :func:`resolve_precision`.
 
     Parameters
     ----------
     masks : numpy.ndarray
         ``[P x N]`` booleans: the neurons each probe reads.
-    task : {"classification", "regression"}
-    l1, l2 : float
-        ElasticNet penalties (NeuroX style, see module docstring).
-    lr, batch_size, epochs : float, int, int
-        Adam learning rate, rows per step, passes over the data (shuffled each epoch).
-    seed : int
-        Seeds initialisation and shuffling.
-    standardize : bool
-        Train on z-scored neurons (train mean and std, float64; constant neurons left as
-        they are). Off by default (the paper and NeuroX train on raw activations); it
-        helps where activations barely vary, such as the [CLS] of lower layers. The fitted
-        ``coef_``/``intercept_`` are folded back to raw activations either way.
-    precision : {"auto", "float32", "bfloat16"}
-        The type of the training products. ``bfloat16`` multiplies bfloat16 copies of the
-        batch, the weights and the score gradients, accumulating in float32 (2-4x the
-        float32 rate on CPUs with AVX-512-BF16/AMX and on GPUs); the weights, Adam, the
-        softmax and the penalty stay float32, and scoring (:meth:`predict`) is float32.
-        ``auto`` (default): ``bfloat16`` where the device multiplies it natively, else
-        ``float32`` (:func:`resolve_precision`).
     device : str, optional
         ``cuda`` when available unless given.
 
@@ -73,15 +63,6 @@ class ProbeBank:
     """
 
     masks: np.ndarray
-    task: str = "classification"
-    l1: float = 1e-5
-    l2: float = 1e-5
-    lr: float = 1e-3
-    batch_size: int = 128
-    epochs: int = 10
-    seed: int = 0
-    standardize: bool = False
-    precision: str = "auto"
     device: str | None = None
 
     def _device(self) -> torch.device:

@@ -28,6 +28,7 @@ from raydund.lake.runs import StageRun
 from raydund.probes import analysis
 from raydund.probes.data import check_labels
 from raydund.probes.job import ProbeConfig, plan_splits, probe_workers
+from raydund.probes.settings import ProbeSettings, probe_fields
 from raydund.report import figures
 from raydund.transfer.ccfs import CCFS, Correlations, selection_table_rows
 from raydund.transfer.reduced import log_reduced, save_reduced
@@ -42,57 +43,61 @@ STATUS_TAG = tracking.STATUS_TAG
 CURRENT_ALIAS = "current"
 
 
-@dataclasses.dataclass
-class TransferConfig:
-    """LS + CCFS on some tasks of one (model, corpus).
+@dataclasses.dataclass(kw_only=True)
+class TransferConfig(ProbeSettings):
+    """LS + CCFS on some tasks of one (model, corpus); the probe hyperparameters are
+    :class:`~raydund.probes.settings.ProbeSettings`' fields (keyword-only, as all of these).
 
     Attributes
     ----------
+    model, corpus : str
+        The activations: a model's lake name and an ingested corpus.
     labels : tuple of str
         Corpus label columns, one task each (``pos``, ``chunk``, ``semtag``, ``label``).
+    unit : str
+        ``word`` (per-word vectors) or ``cls`` (one per sentence), as extracted.
+    splits : tuple of str
+        (train, dev, test), as for ``raydund probe``.
     stats_split : str
         The split whose general-redundancy correlations CC restricts (``raydund similarity``).
     train_limit : int, optional
         Train on the first N training rows only (the paper uses the first 150k tokens).
     ls_thresholds, ccfs_thresholds : tuple of float
         Relative losses allowed (0.01 = 1%); every pair is run, the first is registered.
+    cluster_thresholds : tuple of float
+        Clustering thresholds CC tries on the layers LS kept.
+    workers : int, optional
+        Layer-block actors training the probes (as ``raydund probe``); 1: one Ray task
+        per task, holding all layers.
+    register : bool
+        Register each task's reduced model (first threshold pair) in MLflow.
     timing : bool
         Also run the timing analysis (:mod:`raydund.transfer.timing`).
+    timing_sentences : int
+        Sentences the timing analysis runs through the models.
     """
 
     model: str
     corpus: str
     labels: tuple[str, ...]
     unit: str = "word"
-    task: str = "classification"
     splits: tuple[str, str, str] = ("train", "dev", "test")
     stats_split: str = "dev"
     train_limit: int | None = None
     ls_thresholds: tuple[float, ...] = (0.01,)
     ccfs_thresholds: tuple[float, ...] = (0.01,)
     cluster_thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    l1: float = 1e-5
-    l2: float = 1e-5
-    seed: int = 0
-    standardize: bool = False
-    precision: str = "auto"
     workers: int | None = None
     register: bool = True
     timing: bool = True
     timing_sentences: int = 200
 
     def probe_config(self, label: str) -> ProbeConfig:
-        return ProbeConfig(model=self.model, corpus=self.corpus, label=label, unit=self.unit, task=self.task,
-                           splits=self.splits, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           l1=self.l1, l2=self.l2, seed=self.seed, train_limit=self.train_limit,
-                           standardize=self.standardize, precision=self.precision, workers=self.workers)
+        return ProbeConfig(**probe_fields(self), model=self.model, corpus=self.corpus, label=label, unit=self.unit,
+                           splits=self.splits, train_limit=self.train_limit, workers=self.workers)
 
     def ccfs(self) -> CCFS:
-        return CCFS(self.probe_config(self.labels[0]).settings(), self.ls_thresholds, self.ccfs_thresholds,
-                    self.cluster_thresholds)
+        return CCFS(self.settings(), self.ls_thresholds, self.ccfs_thresholds, self.cluster_thresholds)
 
 
 def fit_task(cfg: TransferConfig, label: str, settings: Settings, workers: int = 1) -> dict:
