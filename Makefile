@@ -43,7 +43,7 @@ test: setup $(CHROMIUM)
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
 
 test-fast: setup $(CHROMIUM)
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "not slow and not cluster"
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "not slow and not ray_cluster"
 
 bench: setup
 	$(BIN)/raydund bench extract --out BENCHMARKS.extract.json

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # A multi-process Ray cluster plus an MLflow server on this machine, every service on 127.0.0.1.
-#   infra/local/cluster.sh up [--workers N] [--cpus C]   head + N worker nodes (C CPUs each) + mlflow server
-#   infra/local/cluster.sh status                        nodes and services
-#   infra/local/cluster.sh down                          stop exactly what `up` started (never `ray stop`)
+#   infra/local/ray-cluster.sh up [--workers N] [--cpus C]   head + N worker nodes (C CPUs each) + mlflow server
+#   infra/local/ray-cluster.sh status                        nodes and services
+#   infra/local/ray-cluster.sh down                          stop exactly what `up` started (never `ray stop`)
 # Environment (all optional):
-#   RAYDUND_CLUSTER_DIR  state: pids, logs, Ray temp dir        (default $RAYDUND_HOME/cluster)
+#   RAYDUND_RAY_CLUSTER_DIR  state: pids, logs, Ray temp dir    (default $RAYDUND_HOME/ray-cluster;
+#                        the old RAYDUND_CLUSTER_DIR and $RAYDUND_HOME/cluster of a running one still work)
 #   RAY_HOST             bind address                           (default 127.0.0.1)
 #   RAY_GCS_PORT / RAY_DASHBOARD_PORT / MLFLOW_PORT             (default 6379 / 8265 / 5000)
 #   RAY_AUTH_MODE        token | disabled; anything but loopback requires token
@@ -12,7 +13,10 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 HOME_DIR=$(realpath -m "${RAYDUND_HOME:-$HOME/.raydund}")
-STATE=$(realpath -m "${RAYDUND_CLUSTER_DIR:-$HOME_DIR/cluster}")
+DEFAULT_STATE=$HOME_DIR/ray-cluster
+# a cluster started before the rename keeps its state in $RAYDUND_HOME/cluster: `down` must still find it
+if [ ! -e "$DEFAULT_STATE" ] && [ -e "$HOME_DIR/cluster/head.pid" ]; then DEFAULT_STATE=$HOME_DIR/cluster; fi
+STATE=$(realpath -m "${RAYDUND_RAY_CLUSTER_DIR:-${RAYDUND_CLUSTER_DIR:-$DEFAULT_STATE}}")
 HOST=${RAY_HOST:-127.0.0.1}
 GCS_PORT=${RAY_GCS_PORT:-6379}
 DASH_PORT=${RAY_DASHBOARD_PORT:-8265}
@@ -116,7 +120,7 @@ case "${1:-}" in
       kill -KILL -- "-$pid" 2>/dev/null || true
       rm -f "$pidfile"
     done
-    echo "cluster stopped"
+    echo "ray cluster stopped"
     ;;
   *)
     echo "usage: $0 up [--workers N] [--cpus C] | status | down" >&2; exit 2;;

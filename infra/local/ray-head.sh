@@ -9,7 +9,7 @@
 # those process groups only.
 # RAY_HOST (default 127.0.0.1) other than loopback requires RAY_AUTH_MODE=token (Ray's token auth;
 # token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, see `ray get-auth-token --generate`).
-# For several nodes with their own ports and an MLflow server: infra/local/cluster.sh.
+# For several nodes with their own ports and an MLflow server: infra/local/ray-cluster.sh.
 set -euo pipefail
 HOST=${RAY_HOST:-127.0.0.1}
 GCS_PORT=${RAY_GCS_PORT:-6379}

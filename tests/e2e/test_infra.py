@@ -1,4 +1,4 @@
-"""infra/: production shapes checked for validity, the local cluster scripts run for real, `raydund submit`."""
+"""infra/: production shapes checked for validity, the local Ray cluster scripts run for real, `raydund submit`."""
 
 import contextlib
 import json
@@ -110,12 +110,24 @@ def test_no_literal_credentials_in_infra():
             assert not re.search(r"://[^/\s:@]+:[^/\s@$]+@", text), path  # user:password@ in a URI
 
 
-@pytest.mark.parametrize("script,args", [("ray-head.sh", ["start"]), ("cluster.sh", ["up"])])
+@pytest.mark.parametrize("script,args", [("ray-head.sh", ["start"]), ("ray-cluster.sh", ["up"])])
 def test_scripts_refuse_an_exposed_ray_without_token_auth(script, args):
     env = {**base_env(), "RAY_HOST": "0.0.0.0", "RAY_AUTH_MODE": "disabled", "RAYDUND_HOME": tempfile.mkdtemp()}
     out = subprocess.run(["bash", str(INFRA / "local" / script), *args], env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2 and "without token auth" in out.stderr
+
+
+@pytest.mark.parametrize("variable", ["RAYDUND_RAY_CLUSTER_DIR", "RAYDUND_CLUSTER_DIR", None])
+def test_ray_cluster_state_folder_keeps_the_old_names(tmp_path, variable):
+    """ray-cluster.sh finds its state by the new variable, the old one, or an old running cluster's folder."""
+    home, state = tmp_path / "home", tmp_path / "state"
+    (state if variable else home / "cluster").mkdir(parents=True)
+    ((state if variable else home / "cluster") / "head.pid").write_text("999999999")
+    env = {**base_env(), "RAYDUND_HOME": str(home), **({variable: str(state)} if variable else {})}
+    out = subprocess.run(["bash", str(INFRA / "local" / "ray-cluster.sh"), "status"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "head: gone", out.stderr
 
 
 def test_submit_runtime_env_and_refusals(settings, tmp_path):
@@ -182,7 +194,7 @@ def test_params_and_tags_are_scrubbed(settings):
 
 
 def _node_ports() -> list[str]:
-    """Every per-node port its own (as cluster.sh does), so the node shares the machine with other Rays."""
+    """Every per-node port its own (as ray-cluster.sh does), so the node shares the machine with other Rays."""
     flags = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
              "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port")
     return [part for flag in flags for part in (flag, str(free_port()))]
@@ -203,7 +215,7 @@ def _wait_port(port: int, up: bool, timeout: float = 120) -> bool:
     return False
 
 
-@pytest.mark.cluster
+@pytest.mark.ray_cluster
 def test_ray_head_stop_ends_only_what_it_started(tmp_path):
     """ray-head.sh stop never runs `ray stop`: an unrelated Ray of the same user keeps running."""
     import psutil
@@ -248,9 +260,9 @@ def test_ray_head_stop_ends_only_what_it_started(tmp_path):
             os.killpg(other.pid, signal.SIGKILL)
 
 
-@pytest.mark.cluster
-def test_local_cluster_scripts_and_submit(settings, tiny_model_dir, tmp_path):
-    """cluster.sh up (head + 1 worker node + MLflow server) -> raydund submit -> lake + MLflow -> down."""
+@pytest.mark.ray_cluster
+def test_local_ray_cluster_scripts_and_submit(settings, tiny_model_dir, tmp_path):
+    """ray-cluster.sh up (head + 1 worker node + MLflow server) -> raydund submit -> lake + MLflow -> down."""
     import mlflow
     import polars as pl
 
@@ -258,11 +270,11 @@ def test_local_cluster_scripts_and_submit(settings, tiny_model_dir, tmp_path):
 
     mlflow_port, dash = free_port(), free_port()
     env = {**base_env(), "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHON": sys.executable,
-           "RAYDUND_HOME": str(settings.home), "RAYDUND_CLUSTER_DIR": tempfile.mkdtemp(prefix="rdc", dir="/tmp"),
+           "RAYDUND_HOME": str(settings.home), "RAYDUND_RAY_CLUSTER_DIR": tempfile.mkdtemp(prefix="rdc", dir="/tmp"),
            "RAY_GCS_PORT": str(free_port()), "RAY_DASHBOARD_PORT": str(dash), "MLFLOW_PORT": str(mlflow_port),
            "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
-    script = str(INFRA / "local" / "cluster.sh")
+    script = str(INFRA / "local" / "ray-cluster.sh")
     try:
         up = subprocess.run(["bash", script, "up", "--workers", "1", "--cpus", "1"], env=env, capture_output=True,
                             text=True, timeout=300)

@@ -23,7 +23,7 @@ from raydund.lake import Lake
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.ray_cluster
 
 
 def free_port() -> int:

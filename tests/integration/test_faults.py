@@ -69,16 +69,16 @@ def n_words() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A real Ray head (infra/local/cluster.sh, own ports and temp dir) whose workers see a fault file."""
+def ray_cluster():
+    """A real Ray head (infra/local/ray-cluster.sh, own ports and temp dir) whose workers see a fault file."""
     state = tempfile.mkdtemp(prefix="rdf", dir="/tmp")
     fault = Path(state) / "fault.json"
     gcs = free_port()
     env = {**base_env(), "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHON": sys.executable, "NO_MLFLOW": "1",
-           "RAYDUND_CLUSTER_DIR": state, "RAY_GCS_PORT": str(gcs), "RAY_DASHBOARD_PORT": str(free_port()),
+           "RAYDUND_RAY_CLUSTER_DIR": state, "RAY_GCS_PORT": str(gcs), "RAY_DASHBOARD_PORT": str(free_port()),
            "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "RAYDUND_FAULT_FILE": str(fault)}
     env.pop("RAY_ADDRESS", None)
-    script = str(REPO / "infra" / "local" / "cluster.sh")
+    script = str(REPO / "infra" / "local" / "ray-cluster.sh")
     up = subprocess.run(["bash", script, "up", "--workers", "0", "--cpus", "2"], env=env, capture_output=True,
                         text=True, timeout=300)
     if up.returncode != 0:
@@ -101,9 +101,9 @@ def run_cli(cmd, env, home, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def reference(cluster, tiny_model_dir, tmp_path_factory):
+def reference(ray_cluster, tiny_model_dir, tmp_path_factory):
     """The table an uninterrupted run leaves."""
-    env, _ = cluster
+    env, _ = ray_cluster
     settings = home_with_corpus(tmp_path_factory.mktemp("ref") / "home")
     out = run_cli(extract_cmd(tiny_model_dir("bert")), env, settings.home)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -112,11 +112,11 @@ def reference(cluster, tiny_model_dir, tmp_path_factory):
     return table
 
 
-@pytest.mark.cluster
-def test_killed_actor_job_finishes_without_loss_or_duplicates(cluster, reference, tiny_model_dir, tmp_path):
+@pytest.mark.ray_cluster
+def test_killed_actor_job_finishes_without_loss_or_duplicates(ray_cluster, reference, tiny_model_dir, tmp_path):
     import mlflow
 
-    env, fault = cluster
+    env, fault = ray_cluster
     settings = home_with_corpus(tmp_path / "home")
     fault.write_text(json.dumps({"kill_in_shard": 2}))
     try:
@@ -136,11 +136,11 @@ def test_killed_actor_job_finishes_without_loss_or_duplicates(cluster, reference
     assert list(runs["status"]) == ["FINISHED"]
 
 
-@pytest.mark.cluster
-def test_killed_job_resumes_to_the_same_table(cluster, reference, tiny_model_dir, tmp_path):
+@pytest.mark.ray_cluster
+def test_killed_job_resumes_to_the_same_table(ray_cluster, reference, tiny_model_dir, tmp_path):
     import mlflow
 
-    env, fault = cluster
+    env, fault = ray_cluster
     settings = home_with_corpus(tmp_path / "home")
     warehouse = Path(settings.warehouse.removeprefix("file://"))
     fault.write_text(json.dumps({"sleep_per_shard": 1.0}))
