@@ -4,7 +4,9 @@ Pick a layer and a neuron: the page shows its top words, its activations over sa
 sentences (a heatmap as in the paper's Figure 6), its correlation cluster at a chosen
 threshold and where it sits in every task's ranking. No server: the data travel inside
 the page (Chromium refuses ``fetch`` over ``file://``), and ``data.json`` is written next
-to it for other tools. The data come from :func:`raydund.explore.browser_data`.
+to it for other tools. The data come from :func:`raydund.explore.job.browser_data`.
+The page's script and style are ``browser.js`` and ``browser.css`` beside this module
+(package data), read at render time and inlined: the page stays one self-contained file.
 
 Data layout (all lists indexed by layer, then neuron within the layer)::
 
@@ -27,166 +29,10 @@ import json
 import os
 import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 from raydund import faults
-
-STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #222; }
-header { position: sticky; top: 0; background: #f4f6f8; border-bottom: 1px solid #ccd; padding: 8px 16px;
-         display: flex; gap: 14px; align-items: center; flex-wrap: wrap; z-index: 1; }
-header h1 { font-size: 16px; margin: 0 12px 0 0; }
-main { display: grid; grid-template-columns: minmax(260px, 1fr) 2fr; gap: 16px; padding: 12px 16px; }
-section { min-width: 0; }
-section.wide { grid-column: 1 / -1; }
-h2 { font-size: 14px; margin: 8px 0; }
-table { border-collapse: collapse; }
-td, th { padding: 2px 8px; text-align: right; border-bottom: 1px solid #eee; }
-td.word, th.word { text-align: left; font-family: monospace; }
-.heat { display: flex; flex-wrap: wrap; gap: 2px; margin: 4px 0 14px; }
-.heat span { font-family: monospace; padding: 2px 4px; border-radius: 2px; }
-.muted { color: #777; }
-a.neuron { cursor: pointer; color: #1a5fb4; text-decoration: underline; }
-input[type=number] { width: 5em; }
-"""
-
-SCRIPT = r"""
-const D = JSON.parse(document.getElementById("raydund-data").textContent);
-const offsets = [0];
-D.widths.forEach(w => offsets.push(offsets[offsets.length - 1] + w));
-const $ = id => document.getElementById(id);
-const layerOf = p => { let l = 0; while (p >= offsets[l + 1]) l++; return l; };
-const name = p => { const l = layerOf(p); return "L" + l + " n" + (p - offsets[l]); };
-const fmt = (x, d) => (x === null || x === undefined) ? "" : Number(x).toFixed(d);
-
-function colour(v) {  // v in [-1, 1]: blue - white - red, centred at zero
-  const t = Math.min(1, Math.abs(v));
-  const end = v >= 0 ? [178, 24, 43] : [33, 102, 172];
-  const c = end.map(e => Math.round(255 + (e - 255) * t));
-  return "rgb(" + c.join(",") + ")";
-}
-
-function el(tag, attrs, text) {
-  const e = document.createElement(tag);
-  Object.entries(attrs || {}).forEach(([k, v]) => e.setAttribute(k, v));
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-
-function neuronLink(p) {
-  const a = el("a", {"class": "neuron", "data-position": p}, name(p));
-  a.addEventListener("click", () => show(layerOf(p), p - offsets[layerOf(p)]));
-  return a;
-}
-
-function showWords(layer, neuron) {
-  const body = $("top-words").querySelector("tbody");
-  body.replaceChildren();
-  const rows = D.top[layer][neuron];
-  rows.forEach(([w, s, m, c]) => {
-    const tr = el("tr");
-    tr.append(el("td", {"class": "word"}, D.vocab[w]), el("td", {}, fmt(s, 3)), el("td", {}, fmt(m, 3)),
-              el("td", {}, c));
-    body.append(tr);
-  });
-  $("words-note").textContent = rows.length ? "" : "no word type above the thresholds";
-}
-
-function showHeat(layer, neuron) {
-  const box = $("heatmap");
-  box.replaceChildren();
-  D.sentences.forEach(s => {
-    box.append(el("div", {"class": "muted"}, "sentence " + s.id));
-    const line = el("div", {"class": "heat"});
-    const peak = s.peak[layer][neuron];
-    s.words.forEach((w, i) => {
-      const q = s.heat[layer][neuron][i] / 99;
-      const span = el("span", {title: fmt(q * peak, 3), "data-value": q}, w);
-      span.style.background = colour(q);
-      span.style.color = Math.abs(q) > 0.6 ? "white" : "black";
-      line.append(span);
-    });
-    box.append(line);
-  });
-}
-
-function showCluster(layer, neuron) {
-  const info = $("cluster-info"), list = $("members");
-  list.replaceChildren();
-  if (!D.thresholds.length) { info.textContent = "no clustering stored (run `raydund cluster`)"; return; }
-  const t = Number($("threshold").value);
-  const pos = offsets[layer] + neuron;
-  const id = D.clusters[t][pos];
-  if (!id) { info.textContent = "constant neuron: in no cluster"; return; }
-  const r = new Map((D.correlated[pos] || []).map(([p, v]) => [p, v]));
-  const members = [];
-  D.clusters[t].forEach((c, p) => { if (c === id) members.push(p); });
-  info.textContent = members.length + " member(s) at threshold " + D.thresholds[t] +
-    (D.kept[t][pos] === "1" ? "; this neuron is the cluster's representative" : "");
-  members.forEach(p => {
-    const li = el("li");
-    li.append(p === pos ? el("b", {}, name(p)) : neuronLink(p));
-    if (p !== pos) li.append(" r = " + (r.has(p) ? fmt(r.get(p), 3) : "(not among the exported neighbours)"));
-    if (D.kept[t][p] === "1") li.append(" (kept)");
-    list.append(li);
-  });
-  const near = $("correlated");
-  near.replaceChildren();
-  (D.correlated[pos] || []).forEach(([p, v]) => {
-    const li = el("li");
-    li.append(neuronLink(p), " r = " + fmt(v, 3));
-    near.append(li);
-  });
-}
-
-function showRanks(layer, neuron) {
-  const body = $("rankings").querySelector("tbody");
-  body.replaceChildren();
-  const pos = offsets[layer] + neuron;
-  D.rankings.forEach(k => {
-    const tr = el("tr");
-    const rank = k.rank[pos];
-    tr.append(el("td", {"class": "word"}, k.task), el("td", {"class": "word"}, k.ranker),
-              el("td", {}, rank ? rank : "not ranked"), el("td", {}, k.ranked));
-    body.append(tr);
-  });
-  $("ranks-note").textContent = D.rankings.length ? "" : "no rankings stored (run `raydund probe`)";
-}
-
-let shown = "";
-
-function show(layer, neuron) {
-  layer = Math.max(0, Math.min(D.widths.length - 1, Number(layer) || 0));
-  neuron = Math.max(0, Math.min(D.widths[layer] - 1, Number(neuron) || 0));
-  // a late "change" (the input losing focus to a click) must not re-render what is shown:
-  // replacing the clicked element would swallow the click
-  $("layer").value = String(layer);
-  $("neuron").max = D.widths[layer] - 1;
-  $("neuron").value = String(neuron);
-  const key = layer + ":" + neuron + ":" + $("threshold").value;
-  if (key === shown) return;
-  shown = key;
-  $("current").textContent = "L" + layer + " n" + neuron;
-  showWords(layer, neuron);
-  showHeat(layer, neuron);
-  showCluster(layer, neuron);
-  showRanks(layer, neuron);
-  history.replaceState(null, "", "#L" + layer + "n" + neuron);
-}
-
-function current() { return [Number($("layer").value), Number($("neuron").value)]; }
-
-D.widths.forEach((w, l) => $("layer").append(el("option", {value: l}, "layer " + l + " (" + w + ")")));
-D.thresholds.forEach((t, i) => $("threshold").append(el("option", {value: i}, String(t))));
-$("threshold").value = String(D.default_threshold);
-$("layer").addEventListener("change", () => show($("layer").value, $("neuron").value));
-$("neuron").addEventListener("change", () => show($("layer").value, $("neuron").value));
-$("threshold").addEventListener("change", () => show(...current()));
-$("prev").addEventListener("click", () => { const [l, n] = current(); show(l, n - 1); });
-$("next").addEventListener("click", () => { const [l, n] = current(); show(l, n + 1); });
-const m = /^#L(\d+)n(\d+)$/.exec(location.hash);
-show(m ? m[1] : 0, m ? m[2] : 0);
-"""
 
 BODY = """
 <header>
@@ -232,6 +78,11 @@ BODY = """
 """
 
 
+def asset(name: str) -> str:
+    """The text of one of the page's files shipped beside this module (``browser.js``, ``browser.css``)."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
 def embed_json(data: dict) -> str:
     """``data`` as compact JSON that is safe inside a ``<script>`` element."""
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -259,9 +110,9 @@ def render(data: dict) -> str:
     title = escape(f"{data['model']} · {data['corpus']}/{data['split']}")
     body = BODY.format(title=title, min_count=int(data["min_count"]), sources=sources_table(data.get("sources", [])))
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>raydund neurons: {title}</title><style>{STYLE}</style></head><body>{body}"
+            f"<title>raydund neurons: {title}</title><style>\n{asset('browser.css')}</style></head><body>{body}"
             f"<script type=\"application/json\" id=\"raydund-data\">{embed_json(data)}</script>"
-            f"<script>{SCRIPT}</script></body></html>\n")
+            f"<script>\n{asset('browser.js')}</script></body></html>\n")
 
 
 def write(data: dict, folder: str | Path) -> Path:
@@ -309,4 +160,4 @@ def _remove_leftovers(folder: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-__all__ = ["embed_json", "render", "sources_table", "write"]
+__all__ = ["asset", "embed_json", "render", "sources_table", "write"]

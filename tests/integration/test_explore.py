@@ -28,7 +28,7 @@ from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.extract.actor import PARQUET_OPTIONS, vectors_column
 from raydund.lake import ACTIVATION_SCHEMA, Lake
-from raydund.report import heatmap
+from raydund.explore import heatmap
 
 WIDTH, LAYERS = 16, 3
 TAGS = {"the": "DT", "a": "DT", "dog": "NN", "cat": "NN", "bank": "NN", "river": "NN", "runs": "VBZ",

@@ -24,8 +24,8 @@ from raydund import explore as ex
 from raydund.lake import runs
 from raydund.config import Settings
 from raydund.errors import UserError
+from raydund.explore import browser
 from raydund.lake import Lake
-from raydund.report import browser
 from raydund.report import html as report_html
 
 THRESHOLDS = (0.0, 0.3, 0.6)
