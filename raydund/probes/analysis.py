@@ -16,7 +16,7 @@ import numpy as np
 
 from raydund.probes.data import TaskData, control_labels, encode, layer_masks
 from raydund.probes.model import ProbeBank, metrics, primary_metric
-from raydund.probes.rank import lca_ordering, percent_grid, probeless_scores
+from raydund.probes.rank import lca_ordering, probeless_scores, top_k_grid
 from raydund.probes.settings import ProbeSettings
 
 
@@ -155,8 +155,7 @@ def minimal_set(splits: Splits, settings: ProbeSettings, ordering: np.ndarray, o
     or banks spread over Ray tasks by ``fit``).
     """
     N = splits.n_neurons
-    percents = percents or percent_grid()
-    ks = sorted({max(1, int(round(N * p / 100))) for p in percents if int(round(N * p / 100)) <= len(ordering)})
+    ks = top_k_grid(N, percents, limit=len(ordering))
     bank = (fit or fit_bank)(settings, masks_for(ordering, ks, N), splits)
     rows = evaluate(bank, splits, [f"top {k}" for k in ks])
     key = primary_metric(settings.task)

@@ -10,6 +10,8 @@ descending largest ``|w|`` over classes, so the ranking is deterministic and the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -92,3 +94,42 @@ def percent_grid() -> list[float]:
     """The paper's grid of percentages of all neurons for the minimal-set search."""
     grid = [0.1, 0.2, 0.3, 0.4, 0.5] + list(range(1, 11)) + list(range(15, 55, 5)) + list(range(60, 100, 10))
     return [float(p) for p in grid]
+
+
+def percent_to_k(n: int, percent: float) -> int:
+    """Neurons in ``percent`` % of ``n``: ``round(n * percent / 100)``, at least 1.
+
+    Parameters
+    ----------
+    n : int
+        The neurons the percentage is of (all neurons, or the ones a stage kept).
+    percent : float
+        A percentage, 0-100.
+
+    Returns
+    -------
+    int
+        ``k``; Python's ``round`` (halves to even), so 0.5% of 100 neurons is 1 and 2.5% is 2.
+    """
+    return max(1, int(round(n * percent / 100)))
+
+
+def top_k_grid(n: int, percents: Sequence[float] | None = None, limit: int | None = None) -> list[int]:
+    """The distinct ``k`` of a percentage grid over ``n`` neurons, ascending.
+
+    Parameters
+    ----------
+    n : int
+        The neurons the percentages are of.
+    percents : sequence of float, optional
+        Percentages (default: :func:`percent_grid`).
+    limit : int, optional
+        Leave out every ``k`` above it (the length of the ordering the top-k are taken from).
+
+    Returns
+    -------
+    list of int
+        Sorted, without duplicates (small percentages of few neurons all round to 1).
+    """
+    ks = {percent_to_k(n, p) for p in (percents or percent_grid())}
+    return sorted(k for k in ks if limit is None or k <= limit)

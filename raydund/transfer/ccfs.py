@@ -26,7 +26,7 @@ from raydund.general.clustering import DEFAULT_THRESHOLDS, CorrelationClustering
 from raydund.errors import UserError
 from raydund.probes import analysis
 from raydund.probes.model import primary_metric
-from raydund.probes.rank import lca_ordering, percent_grid
+from raydund.probes.rank import lca_ordering, top_k_grid
 
 
 @dataclasses.dataclass
@@ -171,7 +171,7 @@ class CCFS:
         N = splits.n_neurons
         order = kept[lca_ordering(weights[kept].T)[0]]  # LCA over the survivors, back to stacked positions
         n = len(order)
-        ks = sorted({max(1, int(round(n * p / 100))) for p in (self.percents or percent_grid())} | {n})
+        ks = sorted(set(top_k_grid(n, self.percents)) | {n})
         bank = analysis.fit_bank(self.settings, analysis.masks_for(order, ks, N), splits)
         rows = analysis.evaluate(bank, splits, [f"top {k}" for k in ks])
         for k, row in zip(ks, rows):

@@ -303,4 +303,4 @@ def test_local_ray_cluster_scripts_and_submit(settings, tiny_model_dir, tmp_path
         assert runs.iloc[0]["params.corpus"] == "toy"
     finally:
         down = subprocess.run(["bash", script, "down"], env=env, capture_output=True, text=True, timeout=120)
-    assert down.returncode == 0 and not list(Path(env["RAYDUND_CLUSTER_DIR"]).glob("*.pid"))
+    assert down.returncode == 0 and not list(Path(env["RAYDUND_RAY_CLUSTER_DIR"]).glob("*.pid"))
