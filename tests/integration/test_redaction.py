@@ -51,6 +51,7 @@ def test_registry_error_redacts_the_tracking_uri(tmp_path, monkeypatch):
 
 def test_cli_errors_and_logs_are_redacted(capsys, monkeypatch):
     from raydund import cli
+    from raydund.cli import corpora
 
     record = logging.LogRecord("raydund", logging.INFO, __file__, 1, "store %s", (LEAKY["RAYDUND_CATALOG_URI"],),
                                None)
@@ -59,6 +60,6 @@ def test_cli_errors_and_logs_are_redacted(capsys, monkeypatch):
     def boom(args):
         raise UserError(f"cannot reach {LEAKY['MLFLOW_TRACKING_URI']}")
 
-    monkeypatch.setattr(cli, "cmd_catalog", boom)
+    monkeypatch.setattr(corpora, "cmd_catalog", boom)
     assert cli.main(["catalog"]) == 2
     assert capsys.readouterr().err == "raydund: error: cannot reach http://user:***@127.0.0.1:1\n"
