@@ -17,7 +17,7 @@ from raydund import tracking
 from raydund.config import Settings
 from raydund.explore import build_browser
 from raydund.extract.job import ExtractConfig, run_extraction
-from raydund.finetune import sentence_demo
+from raydund.workflows.sentence_demo import sentence_demo
 from raydund.corpora.job import ingest
 from raydund.lake import Lake, partition_counts
 from raydund.probes.job import ProbeConfig, run_probes

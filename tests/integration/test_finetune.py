@@ -16,7 +16,10 @@ from raydund.config import Settings
 from raydund.errors import CorpusError, UserError
 from raydund.extract.encoder import ModelSpec, load_model, resolve_model
 from raydund.extract.job import ExtractConfig, run_extraction
-from raydund.finetune import FinetuneConfig, infer_task, prepare_data, run_finetune, task_metrics
+from raydund.finetune.config import FinetuneConfig
+from raydund.finetune.data import infer_task, prepare_data
+from raydund.finetune.job import run_finetune
+from raydund.finetune.metrics import task_metrics
 from raydund.corpora.job import ingest
 from raydund.lake import Lake
 from raydund.probes.job import ProbeConfig, run_probes
@@ -268,7 +271,7 @@ def test_regression_pairs_end_to_end(glue_settings, tmp_path, tiny_model_dir):
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[2].parent / "shared/data/glue").is_dir(),
                     reason="needs ../shared/data/glue")
 def test_minilm_sst2_and_stsb_real_data(tmp_path, monkeypatch):
-    from raydund.finetune import sentence_demo
+    from raydund.workflows.sentence_demo import sentence_demo
 
     mirror = Path(__file__).resolve().parents[2].parent / "shared" / "data"
     settings = Settings.from_env({"RAYDUND_HOME": str(tmp_path / "home"), "RAYDUND_DATA_MIRROR": str(mirror)})

@@ -1,0 +1,80 @@
+"""The sentence-level walk-through: fine-tune -> extract [CLS] -> layer-wise probes -> clustering sweep."""
+
+from __future__ import annotations
+
+import time
+
+from raydund.config import Settings
+from raydund.finetune.config import FinetuneConfig
+from raydund.finetune.job import run_finetune
+from raydund.finetune.metrics import primary_metric
+from raydund.lake import Lake, corpus_table_name
+
+
+def sentence_demo(settings: Settings, corpus: str = "sst2", model: str = "minilm", train_limit: int | None = 2000,
+                  epochs: int = 1, max_length: int = 64, batch_size: int = 32, lr: float = 5e-5,
+                  thresholds: tuple[float, ...] | None = None, seed: int = 0) -> dict:
+    """Fine-tune -> extract [CLS] (train, dev) -> layer-wise probes -> clustering sweep, for one GLUE task.
+
+    The corpus is ingested first when the lake lacks it. Train is the first
+    ``train_limit`` sentences (fine-tuning and extraction take the same ones); the
+    probes hold out the same 10% dev rows as the fine-tuning (same seed) and test on
+    the official dev. Prints nothing; returns a summary for the caller to show.
+    Extraction resolves the registry URI with :meth:`Settings.from_env`, so ``settings``
+    must be the environment's (as the CLI's are).
+
+    Parameters
+    ----------
+    settings : Settings
+    corpus, model : str
+        A sentence-level catalog corpus and a pretrained model.
+    train_limit : int, optional
+        Train sentences used (``None``: all).
+    epochs, max_length, batch_size : int
+    lr : float
+        Fine-tuning settings (small defaults keep this to a few minutes on 2 CPU cores).
+    thresholds : tuple of float, optional
+        Clustering thresholds (default: the paper's 0.0..0.9).
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``uri, lake_model, task, finetune_test, finetune_seconds, extract_seconds,
+        probe_layers (probe -> dev/test metric), probe_oracle, clusters (threshold ->
+        neurons kept), seconds``.
+    """
+    from raydund.general.clustering import DEFAULT_THRESHOLDS
+    from raydund.extract.job import ExtractConfig, run_extraction
+    from raydund.corpora.job import ingest
+    from raydund.probes.job import ProbeConfig, run_probes
+    from raydund.general.job import ClusterConfig, run_clustering, run_similarity
+    from raydund.general.stream import SimilarityConfig
+
+    start = time.perf_counter()
+    lake = Lake(settings)
+    if corpus_table_name(corpus) not in lake.table_names():
+        ingest(corpus, settings)
+    ft = run_finetune(FinetuneConfig(model=model, corpus=corpus, train_limit=train_limit, epochs=epochs,
+                                     max_length=max_length, batch_size=batch_size, lr=lr, seed=seed), settings)
+    t_extract = time.perf_counter()
+    for split, limit in (("train", train_limit), ("dev", None)):
+        run_extraction(ExtractConfig(model=ft.uri, corpus=corpus, split=split, unit="cls", limit=limit),
+                       settings, progress=False)
+    extract_seconds = time.perf_counter() - t_extract
+    run_similarity(SimilarityConfig(model=ft.lake_model, corpus=corpus, split="train", unit="cls"), settings,
+                   progress=False)
+    cc = run_clustering(ClusterConfig(model=ft.lake_model, corpus=corpus, split="train", unit="cls",
+                                      thresholds=tuple(thresholds or DEFAULT_THRESHOLDS), seed=seed), settings)
+    probes = run_probes(ProbeConfig(model=ft.lake_model, corpus=corpus, label="label", unit="cls", task=ft.task,
+                                    splits=("train", "train", "dev"), seed=seed, control=False,
+                                    cluster_split="train", standardize=True), settings)
+    key = primary_metric(ft.task)
+    layers = {r["probe"]: {"dev": r["dev"][key], "test": r["test"][key]} for r in probes["layerwise"]}
+    return {
+        "uri": ft.uri, "lake_model": ft.lake_model, "task": ft.task, "metric": key,
+        "finetune_test": ft.test, "finetune_seconds": ft.seconds, "extract_seconds": extract_seconds,
+        "probe_layers": layers, "probe_oracle": layers.get("oracle"),
+        "clusters": {row["threshold"]: row["neurons_kept"] for row in cc.summary_},
+        "probe_run_id": probes["run_id"], "seconds": time.perf_counter() - start,
+    }
