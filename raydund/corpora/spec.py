@@ -6,11 +6,11 @@ import dataclasses
 
 from raydund.config import load_yaml
 from raydund.errors import UserError
+from raydund.tasks import TASKS
 
 #: Formats :func:`raydund.corpora.read_file` can read.
 FORMATS = ("conll2000", "conllu", "pmb", "ptb_pos", "neurox", "glue")
 LEVELS = ("token", "sentence")
-TASKS = ("classification", "regression")
 #: What :func:`raydund.corpora.read_corpus` does with a dev/test label never seen in train.
 UNKNOWN_LABEL_POLICIES = ("error", "warn")
 
