@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 import torch
 
 from raydund.errors import UserError
-from raydund.extract.encoder import Encoder, ModelSpec, default_threads, first_nonfinite, load_model, zero_nonfinite
+from raydund.extract.encoder import Encoder, default_threads, first_nonfinite, zero_nonfinite
+from raydund.extract.models import ModelSpec, load_model
 from raydund.lake import ACTIVATION_SCHEMA, encode_half
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.extract.actor import ExtractActor, split_uri
 from raydund.extract.align import check_aggregation
-from raydund.extract.encoder import UNITS, resolve_model
+from raydund.extract.encoder import UNITS
+from raydund.extract.models import resolve_model
 from raydund.lake import STORAGE_DTYPES, Lake, check_name, corpus_table_name
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class ExtractConfig:
         instead of refusing the job, naming the first sentence and layer.
     name : str, optional
         The model's lake name (default: from its source, see
-        :func:`~raydund.extract.encoder.resolve_model`).
+        :func:`~raydund.extract.models.resolve_model`).
     """
 
     model: str

@@ -15,8 +15,9 @@ Modules: ``config`` (:class:`FinetuneConfig`, :class:`FinetuneResult`, the job k
 driver, :func:`run_finetune`).
 """
 
+from raydund.extract.models import load_tokenizer
 from raydund.finetune.config import TASKS, FinetuneConfig, FinetuneResult, job_key
-from raydund.finetune.data import infer_task, load_tokenizer, prepare_data
+from raydund.finetune.data import infer_task, prepare_data
 from raydund.finetune.job import run_finetune
 from raydund.finetune.metrics import primary_metric, task_metrics
 from raydund.finetune.registry import (JOB_KEY_TAG, STATUS_TAG, fail_interrupted_versions, lake_model_name,

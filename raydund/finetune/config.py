@@ -11,8 +11,9 @@ import hashlib
 import json
 
 from raydund.errors import UserError
+from raydund.tasks import TASKS
 
-TASKS = ("classification", "regression")
+__all__ = ["TASKS", "FinetuneConfig", "FinetuneResult", "job_key"]
 #: Fields of :class:`FinetuneConfig` that do not change the fine-tuned weights.
 _NOT_IN_KEY = ("use_gpu", "cpus_per_worker", "threads", "max_failures", "fail_after_steps", "fresh")
 

@@ -76,21 +76,6 @@ def prepare_data(cfg: FinetuneConfig, lake: Lake) -> tuple[dict, str, list | Non
     return data, task, classes
 
 
-def load_tokenizer(source: str, revision: str | None = None):
-    """The fast tokenizer of ``source``, able to take pre-split words (as extraction loads it)."""
-    from transformers import AutoTokenizer
-
-    kwargs = {"revision": revision} if revision else {}
-    tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, **kwargs)
-    try:
-        tokenizer(["a", "b"], is_split_into_words=True)
-    except (ValueError, AssertionError):
-        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, add_prefix_space=True, **kwargs)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 class EncodedDataset:
     """A torch dataset of tokenized rows (``input_ids`` etc. plus ``labels``)."""
 

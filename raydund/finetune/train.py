@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from raydund.config import Settings
+from raydund.extract.models import load_tokenizer
 from raydund.finetune.config import FinetuneConfig
-from raydund.finetune.data import EncodedDataset, load_tokenizer, make_collate
+from raydund.finetune.data import EncodedDataset, make_collate
 from raydund.finetune.metrics import task_metrics
 
 

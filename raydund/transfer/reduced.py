@@ -49,7 +49,7 @@ def truncate(model, blocks: int):
 def save_reduced(path: str | Path, model_source: str, layer: int, neurons: np.ndarray, coef: np.ndarray,
                  intercept: np.ndarray, meta: dict) -> Path:
     """Write the artefacts of a reduced model into ``path`` (a fresh folder)."""
-    from raydund.extract.encoder import ModelSpec, load_model  # noqa: PLC0415
+    from raydund.extract.models import ModelSpec, load_model  # noqa: PLC0415
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=False)
@@ -85,7 +85,8 @@ class ReducedModel(_PythonModel):
         return model
 
     def _load(self, path: Path) -> None:
-        from raydund.extract.encoder import Encoder, ModelSpec, load_model  # noqa: PLC0415
+        from raydund.extract.encoder import Encoder  # noqa: PLC0415
+        from raydund.extract.models import ModelSpec, load_model  # noqa: PLC0415
 
         self.meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         probe = np.load(path / "probe.npz")

@@ -128,7 +128,8 @@ def sample_sentences(settings: Settings, corpus: str, split: str, n: int) -> lis
 
 def run_timing(cfg, results: list[dict], source: dict, settings: Settings, mlflow) -> dict:
     """Every timing of the module on the test split's first sentences; logged to the active MLflow run."""
-    from raydund.extract.encoder import Encoder, ModelSpec, load_model  # noqa: PLC0415
+    from raydund.extract.encoder import Encoder  # noqa: PLC0415
+    from raydund.extract.models import ModelSpec, load_model  # noqa: PLC0415
 
     torch.manual_seed(cfg.seed)
     sentences = sample_sentences(settings, cfg.corpus, cfg.splits[2], cfg.timing_sentences)

@@ -105,3 +105,17 @@ def test_dropped_word_gets_zero_vector_and_is_counted(tiny_model_dir):
     row = list(chunk.word_ids).index(1)
     assert np.all(chunk.layers[:, row] == 0)
     assert np.any(chunk.layers[:, list(chunk.word_ids).index(0)] != 0)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2"])
+def test_one_tokenizer_loader_for_extraction_and_finetuning(tiny_model_dir, arch):
+    """load_model's tokenizer is load_tokenizer's: pre-split words encode, padding has a token."""
+    from raydund.extract.models import load_tokenizer
+
+    folder = tiny_model_dir(arch)
+    tokenizer = load_tokenizer(folder)
+    _, loaded = load_model(ModelSpec(arch, folder))
+    words = ["Stocks", "fell", "."]
+    assert tokenizer.is_fast and tokenizer.pad_token is not None
+    assert tokenizer(words, is_split_into_words=True).word_ids() == loaded(words, is_split_into_words=True).word_ids()
+    assert type(tokenizer) is type(loaded) and tokenizer.pad_token == loaded.pad_token

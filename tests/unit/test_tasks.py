@@ -26,14 +26,19 @@ def test_constant_or_single_rows_give_nan_correlations_and_a_real_mse(t, p):
     assert got["mse"] == pytest.approx(np.mean((np.asarray(t) - np.asarray(p)) ** 2))
 
 
-def test_probe_metrics_follow_the_same_rule():
+def test_probe_and_finetune_metrics_follow_the_same_rule():
+    from raydund.finetune.metrics import task_metrics
+
     y, pred = np.array([1.0, 2.0, 3.0], np.float32), np.zeros(3, np.float32)
-    assert metrics(y, pred, "regression").keys() == {"pearson", "spearman", "mse"}
-    assert math.isnan(metrics(y, pred, "regression")["pearson"])
+    probe, tuned = metrics(y, pred, "regression"), task_metrics("regression", pred, y)
+    assert probe.keys() == tuned.keys() == {"pearson", "spearman", "mse"}
+    assert all(math.isnan(m[k]) for m in (probe, tuned) for k in ("pearson", "spearman"))  # was 0.0 for fine-tuning
+    assert probe["mse"] == pytest.approx(14 / 3) and tuned["mse"] == pytest.approx(14 / 3)  # float32 / float64 rows
 
 
 def test_one_task_table():
     from raydund.corpora import spec
+    from raydund.finetune import config
 
-    assert TASKS == ("classification", "regression") and spec.TASKS is TASKS
+    assert TASKS == ("classification", "regression") and spec.TASKS is TASKS and config.TASKS is TASKS
     assert primary_metric("regression") == "pearson" and primary_metric("classification") == "accuracy"
