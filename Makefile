@@ -18,7 +18,7 @@ endif
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo lint test test-unit test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -39,11 +39,21 @@ $(CHROMIUM):
 demo: setup
 	$(BIN)/raydund demo
 
-test: setup $(CHROMIUM)
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+# ruff (rules and why: pyproject.toml [tool.ruff]); part of `make test`
+lint: setup
+	$(BIN)/ruff check .
 
-test-fast: setup $(CHROMIUM)
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q -m "not slow and not ray_cluster"
+# everything: lint, then unit, integration and e2e tests (the CI command)
+test: lint $(CHROMIUM)
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q --durations=15
+
+# pure NumPy/torch tests: no Ray, no lake, no subprocess (seconds)
+test-unit: setup
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q tests/unit
+
+# unit + the integration tests not marked slow (under 3 minutes on 2 cores)
+test-fast: lint $(CHROMIUM)
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q --durations=15 -m "not slow and not ray_cluster" tests/unit tests/integration
 
 bench: setup
 	$(BIN)/raydund bench extract --out BENCHMARKS.extract.json

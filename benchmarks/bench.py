@@ -57,7 +57,7 @@ def neurox_loop(sentences: list[list[str]], model_path: str, output_type: str = 
     ``output_type`` is NeuroX's writer: ``hdf5``, or ``json`` (its default).
     """
     try:
-        from neurox.data.extraction import transformers_extractor  # noqa: PLC0415
+        from neurox.data.extraction import transformers_extractor
     except ImportError:
         log.warning("NeuroX is not installed (make bench-deps); skipping its column")
         return None
@@ -78,9 +78,9 @@ def bench_extract(settings: Settings, model: str = "minilm", corpus: str = "conl
                   limit: int | None = None, neurox_limit: int = 200, batch_size: int = 32,
                   out: str | None = None) -> dict:
     """Run the three measurements and print a table; return the figures."""
-    from raydund.extract.encoder import load_model, resolve_model  # noqa: PLC0415
-    from raydund.extract.job import ExtractConfig, ensure_ray, run_extraction  # noqa: PLC0415
-    from raydund.lake import Lake  # noqa: PLC0415
+    from raydund.extract.encoder import load_model, resolve_model
+    from raydund.extract.job import ExtractConfig, ensure_ray, run_extraction
+    from raydund.lake import Lake
 
     lake = Lake(settings)
     table = _corpus_split(lake, settings, corpus, split)
@@ -144,7 +144,7 @@ class PeakMemory:
     """
 
     def __init__(self, interval: float = 0.5, own_only: bool = False):
-        import threading  # noqa: PLC0415
+        import threading
 
         self.interval, self.peak_work, self.peak_all, self.baseline = interval, 0, 0, None
         self.peak_process = 0
@@ -154,7 +154,7 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self):
-        import psutil  # noqa: PLC0415
+        import psutil
 
         me = psutil.Process()
         work = me.memory_full_info().pss
@@ -202,7 +202,7 @@ def _corpus_split(lake, settings: Settings, corpus: str, split: str):
     try:
         return lake.read_corpus(corpus, split)
     except UserError:
-        from raydund.corpora.job import ingest  # noqa: PLC0415
+        from raydund.corpora.job import ingest
 
         ingest(corpus, settings, [split])
         return lake.read_corpus(corpus, split)
@@ -216,7 +216,7 @@ def _timed(fn):
 
 def floor_syrk(tokens: int, widths: tuple[int, ...], chunk: int = 4096, seed: int = 0) -> float:
     """Seconds of ``sum_chunks D^T D`` in float64 over data of the given size (products only)."""
-    from benchmarks.synthetic import structured_chunk  # noqa: PLC0415
+    from benchmarks.synthetic import structured_chunk
 
     rng = np.random.default_rng(seed)
     N = sum(widths)
@@ -237,8 +237,8 @@ def bench_similarity(settings: Settings, model: str = "minilm", corpus: str = "c
                      threshold: float = 0.3, parts: tuple[str, ...] = ("minilm", "paper"),
                      out: str | None = None) -> dict:
     """General redundancy: the streaming job vs NeuroX's clustering, and vs the SYRK floor at paper scale."""
-    from raydund.extract.job import ensure_ray  # noqa: PLC0415
-    from raydund.lake import Lake  # noqa: PLC0415
+    from raydund.extract.job import ensure_ray
+    from raydund.lake import Lake
 
     lake = Lake(settings)
     ensure_ray()
@@ -257,9 +257,9 @@ def bench_similarity(settings: Settings, model: str = "minilm", corpus: str = "c
 
 def _similarity_vs_neurox(lake, model: str, corpus: str, split: str, threshold: float) -> dict:
     """MiniLM scale: real activations, the raydund pass + one cut vs NeuroX create_correlation_clusters."""
-    from raydund.general.clustering import CorrelationClustering  # noqa: PLC0415
-    from raydund.general.stream import SimilarityConfig, compute_moments, layer_of  # noqa: PLC0415
-    from raydund.general.similarity import similarity  # noqa: PLC0415
+    from raydund.general.clustering import CorrelationClustering
+    from raydund.general.similarity import similarity
+    from raydund.general.stream import SimilarityConfig, compute_moments, layer_of
 
     cfg = SimilarityConfig(model=model, corpus=corpus, split=split)
 
@@ -274,7 +274,7 @@ def _similarity_vs_neurox(lake, model: str, corpus: str, split: str, threshold: 
               "raydund_added_gb": round((mem.peak_work - mem.baseline) / 2**30, 2),
               "raydund_clusters": int(cc.summary_[0]["clusters"]), "constant_neurons": int(sim.constant.sum())}
     try:
-        from neurox.interpretation.clustering import create_correlation_clusters  # noqa: PLC0415
+        from neurox.interpretation.clustering import create_correlation_clusters
     except ImportError:
         create_correlation_clusters = None
     if create_correlation_clusters is not None:
@@ -294,8 +294,8 @@ def _similarity_vs_neurox(lake, model: str, corpus: str, split: str, threshold: 
 
 def _similarity_vs_floor(lake, paper_tokens: int, widths: tuple[int, ...]) -> dict:
     """Paper scale: synthetic activations through the lake, against the float64 SYRK floor."""
-    from raydund.general.stream import SimilarityConfig, compute_moments  # noqa: PLC0415
-    from benchmarks.synthetic import write_activations  # noqa: PLC0415
+    from benchmarks.synthetic import write_activations
+    from raydund.general.stream import SimilarityConfig, compute_moments
 
     _, t_write = _timed(lambda: write_activations(lake, model="synthetic", corpus="paper", split="bench",
                                                   tokens=paper_tokens, widths=widths))
@@ -327,10 +327,10 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
     epochs), same rows (the first ``train_tokens`` tokens of train), same probes.
     ``precision`` is the type of raydund's training products (NeuroX: float32).
     """
-    from raydund.lake import Lake  # noqa: PLC0415
-    from raydund.probes import analysis  # noqa: PLC0415
-    from raydund.probes.data import TaskData, layer_masks  # noqa: PLC0415
-    from raydund.probes.job import ProbeConfig, load_splits  # noqa: PLC0415
+    from raydund.lake import Lake
+    from raydund.probes import analysis
+    from raydund.probes.data import TaskData, layer_masks
+    from raydund.probes.job import ProbeConfig, load_splits
 
     torch.set_num_threads(threads or os.cpu_count())
     cfg = ProbeConfig(model=model, corpus=corpus, label=label, precision=precision)
@@ -361,7 +361,7 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
               "precision_resolved": layer["bank"].precision_}
     log.info("raydund: %s", json.dumps(result))
     try:
-        from neurox.interpretation import linear_probe  # noqa: PLC0415
+        from neurox.interpretation import linear_probe
     except ImportError:
         linear_probe = None
     if linear_probe is not None:
@@ -395,11 +395,13 @@ def bench_probes(settings: Settings, model: str = "minilm", corpus: str = "conll
         cpu0 = time.process_time()
         (layer2, minimal2, _), t_again = _timed(ours)
         cpu_again = time.process_time() - cpu0
-        same = [r["test"] for r in layer2["rows"] + minimal2["rows"]] == [r["test"] for r in layer["rows"] + minimal["rows"]]
+        tests_of = lambda lay, mini: [r["test"] for r in lay["rows"] + mini["rows"]]  # noqa: E731
+        same = tests_of(layer2, minimal2) == tests_of(layer, minimal)
         runs = (t_ours, t_again)
         t_ours, cpu_ours = sum(runs) / 2, (cpu_ours + cpu_again) / 2
         diffs = 100 * np.abs(np.array(ours_test) - np.array(nx_test))
-        result.update(raydund_s=round(t_ours, 1), raydund_runs_s=[round(t, 1) for t in runs], second_run_same_answers=same,
+        result.update(raydund_s=round(t_ours, 1), raydund_runs_s=[round(t, 1) for t in runs],
+                      second_run_same_answers=same,
                       raydund_cpu_s=round(cpu_ours, 1),
                       neurox_s=round(t_nx, 1), speedup=round(t_nx / t_ours, 2), neurox_cpu_s=round(cpu_nx, 1),
                       cpu_speedup=round(cpu_nx / cpu_ours, 2), load_average_1min_after=round(os.getloadavg()[0], 2),
@@ -422,8 +424,8 @@ def bench_probe_workers(settings: Settings, model: str = "minilm", corpus: str =
     Per run: seconds, the peak memory of the largest single process (the driver or one
     actor: what must fit on one node) and of all of them together.
     """
-    from raydund.extract.job import ensure_ray  # noqa: PLC0415
-    from raydund.probes.job import ProbeConfig, run_probes  # noqa: PLC0415
+    from raydund.extract.job import ensure_ray
+    from raydund.probes.job import ProbeConfig, run_probes
 
     ensure_ray()
     rows = []
@@ -431,7 +433,7 @@ def bench_probe_workers(settings: Settings, model: str = "minilm", corpus: str =
         cfg = ProbeConfig(model=model, corpus=corpus, label=label, train_limit=train_tokens, control=False,
                           epochs=epochs, workers=n)
         with PeakMemory(own_only=True) as mem:
-            result, seconds = _timed(lambda: run_probes(cfg, settings))  # noqa: B023
+            result, seconds = _timed(lambda: run_probes(cfg, settings))
         oracle = next(r for r in result["layerwise"] if r["probe"] == "oracle")
         rows.append({"workers": n, "seconds": round(seconds, 1), "peak_process_gb": round(mem.peak_process / 1e9, 2),
                      "peak_all_gb": round(mem.peak_work / 1e9, 2), "baseline_gb": round(mem.baseline / 1e9, 2),
@@ -458,9 +460,9 @@ def bench_scaling(settings: Settings, model: str = "minilm", corpus: str = "conl
     cores / actors torch threads; similarity tasks of 2 or 1 CPUs). Linear scaling shows as
     a constant words/s and a flat peak memory.
     """
-    from raydund.extract.job import ExtractConfig, ensure_ray, run_extraction  # noqa: PLC0415
-    from raydund.lake import Lake  # noqa: PLC0415
-    from raydund.general.stream import SimilarityConfig, compute_moments  # noqa: PLC0415
+    from raydund.extract.job import ExtractConfig, ensure_ray, run_extraction
+    from raydund.general.stream import SimilarityConfig, compute_moments
+    from raydund.lake import Lake
 
     lake = Lake(settings)
     table = _corpus_split(lake, settings, corpus, split)
@@ -524,9 +526,9 @@ def large_model(settings: Settings, layers: int = 24, hidden: int = 1024, heads:
     weights (none can be fetched here), with the MiniLM catalog model's WordPiece tokenizer
     (vocabulary 30,522) so CoNLL-2000 sentences tokenise as a real BERT's would. Returns the folder.
     """
-    from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: PLC0415
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from raydund.extract.encoder import resolve_model  # noqa: PLC0415
+    from raydund.extract.encoder import resolve_model
 
     folder = settings.home / "models" / f"bert-large-random-l{layers}-h{hidden}"
     if (folder / "config.json").exists():
@@ -558,13 +560,13 @@ def bench_large(settings: Settings, words: tuple[int, ...] = (20_000,), corpus: 
     ``memory_limit_gb`` sets ``RAYDUND_MEMORY_LIMIT_GB`` (the issue's 20 GB) unless it is
     set already. The JSON is rewritten after every stage, so a long run leaves partial figures.
     """
-    from raydund import memory  # noqa: PLC0415
-    from raydund.extract.job import ExtractConfig, ensure_ray, run_extraction  # noqa: PLC0415
-    from raydund.lake import Lake  # noqa: PLC0415
-    from raydund.probes import analysis  # noqa: PLC0415
-    from raydund.probes.job import ProbeConfig, load_splits  # noqa: PLC0415
-    from raydund.general.job import ClusterConfig, run_clustering, run_similarity  # noqa: PLC0415
-    from raydund.general.stream import SimilarityConfig  # noqa: PLC0415
+    from raydund import memory
+    from raydund.extract.job import ExtractConfig, ensure_ray, run_extraction
+    from raydund.general.job import ClusterConfig, run_clustering, run_similarity
+    from raydund.general.stream import SimilarityConfig
+    from raydund.lake import Lake
+    from raydund.probes import analysis
+    from raydund.probes.job import ProbeConfig, load_splits
 
     if memory_limit_gb and not os.environ.get("RAYDUND_MEMORY_LIMIT_GB"):
         os.environ["RAYDUND_MEMORY_LIMIT_GB"] = str(memory_limit_gb)
@@ -574,7 +576,7 @@ def bench_large(settings: Settings, words: tuple[int, ...] = (20_000,), corpus: 
         try:
             tables[split] = lake.read_corpus(corpus, split)
         except UserError:
-            from raydund.corpora.job import ingest  # noqa: PLC0415
+            from raydund.corpora.job import ingest
 
             ingest(corpus, settings, ["train", "dev", "test"])
             tables[split] = lake.read_corpus(corpus, split)
@@ -648,7 +650,7 @@ def bench_large(settings: Settings, words: tuple[int, ...] = (20_000,), corpus: 
             cfg = ProbeConfig(model=model, corpus=corpus, label=label)
 
             def probes():
-                from raydund.probes.job import check_memory  # noqa: PLC0415
+                from raydund.probes.job import check_memory
 
                 check_memory(lake, dataclasses.replace(cfg, control=False), object_store=False)  # in process
                 splits = load_splits(lake, cfg)
@@ -656,7 +658,8 @@ def bench_large(settings: Settings, words: tuple[int, ...] = (20_000,), corpus: 
 
             (layer, shape), row["probes"] = measured(probes)
             oracle = next(r for r in layer["rows"] if r["probe"] == "oracle")
-            best = max((r for r in layer["rows"] if r["probe"].startswith("layer ")), key=lambda r: r["dev"]["accuracy"])
+            best = max((r for r in layer["rows"] if r["probe"].startswith("layer ")),
+                       key=lambda r: r["dev"]["accuracy"])
             row["probes"].update(train_rows=shape[0], features=shape[1], probes=len(layer["rows"]),
                                  oracle_dev_accuracy=round(oracle["dev"]["accuracy"], 4),
                                  best_layer=best["probe"], best_layer_dev_accuracy=round(best["dev"]["accuracy"], 4))

@@ -54,7 +54,8 @@ def write_activations(lake: Lake, layers: list[np.ndarray] | None = None, *, mod
         fs.create_dir(folder, recursive=True)
         n = len(rows)
         for layer in range(len(widths)):
-            vec, bits = vectors_column(np.ascontiguousarray(block[:, off[layer] : off[layer + 1]], np.float32), "float32")
+            columns = np.ascontiguousarray(block[:, off[layer] : off[layer + 1]], np.float32)
+            vec, bits = vectors_column(columns, "float32")
             data = pa.Table.from_pydict({
                 "model": [model] * n, "corpus": [corpus] * n, "split": [split] * n, "unit": ["word"] * n,
                 "layer": pa.array(np.full(n, layer, np.int32)), "sentence_id": rows // sentence_len,

@@ -36,8 +36,8 @@ def load_model(name_or_uri: str, settings=None):
     mlflow.pyfunc.PyFuncModel
         ``.predict(["Stocks fell sharply ."])`` for a reduced model.
     """
-    from raydund import tracking  # noqa: PLC0415  (mlflow is slow to import)
-    from raydund.config import Settings  # noqa: PLC0415
+    from raydund import tracking
+    from raydund.config import Settings
 
     mlflow = tracking.configure(settings or Settings.from_env())
     uri = str(name_or_uri)

@@ -118,7 +118,7 @@ class Settings:
     data_mirror: Path | None = None
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "Settings":
+    def from_env(cls, env: dict | None = None) -> Settings:
         """Build settings from environment variables, falling back to the embedded defaults.
 
         ``RAYDUND_HOME``, ``RAYDUND_CATALOG_URI``, ``RAYDUND_WAREHOUSE``,
@@ -149,7 +149,7 @@ class Settings:
             if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
                 raise UserError(f"{name} must point at an absolute SQLite path (sqlite:////abs/file.db), got {value!r}")
 
-    def prepare(self) -> "Settings":
+    def prepare(self) -> Settings:
         """Create the local folders the embedded defaults need (no-op for remote URIs)."""
         self.home.mkdir(parents=True, exist_ok=True)
         for uri in (self.warehouse, self.artifact_root):

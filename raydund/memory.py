@@ -89,7 +89,7 @@ def memory_limit() -> int:
 def total_ram() -> int:
     """Physical memory of this machine in bytes."""
     try:
-        import psutil  # noqa: PLC0415
+        import psutil
 
         return int(psutil.virtual_memory().total)
     except ImportError:  # pragma: no cover - psutil ships with ray
@@ -126,7 +126,7 @@ def block_row_bytes(neurons: int, layers: int, groups: int) -> int:
     One group holds one N x N ``dsyrk`` accumulator up to ``SYRK_MAX_NEURONS`` neurons and
     its block rows (the upper block triangle) above.
     """
-    from raydund.general.moments import SYRK_MAX_NEURONS  # noqa: PLC0415
+    from raydund.general.moments import SYRK_MAX_NEURONS
 
     if groups <= 1 and neurons <= SYRK_MAX_NEURONS:
         return neurons * neurons * F64
@@ -235,11 +235,11 @@ def probe_plan(neurons: int, layers: int, tokens: int, eval_tokens: int = 0, cla
 
 def activation_shape(lake, model: str, corpus: str, split: str, unit: str = "word") -> tuple[int, tuple[int, ...]]:
     """Tokens and per-layer widths of stored activations, from file metadata and one row per layer."""
-    import pyarrow as pa  # noqa: PLC0415
-    import pyarrow.fs as pafs  # noqa: PLC0415
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
 
-    from raydund.lake import vectors_to_matrix  # noqa: PLC0415
+    from raydund.lake import vectors_to_matrix
 
     files = lake.activation_files(model, corpus, split, unit)
     first = min(layer for layer, _ in files)

@@ -80,7 +80,7 @@ def check_reachable(settings: Settings, timeout: float = 5.0) -> None:
     if not uri.startswith(("http://", "https://")) or uri in _reachable:
         return
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:  # noqa: S310 (http only)
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
             ok = resp.status == 200
             reason = f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
@@ -103,7 +103,7 @@ def configure(settings: Settings):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    import mlflow  # noqa: PLC0415  (slow import, only where tracking happens)
+    import mlflow
 
     settings.prepare()
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -112,7 +112,7 @@ def configure(settings: Settings):
 
 def experiment_name(model: str, corpus: str) -> str:
     """The experiment that groups every job on one (model, corpus) (names checked: no path escapes)."""
-    from raydund.lake import check_name  # noqa: PLC0415
+    from raydund.lake import check_name
 
     return f"raydund/{check_name('model', model)}/{check_name('corpus', corpus)}"
 
@@ -234,7 +234,7 @@ class Tracker:
 
     def figure(self, fig, artifact_path: str) -> bool:
         """A matplotlib figure as a PNG artifact (the figure is closed)."""
-        from raydund.report import figures  # noqa: PLC0415
+        from raydund.report import figures
 
         try:
             return self.artifact(lambda p: fig.savefig(p, dpi=110, bbox_inches="tight"), artifact_path)

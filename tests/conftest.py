@@ -15,7 +15,7 @@ os.environ["POLARS_ICEBERG_PLANNER"] = "pyiceberg"
 os.environ.pop("RAY_ADDRESS", None)
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 
-import tiny_models  # noqa: E402
+import tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

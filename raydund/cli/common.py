@@ -7,8 +7,8 @@ import dataclasses
 import datetime
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 #: Arguments that name something in the lake, and the kind of name each is (see ``raydund.lake.check_name``).
 NAME_ARGS = {"corpus": "corpus", "model": "model", "split": "split", "splits": "split", "stats_split": "split",

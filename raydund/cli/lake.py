@@ -28,7 +28,8 @@ def register(sub) -> None:
                 "(dry run unless --yes)", cmd_vacuum)
     p.add_argument("--retention-days", type=float, default=7.0,
                    help="keep snapshots and unreferenced files younger than this (default 7)")
-    p.add_argument("--keep-last", type=int, default=5, help="snapshots every table keeps whatever their age (default 5)")
+    p.add_argument("--keep-last", type=int, default=5,
+                   help="snapshots every table keeps whatever their age (default 5)")
     p.add_argument("--yes", action="store_true", help="really expire and delete (default: only report)")
 
 

@@ -23,7 +23,8 @@ import inspect
 import re
 import sys
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: An :class:`Opt` field left as the generated option has it.
 UNSET = object()
@@ -76,7 +77,7 @@ class LazyParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self._populate = populate
 
-    def populate(self) -> "LazyParser":
+    def populate(self) -> LazyParser:
         """Add the options now (idempotent)."""
         populate, self._populate = self._populate, None
         if populate is not None:

@@ -34,7 +34,8 @@ def probe_text(cfg, out) -> str:
     lines.append(f"minimal neuron set keeping {cfg.keep_share:.0%} of the oracle: "
                  f"{m['k'] if m['k'] else 'none of the grid'} of {len(m['neurons']) if not m['k'] else 'N'} neurons")
     for r in out["reduced"]:
-        lines.append(f"clustering threshold {r['threshold']:.1f}: {r['neurons']} neurons, dev {100 * r['dev'][key]:.2f}")
+        lines.append(f"clustering threshold {r['threshold']:.1f}: {r['neurons']} neurons, "
+                     f"dev {100 * r['dev'][key]:.2f}")
     lines.append(f"MLflow run {out['run_id']}")
     return "\n".join(lines)
 

@@ -78,7 +78,7 @@ class CorpusSpec:
     unknown_labels: str = "error"
 
     @classmethod
-    def from_dict(cls, entry: dict) -> "CorpusSpec":
+    def from_dict(cls, entry: dict) -> CorpusSpec:
         """Build from a parsed YAML entry.
 
         Parameters

@@ -11,8 +11,8 @@ a bad label; :func:`strip_lines` removes it before a table leaves the package.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 

@@ -19,14 +19,49 @@ ex.top_words(...)``); ``heatmap`` and ``browser`` are imported on demand
 """
 
 from raydund.explore.job import BrowserConfig, browser_data, browser_runs, build_browser
-from raydund.explore.queries import (Slice, check_layer, check_neurons, label_neurons, layer_width, layers_of,
-                                     neuron_columns, neuron_labels, parse_neuron, partitions, sample_sentences,
-                                     sentence_activations, token_labels, top_words)
-from raydund.explore.results import (CLUSTERS, CORRELATION, RANKINGS, ClusterView, cluster_of, cluster_rows,
-                                     cluster_run, correlations, distinct_runs, neuron_ranks, ranking_runs, rankings,
-                                     similarity_run, task_top_neurons, thresholds)
-from raydund.explore.statistics import (MIN_SCORE, SORTS, class_mean_differences, heat_levels, select_top,
-                                        top_types, type_statistics, word_scores)
+from raydund.explore.queries import (
+                                     Slice,
+                                     check_layer,
+                                     check_neurons,
+                                     label_neurons,
+                                     layer_width,
+                                     layers_of,
+                                     neuron_columns,
+                                     neuron_labels,
+                                     parse_neuron,
+                                     partitions,
+                                     sample_sentences,
+                                     sentence_activations,
+                                     token_labels,
+                                     top_words,
+)
+from raydund.explore.results import (
+                                     CLUSTERS,
+                                     CORRELATION,
+                                     RANKINGS,
+                                     ClusterView,
+                                     cluster_of,
+                                     cluster_rows,
+                                     cluster_run,
+                                     correlations,
+                                     distinct_runs,
+                                     neuron_ranks,
+                                     ranking_runs,
+                                     rankings,
+                                     similarity_run,
+                                     task_top_neurons,
+                                     thresholds,
+)
+from raydund.explore.statistics import (
+                                     MIN_SCORE,
+                                     SORTS,
+                                     class_mean_differences,
+                                     heat_levels,
+                                     select_top,
+                                     top_types,
+                                     type_statistics,
+                                     word_scores,
+)
 
 __all__ = [
     "CLUSTERS", "CORRELATION", "MIN_SCORE", "RANKINGS", "SORTS", "BrowserConfig", "ClusterView", "Slice",

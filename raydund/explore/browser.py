@@ -54,7 +54,8 @@ BODY = """
   </section>
   <section>
     <h2>Activations over sample sentences</h2>
-    <p class="muted">red positive, blue negative, scaled by the neuron's largest |activation| here (hover for values)</p>
+    <p class="muted">red positive, blue negative, scaled by the neuron's largest |activation| here
+      (hover for values)</p>
     <div id="heatmap"></div>
   </section>
   <section>
@@ -91,9 +92,9 @@ def embed_json(data: dict) -> str:
 
 def sources_table(records: list[dict]) -> str:
     """The "Built from" table: one row per run the page read (:mod:`raydund.report.sources`)."""
-    from html import escape  # noqa: PLC0415
+    from html import escape
 
-    from raydund.report import sources  # noqa: PLC0415
+    from raydund.report import sources
 
     if not records:
         return '<p class="muted">no completed clustering, similarity or probe run</p>'
@@ -105,7 +106,7 @@ def sources_table(records: list[dict]) -> str:
 
 def render(data: dict) -> str:
     """The whole page for one browser export."""
-    from html import escape  # noqa: PLC0415
+    from html import escape
 
     title = escape(f"{data['model']} · {data['corpus']}/{data['split']}")
     body = BODY.format(title=title, min_count=int(data["min_count"]), sources=sources_table(data.get("sources", [])))

@@ -20,8 +20,16 @@ import polars as pl
 from raydund.errors import UserError
 from raydund.explore import browser
 from raydund.explore.queries import Slice, layers_of, sample_sentences
-from raydund.explore.results import (CLUSTERS, CORRELATION, RANKINGS, cluster_rows, cluster_run, distinct_runs,
-                                     ranking_runs, similarity_run)
+from raydund.explore.results import (
+    CLUSTERS,
+    CORRELATION,
+    RANKINGS,
+    cluster_rows,
+    cluster_run,
+    distinct_runs,
+    ranking_runs,
+    similarity_run,
+)
 from raydund.explore.statistics import MIN_SCORE, heat_levels, top_types, type_statistics
 from raydund.lake import Lake, runs
 from raydund.report import sources

@@ -70,7 +70,8 @@ def plan_windows(token_counts: np.ndarray, max_tokens: int) -> tuple[list[tuple[
     if int(token_counts.sum()) <= max_tokens:
         return [(0, n)], np.zeros(n, dtype=np.int64)
     if token_counts.max(initial=0) > max_tokens:
-        raise UserError(f"a single word has {int(token_counts.max())} subword tokens, more than the model's {max_tokens}")
+        raise UserError(f"a single word has {int(token_counts.max())} subword tokens, "
+                        f"more than the model's {max_tokens}")
     cum = np.concatenate([[0], np.cumsum(token_counts)])
     windows: list[tuple[int, int]] = []
     start = 0

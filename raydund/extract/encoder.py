@@ -17,8 +17,15 @@ import torch
 
 from raydund.errors import UserError
 from raydund.extract.align import check_aggregation, plan_windows, word_spans, word_token_counts
-from raydund.extract.models import (LAKE_MODEL_TAG, REGISTRY_PREFIX, ModelSpec, load_model, load_tokenizer,
-                                    resolve_model, resolve_registered)
+from raydund.extract.models import (
+    LAKE_MODEL_TAG,
+    REGISTRY_PREFIX,
+    ModelSpec,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+    resolve_registered,
+)
 
 __all__ = ["LAKE_MODEL_TAG", "REGISTRY_PREFIX", "UNITS", "Chunk", "Encoder", "ModelSpec", "default_threads",
            "first_nonfinite", "load_model", "load_tokenizer", "max_word_tokens", "resolve_model",

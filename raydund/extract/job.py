@@ -100,7 +100,7 @@ class ExtractConfig:
     allow_nonfinite: bool = False
     name: str | None = None
 
-    def check(self) -> "ExtractConfig":
+    def check(self) -> ExtractConfig:
         """Validate choices a user typed."""
         check_name("corpus", self.corpus)
         check_name("split", self.split)
@@ -171,7 +171,7 @@ def job_key(cfg: ExtractConfig, model_source: str, corpus_snapshot: int) -> str:
 
 def ensure_ray():
     """Connect to ``RAY_ADDRESS`` if set, else start (or reuse) a local Ray."""
-    import ray  # noqa: PLC0415
+    import ray
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
@@ -185,7 +185,7 @@ def check_model(spec) -> None:
     """Fail before any compute when a hub model cannot be found (its config is fetched, not its weights)."""
     if os.path.isdir(spec.source):
         return
-    from transformers import AutoConfig  # noqa: PLC0415  (heavy import)
+    from transformers import AutoConfig
 
     kwargs = {"revision": spec.revision} if spec.revision else {}
     try:
@@ -276,7 +276,7 @@ def _run_with_retries(cfg, spec, key, files_uri, shards, pending, done, fs, root
             _run_pool(cfg, spec, key, files_uri, pending, done, progress)
         except UserError:
             raise
-        except Exception as exc:  # noqa: BLE001  (Ray system failures; re-raised after the last attempt)
+        except Exception as exc:
             if retried + 1 >= POOL_ATTEMPTS or not _is_ray_failure(exc):
                 raise
             retried += 1
@@ -288,7 +288,7 @@ def _run_with_retries(cfg, spec, key, files_uri, shards, pending, done, fs, root
 
 
 def _is_ray_failure(exc: BaseException) -> bool:
-    import ray  # noqa: PLC0415
+    import ray
 
     return isinstance(exc, (ray.exceptions.RayError, ConnectionError, TimeoutError))
 
@@ -307,7 +307,7 @@ def _check_committed(lake: Lake, snapshot_id: int, records: list[dict]) -> None:
 
 def _run_pool(cfg, spec, key, files_uri, pending, done, progress):
     """Push pending shards through the actor pool; record each finished shard in ``done``."""
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     ray = ensure_ray()
     ctx = ray.data.DataContext.get_current()
@@ -336,7 +336,10 @@ def _run_pool(cfg, spec, key, files_uri, pending, done, progress):
                                                           "nonfinite")}
                 bar.update(shard_words[row["shard"]])
         except ray.exceptions.RayError as exc:
-            raise _user_error_from(exc) or exc
+            user = _user_error_from(exc)
+            if user is not None:
+                raise user from None
+            raise
 
 
 def _user_error_from(exc: Exception) -> UserError | None:

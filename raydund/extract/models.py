@@ -105,7 +105,7 @@ def _catalog_spec(entry: dict) -> ModelSpec:
 
 def _catalog_source(name: str) -> str | None:
     """Where the catalog model ``name`` lives (resolved folder or hub id); None when there is none."""
-    from raydund.config import catalog_entries  # noqa: PLC0415
+    from raydund.config import catalog_entries
 
     if name not in catalog_entries("models"):
         return None
@@ -118,7 +118,7 @@ def _catalog_source(name: str) -> str | None:
 
 def _local_name(folder: Path) -> str:
     """A local model folder's lake name: its catalog name, else its config's model id, else the folder name."""
-    from raydund.config import catalog_entries  # noqa: PLC0415
+    from raydund.config import catalog_entries
 
     for entry in catalog_entries("models"):
         if _catalog_source(entry) == str(folder):
@@ -173,10 +173,10 @@ def resolve_registered(uri: str, settings=None) -> ModelSpec:
     UserError
         A malformed URI, or no such registered model, version or alias.
     """
-    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+    from mlflow.exceptions import MlflowException
 
-    from raydund import tracking  # noqa: PLC0415
-    from raydund.config import Settings  # noqa: PLC0415
+    from raydund import tracking
+    from raydund.config import Settings
 
     settings = settings or Settings.from_env()
     model, version, alias = _parse_registry_uri(uri)
@@ -197,7 +197,7 @@ def resolve_registered(uri: str, settings=None) -> ModelSpec:
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.parent / f".{mv.version}.partial-{os.getpid()}"
         if partial.exists():
-            import shutil  # noqa: PLC0415
+            import shutil
 
             shutil.rmtree(partial)  # left by a killed download of this process id
         log.info("downloading %s (version %s) to %s", model, mv.version, cache)
@@ -210,7 +210,7 @@ def resolve_registered(uri: str, settings=None) -> ModelSpec:
         except OSError:  # another process finished the same download first
             if not (cache / "config.json").is_file():
                 raise
-            import shutil  # noqa: PLC0415
+            import shutil
 
             shutil.rmtree(partial, ignore_errors=True)
     lake_name = mv.tags.get(LAKE_MODEL_TAG) or f"{model}-v{mv.version}"
@@ -241,7 +241,7 @@ def load_tokenizer(source: str, revision: str | None = None):
     OSError
         ``source`` holds no tokenizer (as ``from_pretrained`` raises it).
     """
-    from transformers import AutoTokenizer  # noqa: PLC0415  (heavy import)
+    from transformers import AutoTokenizer
 
     kwargs = {"revision": revision} if revision else {}
     tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, **kwargs)
@@ -263,7 +263,7 @@ def load_model(spec: ModelSpec, device: str = "cpu"):
         The model or its tokenizer cannot be loaded, or the tokenizer is not a fast one
         (word alignment needs ``word_ids()``).
     """
-    from transformers import AutoModel  # noqa: PLC0415  (heavy import)
+    from transformers import AutoModel
 
     kwargs = {"revision": spec.revision} if spec.revision else {}
     try:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def finished_shards(fs, root: str) -> dict[int, dict]:
     """Shard number -> its ``_done`` record, for every shard generation ``root`` has finished."""
-    from pyarrow.fs import FileSelector, FileType  # noqa: PLC0415
+    from pyarrow.fs import FileSelector, FileType
 
     done = {}
     infos = fs.get_file_info(FileSelector(f"{root}/_done", allow_not_found=True))

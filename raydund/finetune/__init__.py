@@ -20,8 +20,13 @@ from raydund.finetune.config import TASKS, FinetuneConfig, FinetuneResult, job_k
 from raydund.finetune.data import infer_task, prepare_data
 from raydund.finetune.job import run_finetune
 from raydund.finetune.metrics import primary_metric, task_metrics
-from raydund.finetune.registry import (JOB_KEY_TAG, STATUS_TAG, fail_interrupted_versions, lake_model_name,
-                                       registered_name)
+from raydund.finetune.registry import (
+                                       JOB_KEY_TAG,
+                                       STATUS_TAG,
+                                       fail_interrupted_versions,
+                                       lake_model_name,
+                                       registered_name,
+)
 from raydund.finetune.train import storage_path, train_loop
 
 __all__ = ["JOB_KEY_TAG", "STATUS_TAG", "TASKS", "FinetuneConfig", "FinetuneResult", "fail_interrupted_versions",

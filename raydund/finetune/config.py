@@ -92,7 +92,7 @@ class FinetuneConfig:
     fail_after_steps: int | None = None
     fresh: bool = False
 
-    def check(self) -> "FinetuneConfig":
+    def check(self) -> FinetuneConfig:
         """Validate choices a user typed.
 
         Raises

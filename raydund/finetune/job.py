@@ -22,8 +22,7 @@ from raydund.errors import UserError
 from raydund.extract.encoder import LAKE_MODEL_TAG, default_threads, resolve_model
 from raydund.finetune.config import FinetuneConfig, FinetuneResult, job_key
 from raydund.finetune.data import prepare_data
-from raydund.finetune.registry import (existing_version, fail_interrupted_versions, register, registered_name,
-                                       result_of)
+from raydund.finetune.registry import existing_version, fail_interrupted_versions, register, registered_name, result_of
 from raydund.finetune.train import storage_path, train_loop
 from raydund.lake import Lake, corpus_table_name
 

@@ -1,1 +1,4 @@
-"""General redundancy (paper section 5): co-moments in one streaming pass, Pearson r and CKA, correlation clustering, the jobs."""
+"""General redundancy (paper section 5).
+
+Co-moments in one streaming pass, Pearson r and CKA, correlation clustering, the jobs.
+"""

@@ -15,20 +15,19 @@ import logging
 import time
 
 import numpy as np
-import pyarrow as pa
 import polars as pl
+import pyarrow as pa
 
 from raydund import memory, tracking
-from raydund.lake import runs
-from raydund.general.clustering import DEFAULT_THRESHOLDS, SPANS, CorrelationClustering
 from raydund.config import Settings
 from raydund.errors import UserError
-from raydund.lake import ACTIVATIONS, Lake
+from raydund.general.clustering import DEFAULT_THRESHOLDS, SPANS, CorrelationClustering
+from raydund.general.similarity import Similarity, similarity
+from raydund.general.stream import SimilarityConfig, compute_moments, layer_of
+from raydund.lake import ACTIVATIONS, Lake, runs
 from raydund.lake.commit import _release_arrow_memory
 from raydund.lake.runs import StageRun
 from raydund.report import figures
-from raydund.general.stream import SimilarityConfig, compute_moments, layer_of
-from raydund.general.similarity import Similarity, similarity
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,8 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
         track.metrics(metrics)
         track.tags({**stage.tags(), "iceberg.snapshot_id.activations": str(snapshot.snapshot_id)})
         for name, matrix in (("cka", sim.cka), ("cka_debiased", sim.cka_debiased)):
-            track.figure(figures.cka_heatmap(matrix, f"{name.replace('_', ' ')}: {cfg.model}, {cfg.corpus}/{cfg.split}"),
+            title = f"{name.replace('_', ' ')}: {cfg.model}, {cfg.corpus}/{cfg.split}"
+            track.figure(figures.cka_heatmap(matrix, title),
                          f"figures/{name}.png")
         track.json(pl.from_arrow(cka_table).to_dicts(), "tables/layer_similarity.json")
         if sim.constant.any():
@@ -252,7 +252,8 @@ def clusters_table(cc: CorrelationClustering, cfg: ClusterConfig, layers: np.nda
     for t, labels, keep in zip(cc.thresholds, cc.labels_, cc.keep_):
         parts.append(pa.table({
             "model": [cfg.model] * n, "corpus": [cfg.corpus] * n, "split": [cfg.split] * n, "unit": [cfg.unit] * n,
-            "variant": [cfg.variant] * n, "representative": [cfg.representative] * n, "seed": pa.array([cfg.seed] * n, pa.int32()),
+            "variant": [cfg.variant] * n, "representative": [cfg.representative] * n,
+            "seed": pa.array([cfg.seed] * n, pa.int32()),
             "threshold": pa.array([float(t)] * n, pa.float64()),
             "layer": layers[cc.neurons_].astype(np.int32), "neuron": within[cc.neurons_].astype(np.int32),
             "position": cc.neurons_.astype(np.int32), "cluster_id": labels.astype(np.int32), "kept": keep,

@@ -66,12 +66,12 @@ class Moments:
         return np.concatenate([[0], np.cumsum(self.widths)]).astype(np.int64)
 
     @classmethod
-    def empty(cls, widths, shift) -> "Moments":
+    def empty(cls, widths, shift) -> Moments:
         """A zero state for layers of the given widths and a shared shift."""
         return cls(widths=tuple(int(w) for w in widths), shift=shift)
 
     # -- accumulation -----------------------------------------------------------------
-    def update(self, Z: np.ndarray, blocks: list[int] | None = None, with_extras: bool = True) -> "Moments":
+    def update(self, Z: np.ndarray, blocks: list[int] | None = None, with_extras: bool = True) -> Moments:
         """Add a chunk of rows ``Z [rows x N]``; returns ``self``.
 
         Parameters
@@ -95,7 +95,7 @@ class Moments:
             extras(self, [D[:, off[l] : off[l + 1]] for l in range(L)])
         return self
 
-    def add(self, other: "Moments") -> "Moments":
+    def add(self, other: Moments) -> Moments:
         """Sum of two states with the same shift (a new state)."""
         if not np.array_equal(self.shift, other.shift) or self.widths != other.widths:
             raise ValueError("add() needs states with the same layers and shift; use merge()")
@@ -116,7 +116,7 @@ class Moments:
         """Centred co-moment ``C = G - s s^T / n`` (sum of products about the mean; N x N)."""
         return self.full_G() - np.outer(self.s, self.s) / self.n
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         """Exact combination of two states with any shifts (Chan et al.), in ``self``'s shift."""
         if self.widths != other.widths:
             raise ValueError("cannot merge states of different layer widths")
@@ -125,7 +125,7 @@ class Moments:
         moved = other.reshift(self.shift)
         return self.add(moved)
 
-    def reshift(self, shift: np.ndarray) -> "Moments":
+    def reshift(self, shift: np.ndarray) -> Moments:
         """The same statistics expressed about another shift (exact)."""
         shift = np.asarray(shift, dtype=np.float64)
         delta = self.shift - shift  # d_new = d_old + delta
@@ -136,7 +136,8 @@ class Moments:
         # q_new^l = q^l + 2 delta_l . d^l + ||delta_l||^2 per token: expand Q and U
         dn = np.array([delta[off[l] : off[l + 1]] @ delta[off[l] : off[l + 1]] for l in range(L)])
         # per-layer linear forms of d: sum_t (delta_l . d_t^l) x_t  comes from G and s
-        P = np.stack([delta[off[l] : off[l + 1]] @ G[off[l] : off[l + 1], :] for l in range(L)])  # sum (delta_l.d^l) d^T
+        # sum (delta_l.d^l) d^T
+        P = np.stack([delta[off[l] : off[l + 1]] @ G[off[l] : off[l + 1], :] for l in range(L)])
         ps = np.array([delta[off[l] : off[l + 1]] @ s[off[l] : off[l + 1]] for l in range(L)])  # sum delta_l.d^l
         qsum = np.array([np.trace(G[off[l] : off[l + 1], off[l] : off[l + 1]]) for l in range(L)])  # sum q^l
         # U_new = sum q_new d_new^T, q_new = q + 2 P_lin + dn, d_new = d + delta
@@ -189,7 +190,7 @@ def add_block_rows(acc: dict, D: np.ndarray, off: np.ndarray, rows: list[int], n
     if device != "cpu":
         _torch_block_rows(acc, D, off, rows, n_layers, device)
         return
-    from scipy.linalg.blas import dgemm, dsyrk  # noqa: PLC0415
+    from scipy.linalg.blas import dgemm, dsyrk
 
     if sorted(rows) == list(range(n_layers)) and D.shape[1] <= SYRK_MAX_NEURONS:
         if "all" not in acc:
@@ -205,7 +206,7 @@ def add_block_rows(acc: dict, D: np.ndarray, off: np.ndarray, rows: list[int], n
 
 def torch_device(device: str):
     """The torch device of a products device name (``"torch:cpu"`` is torch on the CPU)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     return torch.device("cpu" if device == "torch:cpu" else device)
 
@@ -213,7 +214,7 @@ def torch_device(device: str):
 def _torch_block_rows(acc: dict, D: np.ndarray, off: np.ndarray, rows: list[int], n_layers: int,
                       device: str) -> None:
     """The torch version of :func:`add_block_rows`: float64 products added in place on ``device``."""
-    import torch  # noqa: PLC0415
+    import torch
 
     # float64 products are never TF32; say so anyway, in case a float32 path is added here
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -19,11 +19,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raydund.errors import UserError
-from raydund.lake import Lake, vectors_to_matrix
 from raydund import memory
-from raydund.general.moments import (Moments, add_block_rows, add_packed_lower, centred_chunk, extras, pack_upper,
-                                   symmetrize, to_numpy)
+from raydund.errors import UserError
+from raydund.general.moments import (
+    Moments,
+    add_block_rows,
+    add_packed_lower,
+    centred_chunk,
+    extras,
+    pack_upper,
+    symmetrize,
+    to_numpy,
+)
+from raydund.lake import Lake, vectors_to_matrix
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +126,7 @@ def iter_slice(paths: dict[int, str], batch_rows: int, skip_first: bool = False)
 
 
 def _open(uri: str) -> pq.ParquetFile:
-    import pyarrow.fs as pafs  # noqa: PLC0415
+    import pyarrow.fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(uri)
     return pq.ParquetFile(fs.open_input_file(path))
@@ -171,7 +179,7 @@ def products_device(requested: str | None = None) -> str:
     if choice != "auto":
         return choice
     try:
-        import torch  # noqa: PLC0415
+        import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
@@ -185,10 +193,10 @@ def slice_tokens(slices: list[dict[int, str]]) -> int:
 
 def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) -> Moments:
     """Stream every slice of the activations through Ray tasks; return the summed moments."""
-    import ray  # noqa: PLC0415
-    from tqdm import tqdm  # noqa: PLC0415
+    import ray
+    from tqdm import tqdm
 
-    from raydund.extract.job import ensure_ray  # noqa: PLC0415
+    from raydund.extract.job import ensure_ray
 
     ensure_ray()
     slices = slices_of(lake.activation_files(cfg.model, cfg.corpus, cfg.split, cfg.unit))

@@ -23,8 +23,15 @@ analysis uses.
 """
 
 from raydund.lake.catalog import Lake, partition_counts
-from raydund.lake.codec import (ACTIVATION_PARTITIONS, ACTIVATION_SCHEMA, STORAGE_DTYPES, TABLE_PROPERTIES,
-                                decode_half, encode_half, vectors_to_matrix)
+from raydund.lake.codec import (
+                                ACTIVATION_PARTITIONS,
+                                ACTIVATION_SCHEMA,
+                                STORAGE_DTYPES,
+                                TABLE_PROPERTIES,
+                                decode_half,
+                                encode_half,
+                                vectors_to_matrix,
+)
 from raydund.lake.commit import commit_with_retry, condition
 from raydund.lake.names import ACTIVATIONS, NAMESPACE, check_name, corpus_table_name, table_identifier
 

@@ -45,7 +45,7 @@ class Lake:
         #: Commits this instance had to retry after losing a concurrency race.
         self.commit_retries = 0
 
-    def require(self) -> "Lake":
+    def require(self) -> Lake:
         """Open the catalog now (read mode: fail at once, before any other work, when there is no lake)."""
         _ = self.catalog
         return self

@@ -48,7 +48,8 @@ def encode_half(matrix: np.ndarray, dtype: str) -> pa.Array:
         raise ValueError(f"not a half dtype: {dtype}")
     width = bits.shape[1] * 2
     offsets = np.arange(0, (bits.shape[0] + 1) * width, width, dtype=np.int32)
-    return pa.BinaryArray.from_buffers(pa.binary(), bits.shape[0], [None, pa.py_buffer(offsets), pa.py_buffer(bits.tobytes())])
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(bits.tobytes())]
+    return pa.BinaryArray.from_buffers(pa.binary(), bits.shape[0], buffers)
 
 
 def decode_half(values: pa.Array, dtype: str, dim: int) -> np.ndarray:

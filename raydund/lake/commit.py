@@ -50,7 +50,7 @@ def commit_with_retry(action, what: str, attempts: int = COMMIT_ATTEMPTS, on_ret
             return action()
         except CommitStateUnknownException:
             raise  # the commit may have landed: retrying could apply it twice
-        except Exception as exc:  # noqa: BLE001  (filtered just below)
+        except Exception as exc:
             if not _retryable(exc) or attempt == attempts:
                 raise
             if on_retry is not None:

@@ -44,7 +44,7 @@ class Splits:
     def n_neurons(self) -> int:
         return int(sum(self.train.widths))
 
-    def fit(self, settings: "ProbeSettings", masks: np.ndarray, y: np.ndarray | None = None,
+    def fit(self, settings: ProbeSettings, masks: np.ndarray, y: np.ndarray | None = None,
             n_classes: int | None = None) -> ProbeBank:
         """A bank of probes (``masks``) trained on train (its targets unless ``y`` is given)."""
         if y is None:

@@ -37,7 +37,7 @@ class TaskData:
     words: np.ndarray
     widths: tuple[int, ...]
 
-    def take(self, rows) -> "TaskData":
+    def take(self, rows) -> TaskData:
         """The rows ``rows`` (indices, a mask or a slice) of every field."""
         return TaskData(None if self.X is None else self.X[rows], self.labels[rows], self.words[rows], self.widths)
 
@@ -95,7 +95,7 @@ def load_task(lake: Lake, model: str, corpus: str, split: str, label: str, unit:
     if activations:
         X, keys, widths = read_layers(lake, model, corpus, split, list(range(n_layers)), unit)
     else:
-        from raydund.memory import activation_shape  # noqa: PLC0415
+        from raydund.memory import activation_shape
 
         X, keys, widths = None, lake.layer_keys(model, corpus, split, 0, unit), \
             activation_shape(lake, model, corpus, split, unit)[1]

@@ -16,14 +16,13 @@ import logging
 import time
 
 import numpy as np
-import pyarrow as pa
 import polars as pl
+import pyarrow as pa
 
 from raydund import tracking
-from raydund.lake import runs
 from raydund.config import Settings
 from raydund.errors import UserError
-from raydund.lake import ACTIVATIONS, Lake
+from raydund.lake import ACTIVATIONS, Lake, runs
 from raydund.lake.runs import StageRun
 from raydund.probes import analysis
 from raydund.probes.data import check_labels, held_out_mask, load_task
@@ -117,7 +116,7 @@ def _remote(ray, fn, threads: int = 1):
     """Wrap an analysis function as a Ray task that runs torch on ``threads`` threads."""
 
     def run(*args, **kwargs):
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.set_num_threads(threads)
         return fn(*args, **kwargs)
@@ -127,7 +126,7 @@ def _remote(ray, fn, threads: int = 1):
 
 def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
     """Layer-wise probes, control task, rankings, minimal set and clustering sweep for one task."""
-    from raydund.extract.job import ensure_ray  # noqa: PLC0415
+    from raydund.extract.job import ensure_ray
 
     lake = Lake(settings)
     check_labels(lake, cfg.corpus, [cfg.label])  # a mistyped label fails before Ray starts or a layer is read
@@ -150,7 +149,7 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
             results = _run_analyses(cfg, splits, probe_settings, kept, ray.get,
                                     lambda fn, *args: _remote(ray, fn).remote(splits_ref, *args))
         else:  # one analysis after another, each bank on all layer-block actors
-            from raydund.probes import shards  # noqa: PLC0415
+            from raydund.probes import shards
 
             with shards.held_by(splits, settings, cfg.model, cfg.corpus, cfg.unit, parts, workers) as splits:
                 results = _run_analyses(cfg, splits, probe_settings, kept, lambda done: done,
@@ -174,7 +173,7 @@ def run_probes(cfg: ProbeConfig, settings: Settings) -> dict:
 
 def probe_workers(cfg: ProbeConfig, lake: Lake, ray) -> int:
     """Layer-block actors for the job: ``cfg.workers``, else Ray's CPUs; at most one per layer."""
-    from raydund import memory  # noqa: PLC0415
+    from raydund import memory
 
     layers = len(memory.activation_shape(lake, cfg.model, cfg.corpus, cfg.splits[0], cfg.unit)[1])
     wanted = cfg.workers or int(ray.cluster_resources().get("CPU", 1))
@@ -209,7 +208,7 @@ def check_memory(lake: Lake, cfg: ProbeConfig, workers: int = 1, object_store: b
     ``object_store``: whether the driver puts the arrays in Ray's object store (default: the
     one-worker path does; layer-block workers and in-process banks do not).
     """
-    from raydund import memory  # noqa: PLC0415
+    from raydund import memory
 
     names = dict.fromkeys(cfg.splits)  # dev carved from train counts once
     shapes = {name: memory.activation_shape(lake, cfg.model, cfg.corpus, name, cfg.unit) for name in names}

@@ -73,8 +73,8 @@ class ProbeBank(ProbeSettings):
     def _device(self) -> torch.device:
         return torch.device(self.device or default_device())
 
-    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None, shard: "Shard | None" = None
-            ) -> "ProbeBank":
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None, shard: Shard | None = None
+            ) -> ProbeBank:
         """Train every probe on rows ``X [T x N]`` and targets ``y [T]`` (class ids or values).
 
         With ``shard``, ``X`` holds only ``shard.columns`` of the bank's neurons and the
@@ -180,7 +180,7 @@ class ProbeBank(ProbeSettings):
         self.n_classes_ = C
         return self
 
-    def _score_chunks(self, X: np.ndarray, chunk: int = 1024, shard: "Shard | None" = None):
+    def _score_chunks(self, X: np.ndarray, chunk: int = 1024, shard: Shard | None = None):
         """``[rows x P x C]`` scores of consecutive chunks of ``X``.
 
         The blocks are the masks' own, unmerged: at a chunk's rows a block's fixed work is
@@ -205,7 +205,7 @@ class ProbeBank(ProbeSettings):
         """``[P x T x C]`` scores (logits, or the regression value in ``[..., 0]``)."""
         return np.concatenate([s.transpose(0, 1).cpu().numpy() for s in self._score_chunks(X, chunk)], axis=1)
 
-    def predict(self, X: np.ndarray, shard: "Shard | None" = None) -> np.ndarray:
+    def predict(self, X: np.ndarray, shard: Shard | None = None) -> np.ndarray:
         """``[P x T]`` predicted class ids (or values for regression); ``shard`` as in :meth:`fit`."""
         parts = [(s[..., 0] if self.task == "regression" else s.argmax(dim=2)).T.cpu().numpy()
                  for s in self._score_chunks(X, shard=shard)]

@@ -46,7 +46,7 @@ class Plan:
     masks: list[np.ndarray | None]  # [n x p] of merged blocks (None: every reader reads every column)
 
     @classmethod
-    def of(cls, masks: np.ndarray, block_cost: float = 0.0) -> "Plan":
+    def of(cls, masks: np.ndarray, block_cost: float = 0.0) -> Plan:
         """The plan of ``masks [P x N]``; ``block_cost``: a block's fixed work, in neuron-probe pairs."""
         P, N = masks.shape
         patterns, group = np.unique(np.packbits(masks.T, axis=1), axis=0, return_inverse=True)

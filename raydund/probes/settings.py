@@ -38,7 +38,8 @@ class ProbeSettings:
         Seeds the probes' initial weights and the batch order.
     standardize : bool
         Train on z-scored neurons (train mean and std, float64; constant neurons left as
-        they are). Off by default (the paper and NeuroX train on raw activations); it helps where activations barely vary, such as the [CLS] of lower layers.
+        they are). Off by default (the paper and NeuroX train on raw activations); it helps
+        where activations barely vary, such as the [CLS] of lower layers.
         The fitted weights are folded back to raw activations either way.
     precision : {"auto", "float32", "bfloat16"}
         Type of the training products (bfloat16: float32 accumulation, 2-4x faster on CPUs
@@ -55,7 +56,7 @@ class ProbeSettings:
     standardize: bool = False
     precision: str = "auto"
 
-    def settings(self) -> "ProbeSettings":
+    def settings(self) -> ProbeSettings:
         """Just the probe settings of this object (a config or a bank derived from this class)."""
         return ProbeSettings(**probe_fields(self))
 

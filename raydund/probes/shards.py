@@ -58,7 +58,7 @@ def rendezvous_host(node_ids: list[str]) -> str | None:
 
 def interface_of(address: str) -> str | None:
     """The network interface holding ``address`` (``lo`` for 127.0.0.1 on Linux), None if none does."""
-    import psutil  # noqa: PLC0415
+    import psutil
 
     for name, addrs in psutil.net_if_addrs().items():
         if any(a.address == address for a in addrs):
@@ -81,7 +81,7 @@ def rendezvous(endpoint: str, rank: int, world: int, listener: socket.socket | N
     listener : socket.socket, optional
         Rank 0's socket bound to ``endpoint``; None for the other ranks.
     """
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
     host, port = endpoint.rsplit(":", 1)
     interface = interface_of(host)
@@ -118,10 +118,10 @@ class LayerShard:
 
     def __init__(self, settings: Settings, model: str, corpus: str, unit: str, parts: dict, layers: list[int],
                  columns: np.ndarray, threads: int = 1):
-        import torch  # noqa: PLC0415
+        import torch
 
-        from raydund.lake import Lake  # noqa: PLC0415
-        from raydund.probes.data import read_layers  # noqa: PLC0415
+        from raydund.lake import Lake
+        from raydund.probes.data import read_layers
 
         torch.set_num_threads(max(1, int(threads)))
         lake = Lake(settings)
@@ -138,7 +138,7 @@ class LayerShard:
 
     def node_id(self) -> str:
         """The Ray node this actor runs on."""
-        import ray  # noqa: PLC0415
+        import ray
 
         return ray.get_runtime_context().get_node_id()
 
@@ -150,7 +150,7 @@ class LayerShard:
         host : str, optional
             The address to listen on (default: this node's IP).
         """
-        import ray  # noqa: PLC0415
+        import ray
 
         host = host or ray.util.get_node_ip_address()
         self.listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -159,9 +159,9 @@ class LayerShard:
 
     def join(self, endpoint: str, rank: int, world: int) -> int:
         """Join the gloo group; return the rows held (a cheap readiness check)."""
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
-        from raydund.probes.model import Shard  # noqa: PLC0415
+        from raydund.probes.model import Shard
 
         self.rank = rank
         if world > 1:
@@ -191,7 +191,7 @@ class LayerShard:
         return self.X[part][:, local].astype(np.float64) @ coef[mine]
 
     def class_mean_scores(self, y: np.ndarray) -> np.ndarray:
-        from raydund.probes.rank import probeless_scores  # noqa: PLC0415
+        from raydund.probes.rank import probeless_scores
 
         return probeless_scores(self.X["train"], y)
 
@@ -199,7 +199,7 @@ class LayerShard:
         self.banks.pop(key, None)
 
     def close(self) -> None:
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -214,7 +214,7 @@ def gather(refs: list) -> list:
     The others may be waiting in a collective for the failed one, so a plain ``ray.get``
     of the list (in order) could wait forever; the caller then ends the group.
     """
-    import ray  # noqa: PLC0415
+    import ray
 
     pending = list(refs)
     while pending:
@@ -249,7 +249,7 @@ class ShardedSplits(Splits):
         return np.concatenate(gather([a.weights.remote(bank.key_, probe) for a in self.actors]), axis=0)
 
     def intercept(self, bank: ProbeBank, probe: int) -> np.ndarray:
-        import ray  # noqa: PLC0415
+        import ray
 
         return ray.get(self.actors[0].intercept.remote(bank.key_, probe))  # the same on every actor
 
@@ -263,7 +263,7 @@ class ShardedSplits(Splits):
         return np.concatenate(gather([a.class_mean_scores.remote(y) for a in self.actors]))
 
     def close(self) -> None:
-        import ray  # noqa: PLC0415
+        import ray
 
         try:
             ray.wait([a.close.remote() for a in self.actors], num_returns=len(self.actors), timeout=10)
@@ -280,7 +280,7 @@ def start(splits: Splits, settings: Settings, model: str, corpus: str, unit: str
     The actors share Ray's CPUs (all must run at once: a collective waits for every
     member), each with that share of torch threads.
     """
-    import ray  # noqa: PLC0415
+    import ray
 
     cpus = ray.cluster_resources().get("CPU", 1)
     cpus_per_worker, threads = min(1.0, cpus / workers), max(1, int(cpus // workers))

@@ -19,11 +19,10 @@ import numpy as np
 import polars as pl
 
 from raydund import tracking
-from raydund.lake import runs
-from raydund.general.clustering import SPANS, composition
 from raydund.config import Settings
 from raydund.errors import UserError
-from raydund.lake import Lake, table_identifier
+from raydund.general.clustering import SPANS, composition
+from raydund.lake import Lake, runs, table_identifier
 from raydund.report import figures, sources
 from raydund.report.paper import PAPER
 
@@ -35,7 +34,8 @@ PROBE_RESULTS, TRANSFER_RESULTS = "probe_results", "transfer_results"
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}.figs{display:flex;flex-wrap:wrap;gap:1em}
 .figs img{max-width:520px;border:1px solid #eee}.note{color:#666;font-size:.85em}
 """

@@ -12,8 +12,7 @@ import json
 
 import polars as pl
 
-from raydund.lake import runs
-from raydund.lake import Lake, table_identifier
+from raydund.lake import Lake, runs, table_identifier
 
 
 def columns_of(lake: Lake, table: str) -> set[str]:

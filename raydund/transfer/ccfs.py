@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from raydund.general.clustering import DEFAULT_THRESHOLDS, CorrelationClustering
 from raydund.errors import UserError
+from raydund.general.clustering import DEFAULT_THRESHOLDS, CorrelationClustering
 from raydund.probes import analysis
 from raydund.probes.model import primary_metric
 from raydund.probes.rank import lca_ordering, top_k_grid
@@ -47,14 +47,14 @@ class Correlations:
     layer_of: np.ndarray
     constant: np.ndarray
 
-    def upto(self, layer: int) -> "Correlations":
+    def upto(self, layer: int) -> Correlations:
         """The statistics of layers ``0..layer`` (a prefix of the stacked axis)."""
         n = int(np.sum(self.layer_of <= layer))
         return Correlations(self.r[:n, :n], self.layer_of[:n], self.constant[:n])
 
 
 @dataclasses.dataclass
-class Selection:
+class ReducedSet:
     """The outcome of LS + CCFS for one threshold pair (Tables 3, 9, 10).
 
     ``neurons`` are positions on the stacked axis (layer-major), all in layers ``0..layer``;
@@ -91,7 +91,7 @@ class CCFS:
     ----------
     layerwise_ : list of dict
         Rows of the layer-wise bank (layers, oracle, prefixes).
-    selections_ : list of Selection
+    reduced_sets_ : list of ReducedSet
         One per threshold pair, in sweep order.
     seconds_ : dict
         Wall time of each stage (``ls``, ``cc``, ``fs``), summed over the sweep.
@@ -110,7 +110,7 @@ class CCFS:
                 raise UserError(f"{name.replace('_', ' ')} must be in [0, 1], got {list(values)}")
             setattr(self, name, values)
 
-    def fit(self, splits: analysis.Splits, correlations: Correlations) -> "CCFS":
+    def fit(self, splits: analysis.Splits, correlations: Correlations) -> CCFS:
         """Run every threshold pair on one task."""
         widths = splits.train.widths
         if len(correlations.layer_of) != sum(widths):
@@ -126,7 +126,7 @@ class CCFS:
         oracle = rows["oracle"]
         prefixes = [rows.get(f"layers 0-{l}", oracle) for l in range(len(widths))]  # 0..L-1 is the oracle
         cc_cache, fs_cache = {}, {}
-        self.selections_ = []
+        self.reduced_sets_ = []
         for ls_t in self.ls_thresholds:
             l = next(i for i, row in enumerate(prefixes) if _share(row, oracle, key) >= 1 - ls_t)
             ls_row = prefixes[l]
@@ -148,7 +148,7 @@ class CCFS:
                     fi = len(fs_rows) - 1
                 final = fs_rows[fi]
                 neurons = order[: final["k"]]
-                self.selections_.append(Selection(
+                self.reduced_sets_.append(ReducedSet(
                     ls_threshold=ls_t, ccfs_threshold=ccfs_t, layer=l, cc_threshold=cc_rows[ci]["threshold"],
                     cc_neurons=int(len(kept[ci])), neurons=neurons,
                     coef=splits.weights(bank, fi)[neurons], intercept=splits.intercept(bank, fi),
@@ -188,8 +188,8 @@ def _scores(row: dict, neurons: int) -> dict:
     return {"dev": row["dev"], "test": row["test"], "neurons": int(neurons)}
 
 
-def selection_table_rows(task: str, sel: Selection, total_neurons: int) -> list[dict]:
-    """Table 3/9/10 rows of one selection: per stage its layers, neurons, dev and test score."""
+def stage_rows(task: str, sel: ReducedSet, total_neurons: int) -> list[dict]:
+    """Table 3/9/10 rows of one reduced set: per stage its layers, neurons, dev and test score."""
     key = "pearson" if "pearson" in sel.scores["oracle"]["dev"] else "accuracy"
     out = []
     for stage, s in sel.scores.items():

@@ -18,19 +18,18 @@ from pathlib import Path
 import pyarrow as pa
 
 from raydund import faults, tracking
-from raydund.lake import runs
-from raydund.general.clustering import DEFAULT_THRESHOLDS
 from raydund.config import Settings
 from raydund.errors import UserError
-from raydund.lake import ACTIVATIONS, Lake
+from raydund.general.clustering import DEFAULT_THRESHOLDS
 from raydund.general.job import correlation_run, load_correlations
+from raydund.lake import ACTIVATIONS, Lake, runs
 from raydund.lake.runs import StageRun
 from raydund.probes import analysis
 from raydund.probes.data import check_labels
 from raydund.probes.job import ProbeConfig, plan_splits, probe_workers
 from raydund.probes.settings import ProbeSettings, probe_fields
 from raydund.report import figures
-from raydund.transfer.ccfs import CCFS, Correlations, selection_table_rows
+from raydund.transfer.ccfs import CCFS, Correlations, stage_rows
 from raydund.transfer.reduced import log_reduced, save_reduced
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ def fit_task(cfg: TransferConfig, label: str, settings: Settings, workers: int =
     With ``workers`` > 1 the activations stay in layer-block actors
     (:mod:`raydund.probes.shards`); this process holds the labels and the correlations.
     """
-    from raydund.probes import shards  # noqa: PLC0415
+    from raydund.probes import shards
 
     lake = Lake(settings)
     model = cfg.ccfs()  # validates the thresholds before any reading
@@ -124,8 +123,8 @@ def fit_task(cfg: TransferConfig, label: str, settings: Settings, workers: int =
 
 
 def _test_predictions(model: CCFS, splits: analysis.Splits) -> list:
-    """The pipeline's test predictions of the registered selection (the reduced model must match them)."""
-    sel = model.selections_[0]
+    """The pipeline's test predictions of the registered reduced set (the reduced model must match them)."""
+    sel = model.reduced_sets_[0]
     scores = splits.linear_scores("test", sel.neurons, sel.coef, sel.intercept)
     return scores[:, 0].tolist() if splits.classes is None else [splits.classes[i] for i in scores.argmax(1)]
 
@@ -145,8 +144,8 @@ def extraction_run(settings: Settings, model: str, corpus: str, split: str, unit
 
 def run_transfer(cfg: TransferConfig, settings: Settings) -> dict:
     """LS + CCFS for every label of ``cfg``; returns the table rows, registered models and run ids."""
-    from raydund.extract.job import ensure_ray  # noqa: PLC0415
-    from raydund.probes.job import _remote  # noqa: PLC0415
+    from raydund.extract.job import ensure_ray
+    from raydund.probes.job import _remote
 
     cfg.ccfs()  # bad thresholds fail here, before Ray starts
     if not cfg.labels:
@@ -183,7 +182,7 @@ def run_transfer(cfg: TransferConfig, settings: Settings) -> dict:
                     faults.crash_point("transfer.during_registration")
             timing = None
             if cfg.timing:
-                from raydund.transfer.timing import run_timing  # noqa: PLC0415
+                from raydund.transfer.timing import run_timing
 
                 timing = run_timing(cfg, results, source, settings, mlflow)
             stage.replace(TRANSFER_RESULTS, transfer_table(cfg, rows), ("model", "corpus"),
@@ -257,8 +256,8 @@ def _track_task(mlflow, parent, cfg: TransferConfig, res: dict, source: dict, se
         mlflow.log_params({"task": label, "train_rows": res["train_rows"],
                            "correlation_snapshot_id": res["correlation_snapshot_id"]})
         mlflow.log_metrics({f"seconds_{k}": v for k, v in model.seconds_.items()})
-        for sel in model.selections_:
-            sel_rows = selection_table_rows(label, sel, total)
+        for sel in model.reduced_sets_:
+            sel_rows = stage_rows(label, sel, total)
             rows += sel_rows
             with mlflow.start_run(run_name=f"ls={sel.ls_threshold} ccfs={sel.ccfs_threshold}", nested=True,
                                   experiment_id=exp):
@@ -266,11 +265,11 @@ def _track_task(mlflow, parent, cfg: TransferConfig, res: dict, source: dict, se
                                    "ccfs_threshold": sel.ccfs_threshold, "cc_threshold": sel.cc_threshold})
                 mlflow.log_metrics({f"{r['stage']}_{m}": r[m] for r in sel_rows for m in ("dev", "test", "neurons")}
                                    | {"layers": sel.layer + 1})
-        fig = figures.ccfs_sweep(rows, label) if len(model.selections_) > 1 else None
+        fig = figures.ccfs_sweep(rows, label) if len(model.reduced_sets_) > 1 else None
         if fig is not None:
             mlflow.log_figure(fig, f"figures/ccfs_sweep_{label}.png")
             figures.close(fig)
-        sel = model.selections_[0]
+        sel = model.reduced_sets_[0]
         width = res["widths"][0]
         neurons = [{"layer": int(p // width), "neuron": int(p % width), "position": int(p)} for p in sel.neurons]
         mlflow.log_dict({"neurons": neurons, "ls_threshold": sel.ls_threshold, "ccfs_threshold": sel.ccfs_threshold,
@@ -280,7 +279,7 @@ def _track_task(mlflow, parent, cfg: TransferConfig, res: dict, source: dict, se
                          "lineage": {"transfer_run_id": parent.info.run_id, "extraction_run_id": source["run_id"],
                                      "correlation_snapshot_id": res["correlation_snapshot_id"],
                                      "model_source": source.get("model_source")}},
-                        "ccfs/selection.json")
+                        "ccfs/reduced_set.json")
         mlflow.log_dict({"predictions": res["test_predictions"]}, "ccfs/test_predictions.json")
         version = None
         if cfg.register:
@@ -294,7 +293,8 @@ def _track_task(mlflow, parent, cfg: TransferConfig, res: dict, source: dict, se
             number = _version_of(mlflow, name, info.model_id)
             client = mlflow.MlflowClient()
             for key, value in ((STATUS_TAG, "pending"), ("raydund.run_id", stage.run_id),
-                               ("raydund.transfer_run_id", parent.info.run_id), ("raydund.task_run_id", child.info.run_id)):
+                               ("raydund.transfer_run_id", parent.info.run_id),
+                               ("raydund.task_run_id", child.info.run_id)):
                 client.set_model_version_tag(name, number, key, value)
             version = (name, number)
             mlflow.set_tag("raydund.registered_model", f"models:/{name}/{number}")

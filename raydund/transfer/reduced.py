@@ -29,7 +29,8 @@ def truncate(model, blocks: int):
     """Keep the embeddings and the first ``blocks`` transformer blocks of ``model`` (modified in place).
 
     At least one block is kept: transformers records the hidden states (the embedding
-    output included) as the blocks run, so a model with none returns no states. The block list is found as the ``ModuleList`` with ``config.num_hidden_layers``
+    output included) as the blocks run, so a model with none returns no states. The block
+    list is found as the ``ModuleList`` with ``config.num_hidden_layers``
     entries (``encoder.layer`` for BERT/RoBERTa, ``layer`` for XLNet, ``h`` for GPT-2).
     """
     n = int(model.config.num_hidden_layers)
@@ -49,7 +50,7 @@ def truncate(model, blocks: int):
 def save_reduced(path: str | Path, model_source: str, layer: int, neurons: np.ndarray, coef: np.ndarray,
                  intercept: np.ndarray, meta: dict) -> Path:
     """Write the artefacts of a reduced model into ``path`` (a fresh folder)."""
-    from raydund.extract.models import ModelSpec, load_model  # noqa: PLC0415
+    from raydund.extract.models import ModelSpec, load_model
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=False)
@@ -79,14 +80,14 @@ class ReducedModel(_PythonModel):
         self._load(Path(context.artifacts["reduced"]))
 
     @classmethod
-    def from_folder(cls, path: str | Path) -> "ReducedModel":
+    def from_folder(cls, path: str | Path) -> ReducedModel:
         model = cls()
         model._load(Path(path))
         return model
 
     def _load(self, path: Path) -> None:
-        from raydund.extract.encoder import Encoder  # noqa: PLC0415
-        from raydund.extract.models import ModelSpec, load_model  # noqa: PLC0415
+        from raydund.extract.encoder import Encoder
+        from raydund.extract.models import ModelSpec, load_model
 
         self.meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         probe = np.load(path / "probe.npz")

@@ -23,15 +23,15 @@ import numpy as np
 import polars as pl
 import torch
 
-from raydund.general.clustering import CorrelationClustering
 from raydund.config import Settings
+from raydund.general.clustering import CorrelationClustering
+from raydund.general.moments import Moments
+from raydund.general.similarity import similarity
 from raydund.lake import Lake
 from raydund.probes.model import ProbeBank
 from raydund.probes.rank import lca_ordering
 from raydund.report import figures
 from raydund.transfer.reduced import ReducedModel, save_reduced, truncate
-from raydund.general.moments import Moments
-from raydund.general.similarity import similarity
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _encode_all(encoder, sentences, unit: str) -> np.ndarray:
 
 def forward_by_layers(model, tokenizer, sentences, aggregation: str, unit: str, repeats: int = 3) -> list[dict]:
     """Seconds per sentence of a forward pass keeping 1..L blocks (Figures 10/11; ``layers`` counts the embeddings)."""
-    from raydund.extract.encoder import Encoder  # noqa: PLC0415
+    from raydund.extract.encoder import Encoder
 
     rows = []
     for blocks in range(1, int(model.config.num_hidden_layers) + 1):
@@ -128,8 +128,8 @@ def sample_sentences(settings: Settings, corpus: str, split: str, n: int) -> lis
 
 def run_timing(cfg, results: list[dict], source: dict, settings: Settings, mlflow) -> dict:
     """Every timing of the module on the test split's first sentences; logged to the active MLflow run."""
-    from raydund.extract.encoder import Encoder  # noqa: PLC0415
-    from raydund.extract.models import ModelSpec, load_model  # noqa: PLC0415
+    from raydund.extract.encoder import Encoder
+    from raydund.extract.models import ModelSpec, load_model
 
     torch.manual_seed(cfg.seed)
     sentences = sample_sentences(settings, cfg.corpus, cfg.splits[2], cfg.timing_sentences)
@@ -152,7 +152,7 @@ def run_timing(cfg, results: list[dict], source: dict, settings: Settings, mlflo
     out["reduced_vs_full"] = []
     with tempfile.TemporaryDirectory() as tmp:
         for res in results:
-            sel = res["model"].selections_[0]
+            sel = res["model"].reduced_sets_[0]
             folder = save_reduced(Path(tmp) / res["label"], source["model_source"], sel.layer, sel.neurons,
                                   sel.coef, sel.intercept, {"classes": res["classes"], "unit": cfg.unit,
                                                             "task": cfg.task, "aggregation": aggregation})
@@ -162,7 +162,7 @@ def run_timing(cfg, results: list[dict], source: dict, settings: Settings, mlflo
             out["reduced_vs_full"].append({"task": res["label"], "layers": sel.layer + 1, "neurons": len(sel.neurons),
                                            "full_seconds": full_s, "reduced_seconds": red_s,
                                            "speedup": full_s / red_s})
-    chosen = sorted({len(r["model"].selections_[0].neurons) for r in results})
+    chosen = sorted({len(r["model"].reduced_sets_[0].neurons) for r in results})
     grid = sorted({10, 30, 100, 300, 1000, X.shape[1]} | set(chosen))
     out["probe_cost"] = probe_cost(n_classes, [k for k in grid if k <= X.shape[1]], len(X), cfg.epochs, cfg.seed)
     out["chosen_features"] = chosen

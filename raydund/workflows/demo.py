@@ -15,16 +15,16 @@ import logging
 
 from raydund import tracking
 from raydund.config import Settings
+from raydund.corpora.job import ingest
 from raydund.explore import build_browser
 from raydund.extract.job import ExtractConfig, run_extraction
-from raydund.workflows.sentence_demo import sentence_demo
-from raydund.corpora.job import ingest
+from raydund.general.job import ClusterConfig, run_clustering, run_similarity
+from raydund.general.stream import SimilarityConfig
 from raydund.lake import Lake, partition_counts
 from raydund.probes.job import ProbeConfig, run_probes
-from raydund.general.job import ClusterConfig, run_clustering, run_similarity
 from raydund.report.html import build_report
 from raydund.transfer.job import TransferConfig, format_table, run_transfer
-from raydund.general.stream import SimilarityConfig
+from raydund.workflows.sentence_demo import sentence_demo
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def prepare_corpus(settings: Settings, corpus: str, limit: int | None = None) ->
         print(f"  {i}: " + " ".join(f"{v:.2f}" for v in row))
     cc = run_clustering(ClusterConfig(model=DEMO_MODEL, corpus=corpus, split=ANALYSIS_SPLIT), settings)
     print("correlation clustering (threshold on 1 - |r|: neurons kept):")
-    print("  " + ", ".join(f"{r['threshold']:.1f}: {r['neurons_kept']} ({r['reduction']:.0%} fewer)" for r in cc.summary_))
+    print("  " + ", ".join(f"{r['threshold']:.1f}: {r['neurons_kept']} ({r['reduction']:.0%} fewer)"
+                          for r in cc.summary_))
 
 
 def analyse_tasks(settings: Settings, corpus: str, labels: tuple[str, ...], train_limit: int) -> str:

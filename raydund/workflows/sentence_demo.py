@@ -44,12 +44,12 @@ def sentence_demo(settings: Settings, corpus: str = "sst2", model: str = "minilm
         probe_layers (probe -> dev/test metric), probe_oracle, clusters (threshold ->
         neurons kept), seconds``.
     """
-    from raydund.general.clustering import DEFAULT_THRESHOLDS
-    from raydund.extract.job import ExtractConfig, run_extraction
     from raydund.corpora.job import ingest
-    from raydund.probes.job import ProbeConfig, run_probes
+    from raydund.extract.job import ExtractConfig, run_extraction
+    from raydund.general.clustering import DEFAULT_THRESHOLDS
     from raydund.general.job import ClusterConfig, run_clustering, run_similarity
     from raydund.general.stream import SimilarityConfig
+    from raydund.probes.job import ProbeConfig, run_probes
 
     start = time.perf_counter()
     lake = Lake(settings)

@@ -95,7 +95,7 @@ def runtime_env(settings: Settings, working_dir: str, forward: tuple[str, ...] =
     UserError
         A location with an inline password, or a forwarded name that looks like a secret.
     """
-    from raydund.tracking import SECRET_NAME  # noqa: PLC0415
+    from raydund.tracking import SECRET_NAME
 
     env = os.environ if env is None else env
     variables = settings.env_vars()
@@ -146,7 +146,7 @@ def submit(settings: Settings, script: str, args: list[str], address: str | None
     write : callable, optional
         Where log text goes (default ``sys.stdout.write``).
     """
-    from ray.job_submission import JobSubmissionClient  # noqa: PLC0415
+    from ray.job_submission import JobSubmissionClient
 
     write = write or sys.stdout.write
     address = job_address(address)

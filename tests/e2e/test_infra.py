@@ -16,7 +16,6 @@ import pyarrow as pa
 import pytest
 import ray
 import yaml
-
 from processes import base_env, free_port
 
 from raydund.config import Settings

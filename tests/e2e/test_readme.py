@@ -43,7 +43,7 @@ def test_readme_queries_run(settings, tiny_model_dir, monkeypatch):
     code = code.replace("layer=3", "layer=2").replace('pl.col("layer") == 3', 'pl.col("layer") == 2')
     code = code.replace('filter(pl.col("len") >= 5)', 'filter(pl.col("len") >= 1)')
     namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README is ours
+    exec(compile(code, "README.md", "exec"), namespace)
     X, keys = namespace["X"], namespace["keys"]
     assert X.shape == (35, 16) and keys.num_rows == 35
     assert set(namespace["top_words"]["word"]) == {"the", "dog", "fell", "stocks", "sharply", "."}

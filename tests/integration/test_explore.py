@@ -26,9 +26,9 @@ import pytest
 from raydund import explore as ex
 from raydund.config import Settings
 from raydund.errors import UserError
+from raydund.explore import heatmap
 from raydund.extract.actor import PARQUET_OPTIONS, vectors_column
 from raydund.lake import ACTIVATION_SCHEMA, Lake
-from raydund.explore import heatmap
 
 WIDTH, LAYERS = 16, 3
 TAGS = {"the": "DT", "a": "DT", "dog": "NN", "cat": "NN", "bank": "NN", "river": "NN", "runs": "VBZ",
@@ -82,9 +82,9 @@ def write_planted(lake, sentences, layers, model="m", corpus="toy", split="dev")
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, ray_local):
     """A lake with the planted activations, its correlations, clusters and task rankings."""
-    from raydund.probes.job import ProbeConfig, run_probes
     from raydund.general.job import ClusterConfig, run_clustering, run_similarity
     from raydund.general.stream import SimilarityConfig
+    from raydund.probes.job import ProbeConfig, run_probes
 
     settings = Settings.from_env({"RAYDUND_HOME": str(tmp_path_factory.mktemp("explore") / "home")}).prepare()
     lake = Lake(settings)
@@ -287,9 +287,8 @@ def shown_words(page):
 
 
 def test_browser_page_follows_the_picked_neuron(planted):
-    from browser import page_of
-
     import mlflow
+    from browser import page_of
 
     settings, lake = planted["settings"], planted["lake"]
     cfg = ex.BrowserConfig(top_k=5, min_count=3, sentences=2)

@@ -34,9 +34,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from raydund import faults
-from raydund.lake import runs
 from raydund.config import Settings
-from raydund.lake import Lake, corpus_table_name, table_identifier
+from raydund.lake import Lake, corpus_table_name, runs, table_identifier
 
 MODEL = "bert"  # the lake name of tiny_model_dir("bert")
 CORPUS = "toy"
@@ -98,7 +97,7 @@ def write_sentences(folder: Path, n_train: int = 24, n_dev: int = 8) -> Path:
     vocab = list(WORDS)
     for split, n in (("train", n_train), ("dev", n_dev)):
         rows = []
-        for i in range(n):
+        for _ in range(n):
             words = [vocab[j] for j in rng.integers(0, len(vocab), int(rng.integers(2, 5)))]
             rows.append(f"{' '.join(words)}\t{int('fox' in words)}")
         (folder / SENTENCES).mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
-
 from processes import base_env, free_port
 
 from raydund.config import Settings

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from raydund.config import Settings
+from raydund.corpora.job import ingest
 from raydund.errors import CorpusError, UserError
 from raydund.extract.encoder import ModelSpec, load_model, resolve_model
 from raydund.extract.job import ExtractConfig, run_extraction
@@ -20,7 +21,6 @@ from raydund.finetune.config import FinetuneConfig
 from raydund.finetune.data import infer_task, prepare_data
 from raydund.finetune.job import run_finetune
 from raydund.finetune.metrics import task_metrics
-from raydund.corpora.job import ingest
 from raydund.lake import Lake
 from raydund.probes.job import ProbeConfig, run_probes
 

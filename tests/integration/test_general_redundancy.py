@@ -9,11 +9,13 @@ import numpy as np
 import polars as pl
 import pytest
 
+from benchmarks.synthetic import write_activations
+from raydund.errors import UserError
+from raydund.general import stream
 from raydund.general.clustering import CorrelationClustering
-from raydund.lake import Lake
 from raydund.general.job import ClusterConfig, load_correlations, run_clustering, run_similarity
 from raydund.general.stream import SimilarityConfig, balance_blocks
-from benchmarks.synthetic import write_activations
+from raydund.lake import Lake
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -102,7 +104,8 @@ def test_clustering_job_recovers_planted_group_and_tracks_the_sweep(settings):
     live = np.ones(Z.shape[1], bool)
     live[3 * WIDTH + 1] = False
     with np.errstate(invalid="ignore", divide="ignore"):
-        ref = CorrelationClustering(thresholds=(0.0, 0.2, 0.5)).fit(np.corrcoef(Z.T), np.repeat(range(LAYERS), WIDTH), ~live)
+        ref = CorrelationClustering(thresholds=(0.0, 0.2, 0.5)).fit(np.corrcoef(Z.T), np.repeat(range(LAYERS), WIDTH),
+                                                                   ~live)
     for a, b in zip(cc.labels_, ref.labels_):
         assert len(set(zip(a, b))) == len(set(a)) == len(set(b))
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -155,3 +158,20 @@ def test_correlations_written_in_batches_in_one_commit_and_read_back(settings, m
     table = lake.table("neuron_correlation")
     assert table.scan().to_arrow().num_rows == LAYERS * WIDTH
     assert table.current_snapshot().snapshot_id == snap
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_similarity_job_refuses_before_any_compute(settings, monkeypatch):
+    from benchmarks.synthetic import write_activations
+
+    lake = Lake(settings)
+    write_activations(lake, model="m", corpus="c", split="dev", tokens=200, widths=(8, 8), shard_tokens=100)
+
+    def computed(*args, **kwargs):
+        raise AssertionError("the pass started")
+
+    monkeypatch.setattr(stream.Moments, "empty", computed)
+    monkeypatch.setattr(stream, "centred_chunk", computed)
+    monkeypatch.setenv("RAYDUND_MEMORY_LIMIT_GB", "0.0001")
+    with pytest.raises(UserError, match=r"stage similarity needs ~.*neurons=16.*tokens=200"):
+        stream.compute_moments(lake, stream.SimilarityConfig("m", "c", "dev"), progress=False)

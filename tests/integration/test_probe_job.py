@@ -5,11 +5,11 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from raydund.lake import Lake
-from raydund.probes.job import ProbeConfig, run_probes
+from benchmarks.synthetic import write_activations
 from raydund.general.job import ClusterConfig, run_clustering, run_similarity
 from raydund.general.stream import SimilarityConfig
-from benchmarks.synthetic import write_activations
+from raydund.lake import Lake
+from raydund.probes.job import ProbeConfig, run_probes
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

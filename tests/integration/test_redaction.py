@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from processes import base_env
 
 from raydund.errors import UserError

@@ -21,11 +21,10 @@ import pytest
 from test_explore import TAGS, planted_layers, toy_sentences, write_planted
 
 from raydund import explore as ex
-from raydund.lake import runs
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.explore import browser
-from raydund.lake import Lake
+from raydund.lake import Lake, runs
 from raydund.report import html as report_html
 
 THRESHOLDS = (0.0, 0.3, 0.6)
@@ -60,9 +59,11 @@ def probe_rows(accuracy: float, task: str = "pos") -> pa.Table:
     n = len(rows)
     return pa.table({
         "model": ["m"] * n, "corpus": ["toy"] * n, "task": [task] * n, "unit": ["word"] * n,
-        "analysis": ["layerwise"] * n, "probe": [r[0] for r in rows], "layer": pa.array([r[1] for r in rows], pa.int32()),
+        "analysis": ["layerwise"] * n, "probe": [r[0] for r in rows],
+        "layer": pa.array([r[1] for r in rows], pa.int32()),
         "k": pa.array([None] * n, pa.int32()), "threshold": pa.array([None] * n, pa.float64()),
-        "split": [r[2] for r in rows], "metric": ["accuracy"] * n, "value": pa.array([r[3] for r in rows], pa.float64()),
+        "split": [r[2] for r in rows], "metric": ["accuracy"] * n,
+        "value": pa.array([r[3] for r in rows], pa.float64()),
     })
 
 

@@ -9,8 +9,7 @@ import pyarrow as pa
 import pytest
 
 from raydund import faults, tracking
-from raydund.lake import runs
-from raydund.lake import Lake
+from raydund.lake import Lake, runs
 
 
 def rows(value: float, tasks=("pos",)) -> pa.Table:

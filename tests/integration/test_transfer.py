@@ -1,4 +1,4 @@
-"""LayerSelector + CCFS on planted structure; the reduced model reproduces the pipeline."""
+"""The transfer job on real Ray, Iceberg and MLflow: the reduced model reproduces the pipeline."""
 
 from pathlib import Path
 
@@ -6,52 +6,6 @@ import numpy as np
 import pytest
 
 from raydund.errors import UserError
-from raydund.probes import analysis
-from raydund.probes.data import TaskData
-from raydund.transfer.ccfs import CCFS, Correlations
-
-WIDTH, LAYERS = 8, 4
-SETTINGS = analysis.ProbeSettings(epochs=15, lr=1e-2, batch_size=64)
-
-
-def planted_transfer(T=3000, seed=0):
-    """The label is a function of neurons 8, 9, 10 (layer 1); layer 2 repeats layer 1 with noise;
-    neurons 0 and 1 (layer 0) are near copies of each other; the rest is noise."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((T, LAYERS * WIDTH))
-    X[:, 1] = X[:, 0] + 0.05 * rng.standard_normal(T)
-    X[:, 16:24] = X[:, 8:16] + 0.5 * rng.standard_normal((T, WIDTH))
-    labels = np.where(X[:, 8] + X[:, 9] - X[:, 10] > 0, "pos", "neg")
-    data = TaskData(X.astype(np.float32), labels, np.array(["w"] * T), (WIDTH,) * LAYERS)
-    cut = lambda s: TaskData(data.X[s], data.labels[s], data.words[s], data.widths)  # noqa: E731
-    splits = analysis.make_splits(cut(slice(0, 1800)), cut(slice(1800, 2400)), cut(slice(2400, T)),
-                                  "classification")
-    r = np.corrcoef(splits.train.X.astype(np.float64), rowvar=False)
-    return splits, Correlations(r, np.repeat(np.arange(LAYERS), WIDTH), np.zeros(LAYERS * WIDTH, bool))
-
-
-def test_ls_ccfs_recovers_the_planted_layer_and_neurons():
-    splits, corr = planted_transfer()
-    model = CCFS(SETTINGS, ls_thresholds=(0.01, 0.5), ccfs_thresholds=(0.01,)).fit(splits, corr)
-    strict, loose = model.selections_
-    assert strict.layer == 1  # layers 0..1 hold the label, layer 0 alone does not
-    assert strict.cc_threshold >= 0.1 and strict.cc_neurons == 2 * WIDTH - 1  # 0 and 1 merged, nothing else
-    assert set(strict.neurons.tolist()) == {8, 9, 10}
-    s = strict.scores
-    assert s["ccfs"]["dev"]["accuracy"] >= 0.99 * s["ls"]["dev"]["accuracy"]
-    assert s["ls"]["dev"]["accuracy"] >= 0.99 * s["oracle"]["dev"]["accuracy"]
-    assert s["ccfs"]["test"]["accuracy"] > 0.95 and s["ccfs"]["neurons"] == 3
-    assert loose.layer == 0  # a 50% loss allowed: layer 0 (chance, ~0.5 of the oracle) is enough
-    # the final probe's weights are those of the chosen neurons, and they predict like the pipeline's probe
-    scores = splits.test.X[:, strict.neurons] @ strict.coef + strict.intercept
-    acc = np.mean(np.array(["neg", "pos"])[scores.argmax(1)] == splits.test.labels)
-    assert acc == pytest.approx(s["ccfs"]["test"]["accuracy"])
-
-
-def test_thresholds_outside_zero_one_are_refused():
-    with pytest.raises(UserError, match="ls thresholds must be in"):
-        CCFS(SETTINGS, ls_thresholds=(1.5,))
-
 
 # -- the job on real Ray, Iceberg and MLflow, with a tiny model ------------------------------
 VOCAB = {"the": "DT", "a": "DT", "fox": "NN", "dog": "NN", "stocks": "NN", "jumped": "VB", "fell": "VB",
@@ -76,10 +30,10 @@ def test_transfer_job_registers_a_reduced_model_that_reproduces_the_pipeline(set
     import polars as pl
 
     from raydund.extract.job import ExtractConfig, run_extraction
-    from raydund.lake import Lake
     from raydund.general.job import run_similarity
-    from raydund.transfer.job import TransferConfig, run_transfer
     from raydund.general.stream import SimilarityConfig
+    from raydund.lake import Lake
+    from raydund.transfer.job import TransferConfig, run_transfer
 
     lake = Lake(settings)
     corpus = {"train": tagged_corpus(160, 0), "dev": tagged_corpus(50, 1), "test": tagged_corpus(50, 2)}
@@ -113,7 +67,7 @@ def test_transfer_job_registers_a_reduced_model_that_reproduces_the_pipeline(set
     pipeline = out["results"][0]["test_predictions"]
     flat = [label for sent in predicted for label in sent]
     assert flat == pipeline
-    sel = out["results"][0]["model"].selections_[0]
+    sel = out["results"][0]["model"].reduced_sets_[0]
     layers_kept = sel.layer
     saved = mlflow.artifacts.download_artifacts(f"{uri}/artifacts/reduced/transformer/config.json")
     import json
@@ -142,10 +96,9 @@ def test_transfer_job_registers_a_reduced_model_that_reproduces_the_pipeline(set
     # the report: one self-contained page; every figure loads in headless Chromium, no console errors
     from browser import page_of
 
+    from raydund.general.job import ClusterConfig, run_clustering
     from raydund.probes.job import ProbeConfig, run_probes
     from raydund.report.html import build_report
-
-    from raydund.general.job import ClusterConfig, run_clustering
 
     run_clustering(ClusterConfig(model=name, corpus="toy", split="train"), settings)
     run_probes(ProbeConfig(model=name, corpus="toy", label="pos", epochs=5, control=False), settings)
@@ -159,7 +112,8 @@ def test_transfer_job_registers_a_reduced_model_that_reproduces_the_pipeline(set
     names = {alt for alt, _ in images}
     assert all(ok for _, ok in images) and {"cka_heatmap", "cc_threshold_curve", "layerwise_pos",
                                              "timing_forward_by_layers", "timing_probe_cost"} <= names
-    assert headings == ["Built from", "General redundancy", "Task-specific redundancy", "Efficient transfer: LayerSelector + CCFS",
+    assert headings == ["Built from", "General redundancy", "Task-specific redundancy",
+                        "Efficient transfer: LayerSelector + CCFS",
                         "Timing (measured)"]
     assert "ccfs" in text and "POS" not in text  # toy corpus: no paper row to compare with
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(out["run_id"], "report")}

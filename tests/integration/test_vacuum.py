@@ -10,11 +10,10 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from raydund.lake import runs
 from raydund.errors import UserError
 from raydund.extract import job as job_module
 from raydund.extract.job import ExtractConfig, run_extraction
-from raydund.lake import Lake
+from raydund.lake import Lake, runs
 from raydund.lake.vacuum import fs_path, referenced_files, vacuum
 
 VOCAB = ["the", "quick", "brown", "fox", "jumped", "over", "lazy", "dog", ",", "."]

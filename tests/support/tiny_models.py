@@ -90,8 +90,16 @@ def _unigram():
 
 def build(arch: str, folder: Path, layers: int = 2, hidden: int = 16, max_positions: int = 64) -> Path:
     """Write a tiny random ``arch`` model plus tokenizer to ``folder``; return it."""
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, RobertaConfig, RobertaModel
-    from transformers import XLNetConfig, XLNetModel
+    from transformers import (
+        BertConfig,
+        BertModel,
+        GPT2Config,
+        GPT2Model,
+        RobertaConfig,
+        RobertaModel,
+        XLNetConfig,
+        XLNetModel,
+    )
 
     torch.manual_seed(0)
     if arch == "bert":

@@ -57,7 +57,8 @@ def test_batched_words_match_unbatched_reference(tiny_model_dir, arch, aggregati
     got = collect(enc.encode_words(SENTENCES), SENTENCES, enc.num_layers)
     for words, vecs in zip(SENTENCES, got):
         ref = reference(model, tokenizer, words, aggregation)
-        assert vecs.shape == ref.shape == (enc.num_layers, len(words), model.config.hidden_size if arch != "xlnet" else model.config.d_model)
+        hidden = model.config.hidden_size if arch != "xlnet" else model.config.d_model
+        assert vecs.shape == ref.shape == (enc.num_layers, len(words), hidden)
         np.testing.assert_allclose(vecs, ref, atol=2e-5, rtol=1e-4)
 
 

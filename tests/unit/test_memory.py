@@ -7,10 +7,9 @@ import pytest
 from scipy.spatial.distance import squareform
 
 from raydund import memory
-from raydund.general.clustering import condensed_distance
 from raydund.errors import UserError
-from raydund.lake import Lake
 from raydund.general import stream as stats_job
+from raydund.general.clustering import condensed_distance
 from raydund.general.moments import Moments, add_block_rows, add_packed_lower, pack_upper, symmetrize
 from raydund.general.similarity import similarity
 
@@ -85,23 +84,6 @@ def test_over_the_limit_is_refused_with_the_numbers(monkeypatch):
     monkeypatch.delenv("RAYDUND_MEMORY_LIMIT_GB")
     ram = memory.total_ram()
     assert 0 < memory.memory_limit() <= ram - memory.HEADROOM_MIN
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_similarity_job_refuses_before_any_compute(settings, monkeypatch):
-    from benchmarks.synthetic import write_activations
-
-    lake = Lake(settings)
-    write_activations(lake, model="m", corpus="c", split="dev", tokens=200, widths=(8, 8), shard_tokens=100)
-
-    def computed(*args, **kwargs):
-        raise AssertionError("the pass started")
-
-    monkeypatch.setattr(stats_job.Moments, "empty", computed)
-    monkeypatch.setattr(stats_job, "centred_chunk", computed)
-    monkeypatch.setenv("RAYDUND_MEMORY_LIMIT_GB", "0.0001")
-    with pytest.raises(UserError, match=r"stage similarity needs ~.*neurons=16.*tokens=200"):
-        stats_job.compute_moments(lake, stats_job.SimilarityConfig("m", "c", "dev"), progress=False)
 
 
 # -- the memory-lean paths equal the references ---------------------------------------------------

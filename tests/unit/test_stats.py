@@ -35,7 +35,8 @@ def ref_debiased(X, Y):
         K, L = K.copy(), L.copy()
         np.fill_diagonal(K, 0)
         np.fill_diagonal(L, 0)
-        return (np.sum(K * L) + K.sum() * L.sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * K.sum(0) @ L.sum(0)) / (n * (n - 3))
+        hsic = np.sum(K * L) + K.sum() * L.sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * K.sum(0) @ L.sum(0)
+        return hsic / (n * (n - 3))
     X, Y = X - X.mean(0), Y - Y.mean(0)
     K, L = X @ X.T, Y @ Y.T
     return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))

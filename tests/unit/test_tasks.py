@@ -19,7 +19,8 @@ def test_correlations_match_scipy_and_keep_the_input_dtype():
     assert got["mse"] == float(np.mean((t - p) ** 2))
 
 
-@pytest.mark.parametrize("t,p", [([1.0, 2.0, 3.0], [0.5, 0.5, 0.5]), ([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]), ([1.0], [2.0])])
+@pytest.mark.parametrize("t,p", [([1.0, 2.0, 3.0], [0.5, 0.5, 0.5]), ([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]),
+                                 ([1.0], [2.0])])
 def test_constant_or_single_rows_give_nan_correlations_and_a_real_mse(t, p):
     got = regression_metrics(t, p)
     assert math.isnan(got["pearson"]) and math.isnan(got["spearman"])
