@@ -37,6 +37,9 @@ from raydund import faults
 from raydund.config import Settings
 from raydund.lake import Lake, corpus_table_name, runs, table_identifier
 
+#: The whole matrix takes ~2 minutes on 2 cores: in `make test`, not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 MODEL = "bert"  # the lake name of tiny_model_dir("bert")
 CORPUS = "toy"
 SENTENCES = "ssttoy"

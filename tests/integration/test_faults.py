@@ -202,6 +202,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # ~13 s: two processes, each with its own interpreter start
 def test_two_processes_writing_one_table_both_commit(settings):
     env = {**base_env(), "RAYDUND_HOME": str(settings.home)}
     Lake(settings).replace("concurrent", pa.table({"writer": pa.array([-1], pa.int32()),

@@ -158,6 +158,7 @@ def test_bad_glue_input_names_file_and_line(glue_settings, tmp_path, case, heade
 # -- end to end -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~55 s on 2 cores: two Ray Train runs
 def test_classification_resumes_registers_and_extracts(glue_settings, tmp_path, tiny_model_dir):
     """Interrupted run -> resumed run == uninterrupted run; registered; [CLS] by URI -> lake -> probes."""
     import mlflow
@@ -237,6 +238,7 @@ def test_classification_resumes_registers_and_extracts(glue_settings, tmp_path, 
     assert stored["value"][0] == pytest.approx(layers["layer 2"])
 
 
+@pytest.mark.slow  # ~33 s on 2 cores
 def test_regression_pairs_end_to_end(glue_settings, tmp_path, tiny_model_dir):
     import mlflow
 

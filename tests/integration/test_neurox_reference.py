@@ -18,6 +18,8 @@ from raydund.extract.encoder import resolve_model
 from raydund.extract.job import ExtractConfig, run_extraction
 from raydund.lake import Lake
 
+pytestmark = pytest.mark.slow  # the real MiniLM model
+
 neurox = pytest.importorskip("neurox.data.extraction.transformers_extractor",
                              reason="NeuroX 1.0.9 is installed by `make setup`")
 

@@ -64,6 +64,7 @@ def test_probe_job_finds_the_layer_and_tracks_everything(settings):
     assert {"figures/layerwise.png", "figures/layerwise_per_class.png", "figures/minimal_set.png"} <= artifacts
 
 
+@pytest.mark.slow  # ~13 s on 2 cores: the job twice, 1 and 3 workers
 def test_layer_block_workers_train_what_one_process_trains(settings):
     """Probes sharded over 3 layer-block actors (gloo all-reduce) = the same probes in one process.
 

@@ -24,6 +24,7 @@ def tagged_corpus(n, seed):
                      "det": [["yes" if VOCAB[w] == "DT" else "no" for w in s] for s in sents]})
 
 
+@pytest.mark.slow  # ~35 s on 2 cores: two transfer jobs, a probe job, the report in Chromium
 @pytest.mark.usefixtures("ray_local")
 def test_transfer_job_registers_a_reduced_model_that_reproduces_the_pipeline(settings, tiny_model_dir):
     import mlflow

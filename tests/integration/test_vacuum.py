@@ -94,6 +94,7 @@ def test_failed_fresh_rerun_leaves_the_table_whole(settings, lake, tiny_model_di
 
 
 # -- vacuum ----------------------------------------------------------------------------
+@pytest.mark.slow  # ~10 s: two extractions
 @pytest.mark.usefixtures("ray_local")
 def test_vacuum_reclaims_the_old_generation_only(settings, lake, tiny_model_dir):
     model_dir = tiny_model_dir("bert")
