@@ -7,7 +7,13 @@
    one neuron per cluster; the clustering threshold is the largest of the sweep whose
    reduced-set probe keeps ``1 - ccfs_threshold`` of the LS dev score.
 3. **FS**: the surviving neurons ranked by LCA on that probe's weights; the smallest top-k
-   whose fresh probe keeps ``1 - ccfs_threshold`` of the LS dev score.
+   whose fresh probe keeps ``1 - ccfs_threshold`` of the CC dev score (each step within the
+   threshold of the one it refines). The top-k grid is the paper's: percentages of *all* the
+   model's neurons (every layer, as the paper's 10, 20, 30, 100, 300, 400 of 9,984), the k
+   below CC's count, and CC's count itself (``fs_grid="all-neurons"``, ``fs_target="cc"``,
+   as the paper's repository does). ``fs_grid="kept-neurons"`` takes the percentages of the
+   neurons CC kept instead, ``fs_target="ls"`` holds FS to the LS score (both: raydund's
+   procedure before issue 17).
 
 Both thresholds are relative shares ("within 1%"). Every step is one probe bank (all
 prefixes; all clustering thresholds; all k), so a sweep of threshold pairs only trains
@@ -27,6 +33,11 @@ from raydund.general.clustering import DEFAULT_THRESHOLDS, CorrelationClustering
 from raydund.probes import analysis
 from raydund.probes.model import primary_metric
 from raydund.probes.rank import lca_ordering, top_k_grid
+
+#: FS's top-k grid: percentages of all the model's neurons (the paper's) or of those CC kept.
+FS_GRIDS = ("all-neurons", "kept-neurons")
+#: The stage whose dev score FS keeps within the threshold: CC's (the paper's) or LS's.
+FS_TARGETS = ("cc", "ls")
 
 
 @dataclasses.dataclass
@@ -85,7 +96,14 @@ class CCFS:
     cluster_thresholds : sequence of float
         The clustering sweep CC chooses from.
     percents : sequence of float, optional
-        Top-k grid for FS, as percentages of the neurons CC kept (the paper's grid by default).
+        Top-k grid for FS, as percentages (the paper's grid,
+        :func:`~raydund.probes.rank.percent_grid`, by default); of what, ``fs_grid`` says.
+    fs_grid : {"all-neurons", "kept-neurons"}
+        FS's top-k: ``percents`` of all the model's neurons (every layer), only the k below
+        CC's count, plus CC's count (the paper's); or ``percents`` of the neurons CC kept.
+    fs_target : {"cc", "ls"}
+        The dev score FS keeps within ``ccfs_threshold``: the CC stage's, the one it refines
+        (the paper's); or the LS stage's.
 
     Attributes (after :meth:`fit`)
     ----------
@@ -102,8 +120,14 @@ class CCFS:
     ccfs_thresholds: tuple[float, ...] = (0.01,)
     cluster_thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     percents: tuple[float, ...] | None = None
+    fs_grid: str = "all-neurons"
+    fs_target: str = "cc"
 
     def __post_init__(self):
+        for name, allowed in (("fs_grid", FS_GRIDS), ("fs_target", FS_TARGETS)):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"{name.replace('_', ' ')} must be one of {', '.join(allowed)}, "
+                                f"got {getattr(self, name)!r}")
         for name in ("ls_thresholds", "ccfs_thresholds", "cluster_thresholds"):
             values = tuple(float(v) for v in getattr(self, name))
             if not values or any(not 0.0 <= v <= 1.0 for v in values):
@@ -143,7 +167,8 @@ class CCFS:
                     fs_cache[(l, ci)] = self._fs(splits, kept[ci], splits.weights(cc_bank, ci))
                     self.seconds_["fs"] += time.perf_counter() - t0
                 fs_rows, order, bank = fs_cache[(l, ci)]
-                fi = next((i for i, row in enumerate(fs_rows) if _share(row, ls_row, key) >= 1 - ccfs_t), None)
+                target = cc_rows[ci] if self.fs_target == "cc" else ls_row
+                fi = next((i for i, row in enumerate(fs_rows) if _share(row, target, key) >= 1 - ccfs_t), None)
                 if fi is None:  # no top-k keeps the score: keep everything CC kept (its probe is the last row)
                     fi = len(fs_rows) - 1
                 final = fs_rows[fi]
@@ -170,13 +195,26 @@ class CCFS:
         """Rank CC's survivors by LCA on their probe's weights, then one top-k bank (the last k = all)."""
         N = splits.n_neurons
         order = kept[lca_ordering(weights[kept].T)[0]]  # LCA over the survivors, back to stacked positions
-        n = len(order)
-        ks = sorted(set(top_k_grid(n, self.percents)) | {n})
+        ks = fs_ks(len(order), N, self.percents, self.fs_grid)
         bank = analysis.fit_bank(self.settings, analysis.masks_for(order, ks, N), splits)
         rows = analysis.evaluate(bank, splits, [f"top {k}" for k in ks])
         for k, row in zip(ks, rows):
             row["k"] = k
         return rows, order, bank
+
+
+def fs_ks(kept: int, total: int, percents=None, grid: str = "all-neurons") -> list[int]:
+    """FS's top-k grid, ascending, ending at ``kept`` (everything CC kept).
+
+    ``grid="all-neurons"`` (the paper's): ``percents`` of ``total``, all the model's neurons,
+    those below ``kept``; ``"kept-neurons"``: ``percents`` of ``kept``.
+    """
+    if grid not in FS_GRIDS:
+        raise UserError(f"fs grid must be one of {', '.join(FS_GRIDS)}, got {grid!r}")
+    if kept < 1:
+        return []
+    ks = top_k_grid(total, percents, limit=kept - 1) if grid == "all-neurons" else top_k_grid(kept, percents)
+    return sorted(set(ks) | {kept})
 
 
 def _share(row: dict, reference: dict, key: str) -> float:

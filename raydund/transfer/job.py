@@ -65,6 +65,12 @@ class TransferConfig(ProbeSettings):
         Relative losses allowed (0.01 = 1%); every pair is run, the first is registered.
     cluster_thresholds : tuple of float
         Clustering thresholds CC tries on the layers LS kept.
+    fs_grid : {"all-neurons", "kept-neurons"}
+        FS's top-k grid: the paper's percentages of all the model's neurons (every layer;
+        only the k below CC's count, and CC's count), or of the neurons CC kept.
+    fs_target : {"cc", "ls"}
+        The dev score FS keeps within the CCFS threshold: the CC stage's, the one it refines
+        (the paper's), or the LS stage's.
     workers : int, optional
         Layer-block actors training the probes (as ``raydund probe``); 1: one Ray task
         per task, holding all layers.
@@ -86,6 +92,8 @@ class TransferConfig(ProbeSettings):
     ls_thresholds: tuple[float, ...] = (0.01,)
     ccfs_thresholds: tuple[float, ...] = (0.01,)
     cluster_thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    fs_grid: str = "all-neurons"
+    fs_target: str = "cc"
     workers: int | None = None
     register: bool = True
     timing: bool = True
@@ -96,7 +104,8 @@ class TransferConfig(ProbeSettings):
                            splits=self.splits, train_limit=self.train_limit, workers=self.workers)
 
     def ccfs(self) -> CCFS:
-        return CCFS(self.settings(), self.ls_thresholds, self.ccfs_thresholds, self.cluster_thresholds)
+        return CCFS(self.settings(), self.ls_thresholds, self.ccfs_thresholds, self.cluster_thresholds,
+                    fs_grid=self.fs_grid, fs_target=self.fs_target)
 
 
 def fit_task(cfg: TransferConfig, label: str, settings: Settings, workers: int = 1) -> dict:
@@ -274,6 +283,7 @@ def _track_task(mlflow, parent, cfg: TransferConfig, res: dict, source: dict, se
         neurons = [{"layer": int(p // width), "neuron": int(p % width), "position": int(p)} for p in sel.neurons]
         mlflow.log_dict({"neurons": neurons, "ls_threshold": sel.ls_threshold, "ccfs_threshold": sel.ccfs_threshold,
                          "cc_threshold": sel.cc_threshold, "layer": sel.layer,
+                         "fs_grid": cfg.fs_grid, "fs_target": cfg.fs_target,
                          "scores": {k: {"dev": v["dev"], "test": v["test"], "neurons": v["neurons"]}
                                     for k, v in sel.scores.items()},
                          "lineage": {"transfer_run_id": parent.info.run_id, "extraction_run_id": source["run_id"],

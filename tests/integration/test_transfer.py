@@ -53,7 +53,7 @@ def test_transfer_job_registers_a_reduced_model_that_reproduces_the_pipeline(set
     assert set(stages) == {"oracle", "ls", "cc", "ccfs"}
     assert stages["oracle"]["dev"] > 0.9  # word identity -> tag: the embeddings alone carry it
     assert stages["ls"]["dev"] >= 0.99 * stages["oracle"]["dev"]
-    assert stages["ccfs"]["dev"] >= 0.99 * stages["ls"]["dev"]
+    assert stages["ccfs"]["dev"] >= 0.99 * stages["cc"]["dev"]  # FS within 1% of the CC stage it refines
     assert stages["ccfs"]["neurons"] <= stages["cc"]["neurons"] <= stages["ls"]["neurons"]
     # the lake table holds both threshold pairs, both splits
     table = lake.scan("transfer_results").filter(pl.col("model") == name).collect()
