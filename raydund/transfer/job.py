@@ -212,9 +212,10 @@ def run_transfer(cfg: TransferConfig, settings: Settings) -> dict:
 
 
 def transfer_scope(cfg: TransferConfig) -> dict:
-    """The rows one transfer run recomputes: its unit, tasks, threshold pairs and splits (the write rule)."""
+    """The rows one transfer run recomputes: unit, tasks, threshold pairs, splits, FS procedure (the write rule)."""
     return {"unit": cfg.unit, "task": list(cfg.labels), "ls_threshold": [float(t) for t in cfg.ls_thresholds],
-            "ccfs_threshold": [float(t) for t in cfg.ccfs_thresholds], "splits": ",".join(cfg.splits)}
+            "ccfs_threshold": [float(t) for t in cfg.ccfs_thresholds], "splits": ",".join(cfg.splits),
+            "fs_grid": cfg.fs_grid, "fs_target": cfg.fs_target}
 
 
 def _mark_versions(mlflow, versions, status: str) -> None:
@@ -350,6 +351,7 @@ def transfer_table(cfg: TransferConfig, rows: list[dict]) -> pa.Table:
         "ls_threshold": pa.array(cols[1], pa.float64()), "ccfs_threshold": pa.array(cols[2], pa.float64()),
         "stage": pa.array(cols[3], pa.string()), "layers": pa.array(cols[4], pa.int32()),
         "neurons": pa.array(cols[5], pa.int32()), "splits": pa.array([",".join(cfg.splits)] * n, pa.string()),
+        "fs_grid": pa.array([cfg.fs_grid] * n, pa.string()), "fs_target": pa.array([cfg.fs_target] * n, pa.string()),
         "split": pa.array(cols[6], pa.string()),
         "metric": pa.array(cols[7], pa.string()), "value": pa.array(cols[8], pa.float64()),
     })
