@@ -1,20 +1,9 @@
 """The CLI's --json on a real lake (Ray, Iceberg, MLflow): the same numbers the command prints."""
 
-import json
 
 import numpy as np
 import pytest
-
-from raydund.cli import main
-
-
-def run_both(argv, capsys) -> tuple[str, object]:
-    assert main(argv) == 0
-    text = capsys.readouterr().out
-    assert main([*argv, "--json"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1, "one JSON document on one line"
-    return text, json.loads(out)
+from cli_json import run_both
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """The CLI's options come from the config dataclasses; its conventions (--version, -v/-q, --json, old flags)."""
 
 import dataclasses
-import json
 import logging
 
 import pytest
+from cli_json import run_both
 
 from raydund.cli import build_parser, main
 from raydund.cli.options import config_from, field_docs
@@ -150,13 +150,6 @@ def test_only_commands_that_resume_say_re_run_to_resume(module, argv, resumes, m
 
 
 # -- --json: the same numbers as the text ---------------------------------------------------
-def run_both(argv, capsys) -> tuple[str, object]:
-    assert main(argv) == 0
-    text = capsys.readouterr().out
-    assert main([*argv, "--json"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1, "one JSON document on one line"
-    return text, json.loads(out)
 
 
 def test_catalog_json(capsys):
