@@ -149,6 +149,14 @@ class Settings:
             if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
                 raise UserError(f"{name} must point at an absolute SQLite path (sqlite:////abs/file.db), got {value!r}")
 
+    @property
+    def catalog_file(self) -> Path | None:
+        """The SQLite file of the Iceberg catalog (``None`` for a server catalog such as Postgres)."""
+        prefix = "sqlite:///"
+        if not self.catalog_uri.startswith(prefix):
+            return None
+        return Path(self.catalog_uri[len(prefix):].split("?", 1)[0])
+
     def prepare(self) -> Settings:
         """Create the local folders the embedded defaults need (no-op for remote URIs)."""
         self.home.mkdir(parents=True, exist_ok=True)

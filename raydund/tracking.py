@@ -197,11 +197,13 @@ class Tracker:
         self.run_id = run_id
         #: Whether a call failed and the rest went to the spool.
         self.spooling = False
+        self._mlflow = None
 
     def _send(self, record: dict) -> bool:
         if not self.spooling:
             try:
-                _apply(configure(self.settings), self.run_id, record)
+                self._mlflow = self._mlflow or configure(self.settings)
+                _apply(self._mlflow, self.run_id, record)
                 return True
             except Exception as exc:  # noqa: BLE001  (tracking must not lose computed results)
                 log.warning("MLflow: %s for run %s failed (%s)", record["kind"], self.run_id, exc)

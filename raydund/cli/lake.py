@@ -102,14 +102,14 @@ def cmd_vacuum(args) -> None:
     from datetime import timedelta
 
     from raydund.config import Settings
-    from raydund.lake.vacuum import check_options, lake_exists, sqlite_catalog_path, vacuum
+    from raydund.lake.vacuum import check_options, lake_exists, vacuum
 
     found = Settings.from_env()  # not prepared: a maintenance command creates nothing
     retention = timedelta(days=args.retention_days)
     check_options(retention, args.keep_last)
     if not lake_exists(found):
-        emit(args, {"empty": True, "catalog": sqlite_catalog_path(found)},
-             f"the lake is empty: no catalog at {sqlite_catalog_path(found)}; nothing to vacuum")
+        emit(args, {"empty": True, "catalog": found.catalog_file},
+             f"the lake is empty: no catalog at {found.catalog_file}; nothing to vacuum")
         return
     report = vacuum(found, retention=retention, keep_last=args.keep_last, dry_run=not args.yes)
     emit(args, report, lambda: vacuum_text(report))

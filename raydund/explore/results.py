@@ -81,17 +81,11 @@ def similarity_run(lake: Lake, where: Slice, variant: str = "all", cluster: runs
     With ``cluster``: the run that clustering read (so r and the clusters agree), else
     the latest completed similarity run of the slice. A :class:`UserError` when there is none.
     """
-    source = (cluster.inputs.get("similarity_run") if cluster is not None else None)
-    if source:
-        found = [r for r in runs.completed(lake, "similarity", where.model, where.corpus) if r.run_id == source]
-        if found:
-            return found[0]
-    run = runs.latest(lake, "similarity", where.model, where.corpus, CORRELATION, split=where.split, unit=where.unit,
-                      variant=variant)
-    if run is None:
-        raise UserError(f"no correlations for {where.model} {where.corpus}/{where.split} ({where.unit}, {variant}); "
-                        "run `raydund similarity` first")
-    return run
+    from raydund.general.job import correlation_run
+
+    source = cluster.inputs.get("similarity_run") if cluster is not None else None
+    found = runs.find(lake, source, "similarity") if source else None
+    return found or correlation_run(lake, where.model, where.corpus, where.split, where.unit, variant)
 
 
 def cluster_rows(lake: Lake, run: runs.Run, columns: tuple[str, ...] = ("*",)) -> pl.DataFrame:

@@ -151,12 +151,21 @@ def load_correlations(lake: Lake, model: str, corpus: str, split: str, unit: str
     """r (N x N), layer of each neuron, constant mask, and the snapshot id it was read at.
 
     Read from the latest completed similarity run (:mod:`raydund.lake.runs`), at the snapshot
-    that run committed: a half-written re-run is never seen. The rows are streamed from
-    the table straight into one preallocated ``[N x N]`` array of ``dtype`` (float32, as
-    stored, takes half the memory of float64 and loses nothing).
+    that run committed: a half-written re-run is never seen (:func:`read_correlations`).
     """
-    run = correlation_run(lake, model, corpus, split, unit, variant)
-    meta = _correlation_meta(lake, run)
+    return read_correlations(lake, correlation_run(lake, model, corpus, split, unit, variant), dtype=dtype)
+
+
+def read_correlations(lake: Lake, run: runs.Run, meta: pl.DataFrame | None = None, dtype=np.float64
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The correlations one similarity run wrote: r (N x N), layer of each neuron, constant mask, snapshot id.
+
+    The rows are streamed from the table straight into one preallocated ``[N x N]`` array
+    of ``dtype`` (float32, as stored, takes half the memory of float64 and loses nothing).
+    ``meta`` (:func:`_correlation_meta` of the same run) saves reading it again.
+    """
+    meta = _correlation_meta(lake, run) if meta is None else meta
+    where = f"{run.model} {run.corpus}/{run.scope.get('split')}"
     N = meta.height
     r = np.empty((N, N), dtype=dtype)
     filled = np.zeros(N, dtype=bool)
@@ -167,13 +176,13 @@ def load_correlations(lake: Lake, model: str, corpus: str, split: str, unit: str
         col = batch.column("r")
         values = col.flatten().to_numpy(zero_copy_only=False)
         if len(values) != batch.num_rows * N:
-            raise UserError(f"neuron_correlation rows of {model} {corpus}/{split} are not {N} long; re-run similarity")
+            raise UserError(f"neuron_correlation rows of {where} are not {N} long; re-run similarity")
         r[pos] = values.reshape(batch.num_rows, N)
         filled[pos] = True
         del batch, col, values
     _release_arrow_memory()
     if not filled.all():
-        raise UserError(f"neuron_correlation of {model} {corpus}/{split} misses {int((~filled).sum())} rows")
+        raise UserError(f"neuron_correlation of {where} misses {int((~filled).sum())} rows")
     return r, meta["layer"].to_numpy(), meta["constant"].to_numpy(), run.snapshot(NEURON_CORRELATION)
 
 
@@ -211,8 +220,7 @@ def run_clustering(cfg: ClusterConfig, settings: Settings) -> CorrelationCluster
     meta = _correlation_meta(lake, source)
     memory.check(memory.clustering_plan(meta.height, int(meta["layer"].max()) + 1, len(cfg.thresholds)))
     # float32 as stored: the distances are built from it in float64, block by block
-    r, layers, constant, snap = load_correlations(lake, cfg.model, cfg.corpus, cfg.split, cfg.unit, cfg.variant,
-                                                  dtype=np.float32)
+    r, layers, constant, snap = read_correlations(lake, source, meta, dtype=np.float32)
     params = {**dataclasses.asdict(cfg), "thresholds": ",".join(map(str, cfg.thresholds)),
               "neuron_correlation_snapshot_id": snap, "similarity_run_id": source.run_id}
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus), f"cluster sweep {cfg.split}",

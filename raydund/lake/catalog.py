@@ -71,11 +71,10 @@ class Lake:
     def _existing_catalog(self) -> SqlCatalog:
         """The catalog of a lake that must already exist; creates no file, table or namespace."""
         uri = self.settings.catalog_uri
-        if uri.startswith("sqlite:///"):
-            path = uri[len("sqlite:///"):].split("?", 1)[0]
-            if not os.path.isfile(path):  # connecting would create it
-                raise UserError(f"the lake is empty: there is no catalog at {path} "
-                                f"(RAYDUND_HOME is {self.settings.home}; is that right?)")
+        path = self.settings.catalog_file
+        if path is not None and not path.is_file():  # connecting would create it
+            raise UserError(f"the lake is empty: there is no catalog at {path} "
+                            f"(RAYDUND_HOME is {self.settings.home}; is that right?)")
         where = redact_uri(uri)
         catalog = SqlCatalog("raydund", uri=uri, warehouse=self.settings.warehouse, init_catalog_tables="false")
         try:
@@ -161,8 +160,9 @@ class Lake:
         ``batches`` is an iterable of Arrow tables of one schema; it is consumed once, so a
         lost concurrency race is retried only when it is a list.
         """
-        batches = batches if isinstance(batches, list) else iter(batches)
-        first = batches[0] if isinstance(batches, list) else next(batches)
+        replayable = isinstance(batches, list)
+        stream = iter(batches)
+        first = next(stream)
         ident = table_identifier(name)
         self._prepare_result_table(ident, first.schema, partitions)
         overwrite_filter = condition(where)
@@ -171,7 +171,7 @@ class Lake:
         def commit() -> int:
             tbl = self.catalog.load_table(ident)
             schema = tbl.schema().as_arrow()
-            rest = batches[1:] if isinstance(batches, list) else batches
+            rest = batches[1:] if replayable else stream
             with warnings.catch_warnings(), tbl.transaction() as tx:
                 warnings.filterwarnings("ignore", message="Delete operation did not match any records")
                 tx.overwrite(_conform(first, schema), overwrite_filter=overwrite_filter, snapshot_properties=props)
@@ -179,7 +179,7 @@ class Lake:
                     tx.append(_conform(batch, schema), snapshot_properties=props)
             return self.catalog.load_table(ident).current_snapshot().snapshot_id
 
-        if isinstance(batches, list):
+        if replayable:
             snap = commit_with_retry(commit, f"replace in {ident}", on_retry=self._count_retry)
         else:
             snap = commit()  # a stream cannot be replayed: a lost race fails the job, which re-runs

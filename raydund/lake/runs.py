@@ -128,28 +128,18 @@ class StageRun:
     def __post_init__(self):
         self.scope = _canonical({"model": self.model, "corpus": self.corpus, **self.scope})
 
-    @property
-    def point(self) -> str:
-        """Prefix of this stage's crash points (:mod:`raydund.faults`)."""
-        return self.stage
-
     def replace(self, name: str, data: pa.Table, partitions: tuple[str, ...], properties: dict | None = None) -> int:
         """Replace this run's scope in table ``name`` with ``data`` (one commit); return the snapshot id."""
-        faults.crash_point(f"{self.stage}.before_{name}")
-        snap = self.lake.replace(name, data, partitions, self.scope, self._props(properties))
-        self.outputs[table_identifier(name)] = snap
-        return snap
+        return self.replace_in_batches(name, [data], partitions, properties)
 
     def replace_in_batches(self, name: str, batches, partitions: tuple[str, ...],
                            properties: dict | None = None) -> int:
         """:meth:`replace` for data that arrives in batches (ONE transaction, see :meth:`Lake.replace_batches`)."""
         faults.crash_point(f"{self.stage}.before_{name}")
-        snap = self.lake.replace_batches(name, batches, partitions, self.scope, self._props(properties))
+        props = {"raydund.run_id": self.run_id, "raydund.stage": self.stage, **(properties or {})}
+        snap = self.lake.replace_batches(name, batches, partitions, self.scope, props)
         self.outputs[table_identifier(name)] = snap
         return snap
-
-    def _props(self, properties: dict | None) -> dict:
-        return {"raydund.run_id": self.run_id, "raydund.stage": self.stage, **(properties or {})}
 
     def tags(self) -> dict:
         """MLflow tags that trace a job to this run and the snapshot of every table it wrote."""
@@ -192,8 +182,8 @@ def completed(lake: Lake, stage: str | None = None, model: str | None = None,
     if ident not in lake.table_names():
         return []
     where = {k: v for k, v in (("stage", stage), ("model", model), ("corpus", corpus)) if v is not None}
-    scan = lake.catalog.load_table(ident).scan(row_filter=condition(where)) if where else \
-        lake.catalog.load_table(ident).scan()
+    table = lake.catalog.load_table(ident)
+    scan = table.scan(row_filter=condition(where)) if where else table.scan()
     rows = scan.to_arrow().sort_by([("finished_ms", "ascending"), ("run_id", "ascending")]).to_pylist()
     return [_to_run(r) for r in rows]
 
@@ -210,11 +200,16 @@ def latest(lake: Lake, stage: str, model: str, corpus: str, table: str | None = 
     return None
 
 
+def find(lake: Lake, run_id: str, stage: str | None = None) -> Run | None:
+    """A completed run by its raydund run id or its MLflow run id (optionally of one stage); ``None`` if none."""
+    return next((run for run in completed(lake, stage) if run_id in (run.run_id, run.mlflow_run_id)), None)
+
+
 def by_id(lake: Lake, run_id: str) -> Run:
-    """A completed run by its raydund run id or its MLflow run id."""
-    for run in completed(lake):
-        if run_id in (run.run_id, run.mlflow_run_id):
-            return run
+    """A completed run by its raydund run id or its MLflow run id; a :class:`UserError` if none."""
+    run = find(lake, run_id)
+    if run is not None:
+        return run
     raise UserError(f"no completed raydund run {run_id!r} in the lake (a failed or unfinished run has none)")
 
 
@@ -244,4 +239,5 @@ def protected_snapshots(lake: Lake) -> dict[str, set[int]]:
     return out
 
 
-__all__ = ["RUNS", "Run", "StageRun", "by_id", "completed", "condition", "latest", "protected_snapshots", "read"]
+__all__ = ["RUNS", "Run", "StageRun", "by_id", "completed", "condition", "find", "latest", "protected_snapshots",
+           "read"]

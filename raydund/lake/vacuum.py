@@ -25,7 +25,6 @@ import logging
 import posixpath
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
@@ -80,15 +79,9 @@ class VacuumReport:
         return sum(len(ids) for ids in self.expired.values())
 
 
-def sqlite_catalog_path(settings: Settings) -> Path | None:
-    """The SQLite file of the catalog, or None when the catalog is not SQLite."""
-    prefix = "sqlite:///"
-    return Path(settings.catalog_uri[len(prefix):]) if settings.catalog_uri.startswith(prefix) else None
-
-
 def lake_exists(settings: Settings) -> bool:
     """False when the catalog is a SQLite file that does not exist yet (nothing to read; nothing is created)."""
-    path = sqlite_catalog_path(settings)
+    path = settings.catalog_file
     return path is None or path.is_file()
 
 

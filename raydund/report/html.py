@@ -178,8 +178,7 @@ def resolve_sources(lake: Lake, transfer: runs.Run, stats_split: str | None, var
     out = Sources(transfer)
     wanted = transfer.inputs.get("similarity_run")
     if wanted:
-        out.similarity = next((r for r in runs.completed(lake, "similarity", model, corpus) if r.run_id == wanted),
-                              None)
+        out.similarity = runs.find(lake, wanted, "similarity")
         if out.similarity is None:
             out.notes.append(f"the similarity run {wanted} this transfer read is not in the lake")
     elif stats_split:

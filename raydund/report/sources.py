@@ -15,41 +15,11 @@ import polars as pl
 from raydund.lake import Lake, runs, table_identifier
 
 
-def columns_of(lake: Lake, table: str) -> set[str]:
-    """Column names of a lake table (empty when the table does not exist)."""
-    ident = table_identifier(table)
-    if ident not in lake.table_names():
-        return set()
-    return {f.name for f in lake.table(table).schema().fields}
-
-
 def read(lake: Lake, run: runs.Run, table: str, want: dict | None = None,
          columns: tuple[str, ...] = ("*",)) -> pl.DataFrame:
-    """The rows of ``table`` that ``run`` wrote, at its snapshot, narrowed by ``want``.
-
-    Like :func:`raydund.lake.runs.read`, but scope keys that are not columns of the table
-    (e.g. a transfer run's ``splits``) are not filtered on: they cannot tell its rows
-    apart, the snapshot and the other keys do.
-
-    Parameters
-    ----------
-    lake : Lake
-    run : raydund.lake.runs.Run
-    table : str
-    want : dict, optional
-        Column -> value (or list of values) to narrow to.
-    columns : tuple of str
-        Columns to read (default: all).
-
-    Returns
-    -------
-    polars.DataFrame
-    """
-    have = columns_of(lake, table)
-    where = {k: v for k, v in {**run.scope, **(want or {})}.items() if k in have}
-    scan = lake.table(table).scan(row_filter=runs.condition(where), snapshot_id=run.snapshot(table),
-                                  selected_fields=columns)
-    return pl.from_arrow(scan.to_arrow())
+    """:func:`raydund.lake.runs.read` as a polars frame: the rows of ``table`` that ``run``
+    wrote, at its snapshot, narrowed by ``want`` (column -> value or list of values)."""
+    return pl.from_arrow(runs.read(lake, run, table, want, selected_fields=columns).to_arrow())
 
 
 def describe(run: runs.Run, tables: list[str] | None = None) -> dict:
@@ -81,4 +51,4 @@ def rows(records: list[dict]) -> list[list[str]]:
 
 HEADER = ["stage", "raydund run", "MLflow run", "table -> snapshot", "scope"]
 
-__all__ = ["HEADER", "columns_of", "describe", "read", "rows"]
+__all__ = ["HEADER", "describe", "read", "rows"]

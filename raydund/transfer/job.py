@@ -21,7 +21,7 @@ from raydund import faults, tracking
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.general.clustering import DEFAULT_THRESHOLDS
-from raydund.general.job import correlation_run, load_correlations
+from raydund.general.job import correlation_run, read_correlations
 from raydund.lake import ACTIVATIONS, Lake, runs
 from raydund.lake.runs import StageRun
 from raydund.probes import analysis
@@ -108,8 +108,8 @@ class TransferConfig(ProbeSettings):
                     fs_grid=self.fs_grid, fs_target=self.fs_target)
 
 
-def fit_task(cfg: TransferConfig, label: str, settings: Settings, workers: int = 1) -> dict:
-    """One task: its splits and the correlations from the lake, then the CCFS sweep.
+def fit_task(cfg: TransferConfig, label: str, settings: Settings, similarity: runs.Run, workers: int = 1) -> dict:
+    """One task: its splits and the correlations of the ``similarity`` run, then the CCFS sweep.
 
     With ``workers`` > 1 the activations stay in layer-block actors
     (:mod:`raydund.probes.shards`); this process holds the labels and the correlations.
@@ -120,7 +120,7 @@ def fit_task(cfg: TransferConfig, label: str, settings: Settings, workers: int =
     model = cfg.ccfs()  # validates the thresholds before any reading
     probe_cfg = cfg.probe_config(label)
     splits, parts = plan_splits(lake, probe_cfg, activations=workers == 1)
-    r, layer_of, constant, snap = load_correlations(lake, cfg.model, cfg.corpus, cfg.stats_split, cfg.unit)
+    r, layer_of, constant, snap = read_correlations(lake, similarity)
     with shards.held_by(splits, settings, cfg.model, cfg.corpus, cfg.unit, parts, workers) as splits:
         start = time.perf_counter()
         model.fit(splits, Correlations(r, layer_of, constant))
@@ -167,13 +167,14 @@ def run_transfer(cfg: TransferConfig, settings: Settings) -> dict:
     params = {**{k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
               "activations_snapshot_id": lake.activations().current_snapshot().snapshot_id,
               "extraction_run_id": source["run_id"], "model_source": source.get("model_source", "")}
+    similarity_run = correlation_run(lake, cfg.model, cfg.corpus, cfg.stats_split, cfg.unit)  # one run for every task
     workers = probe_workers(cfg.probe_config(cfg.labels[0]), lake, ray)
     if workers == 1:  # small data: every task a Ray task holding all layers
-        results = ray.get([_remote(ray, fit_task, threads=1).remote(cfg, label, settings) for label in cfg.labels])
+        results = ray.get([_remote(ray, fit_task, threads=1).remote(cfg, label, settings, similarity_run)
+                           for label in cfg.labels])
     else:  # task after task, each on layer-block actors
-        results = [fit_task(cfg, label, settings, workers) for label in cfg.labels]
+        results = [fit_task(cfg, label, settings, similarity_run, workers) for label in cfg.labels]
     params["workers"] = workers
-    similarity_run = correlation_run(lake, cfg.model, cfg.corpus, cfg.stats_split, cfg.unit)
     stage = StageRun(lake, "transfer", cfg.model, cfg.corpus, transfer_scope(cfg),
                      inputs={ACTIVATIONS: params["activations_snapshot_id"], "similarity_run": similarity_run.run_id})
     rows, registered = [], {}
@@ -224,7 +225,7 @@ def _mark_versions(mlflow, versions, status: str) -> None:
     for name, version in versions:
         try:
             client.set_model_version_tag(name, version, STATUS_TAG, status)
-        except Exception as exc:  # noqa: BLE001  (the next transfer job marks it: fail_stale_versions)
+        except Exception as exc:  # noqa: BLE001  (the next transfer job settles it: settle_versions)
             log.warning("could not tag %s version %s %s: %s", name, version, status, exc)
 
 
