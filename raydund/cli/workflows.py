@@ -44,10 +44,12 @@ def _bench_command(bench, name, help_text, *, task=False):
 
 
 def _register_bench(bench) -> None:
-    b = _bench_command(bench, "extract", "words/s: raydund job vs a bare transformers loop vs NeuroX 1.0.9")
-    b.add_argument("--limit", type=int, default=None, help="sentences (default: the whole split)")
-    b.add_argument("--neurox-limit", type=int, default=200, help="sentences for NeuroX (it is slow)")
-    b.add_argument("--batch-size", type=int, default=32)
+    b = _bench_command(bench, "extract", "whole commands at several sizes: raydund extract vs a bare "
+                       "transformers script vs NeuroX 1.0.9")
+    b.add_argument("--sizes", default="100,1000,10000,all",
+                   help="sentences per run, comma-separated; 'all' is the whole split (default: %(default)s)")
+    b.add_argument("--repeats", type=int, default=1, help="runs of each command per size; the median is kept")
+    b.add_argument("--no-neurox", dest="neurox", action="store_false", help="leave NeuroX out")
     b = _bench_command(bench, "similarity", "streaming r/CKA/clustering vs NeuroX, and vs the float64 SYRK floor")
     b.add_argument("--paper-tokens", type=int, default=150_000, help="tokens of the synthetic 13 x 768 run")
     b.add_argument("--parts", nargs="+", choices=["minilm", "paper"], default=["minilm", "paper"])
@@ -89,8 +91,8 @@ def cmd_submit(args) -> None:
         sys.exit(1)
 
 
-def _bench_module():
-    """``benchmarks/bench.py`` of the source checkout (developer tooling: not in the wheel)."""
+def _bench_module(name: str = "bench"):
+    """``benchmarks/<name>.py`` of the source checkout (developer tooling: not in the wheel)."""
     import importlib
     from pathlib import Path
 
@@ -100,7 +102,7 @@ def _bench_module():
                         "this installation has none")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    return importlib.import_module("benchmarks.bench")
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def _bench_settings():
@@ -115,8 +117,13 @@ def _bench_settings():
 
 
 def cmd_bench(args) -> None:
-    bench = _bench_module()
     found = _bench_settings()
+    if args.bench == "extract":
+        _bench_module("extract").bench_extract(found, model=args.model, corpus=args.corpus, split=args.split,
+                                               sizes=args.sizes, repeats=args.repeats, neurox=args.neurox,
+                                               out=args.out)
+        return
+    bench = _bench_module()
     if args.bench == "scaling":
         bench.bench_scaling(found, model=args.model, corpus=args.corpus, split=args.split,
                             words=tuple(args.words), pool_sizes=tuple(args.pool_sizes), out=args.out)
@@ -135,5 +142,4 @@ def cmd_bench(args) -> None:
         bench.bench_similarity(found, model=args.model, corpus=args.corpus, split=args.split,
                                paper_tokens=args.paper_tokens, parts=tuple(args.parts), out=args.out)
     else:
-        bench.bench_extract(found, model=args.model, corpus=args.corpus, split=args.split, limit=args.limit,
-                            neurox_limit=args.neurox_limit, batch_size=args.batch_size, out=args.out)
+        raise UserError(f"unknown benchmark {args.bench!r}")

@@ -110,11 +110,14 @@ class ExtractActor:
         (zero and count NaN/infinite values instead of refusing the shard).
     threads : int, optional
         Torch threads (Ray sets one thread per declared CPU; extraction wants more).
+    device : str, optional
+        ``cuda`` or ``cpu`` (default: ``cuda`` when this process sees a GPU; Ray shows an
+        actor the GPUs it reserved for it, none when it asked for none).
     """
 
-    def __init__(self, model: ModelSpec, job: dict, threads: int | None = None):
+    def __init__(self, model: ModelSpec, job: dict, threads: int | None = None, device: str | None = None):
         torch.set_num_threads(threads or default_threads())
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.job = job
         model_obj, tokenizer = load_model(model, device=device)
         self.encoder = Encoder(model_obj, tokenizer, aggregation=job["aggregation"],

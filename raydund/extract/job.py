@@ -1,7 +1,9 @@
 """The extraction job: corpus table -> Ray Data actor pool -> activation table, one commit.
 
 Driver side only. Sentences are sorted by length (less padding), cut into shards of
-about ``shard_words`` words, and handed to a fixed pool of :class:`ExtractActor` s.
+about ``shard_words`` words, and handed to a fixed pool of :class:`ExtractActor` s, or,
+when no cluster is attached and the pool would have one actor, to one
+:class:`ExtractActor` in this process (:func:`choose_executor`: same files, same commit).
 Workers write Parquet files; the driver registers all of them in one Iceberg commit
 that replaces the same (model, corpus, split, unit). The job's key (a fingerprint of
 the model, the corpus snapshot and the settings) names its staging generations
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 
 import numpy as np
@@ -38,6 +41,9 @@ log = logging.getLogger(__name__)
 #: Times the driver re-runs the actor pool on the shards still missing after a system failure
 #: (a node or actor lost beyond Ray Data's own retries). User errors are never retried.
 POOL_ATTEMPTS = 3
+
+#: Where shards are encoded (:attr:`ExtractConfig.executor`).
+EXECUTORS = ("auto", "local", "ray")
 
 
 @dataclasses.dataclass
@@ -80,6 +86,12 @@ class ExtractConfig:
     name : str, optional
         The model's lake name (default: from its source, see
         :func:`~raydund.extract.models.resolve_model`).
+    executor : {"auto", "local", "ray"}
+        Where the shards are encoded: ``ray``, an actor pool of ``pool_size`` actors;
+        ``local``, the same actor class called in this process (no Ray start-up, one
+        model copy); ``auto`` (default) picks ``local`` when no Ray cluster is attached,
+        the pool has one actor and the memory plan says the model and a shard fit, see
+        :func:`choose_executor`. Both write the same files and the same commit.
     """
 
     model: str
@@ -99,6 +111,7 @@ class ExtractConfig:
     fresh: bool = False
     allow_nonfinite: bool = False
     name: str | None = None
+    executor: str = "auto"
 
     def check(self) -> ExtractConfig:
         """Validate choices a user typed."""
@@ -112,6 +125,8 @@ class ExtractConfig:
         for name in ("batch_size", "shard_words", "pool_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")
+        if self.executor not in EXECUTORS:
+            raise UserError(f"unknown executor {self.executor!r}; use one of {', '.join(EXECUTORS)}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"limit must be at least 1 sentence, got {self.limit}")
         return self
@@ -163,7 +178,7 @@ def make_shards(corpus: pa.Table, shard_words: int, unit: str) -> list[dict]:
 def job_key(cfg: ExtractConfig, model_source: str, corpus_snapshot: int) -> str:
     """Fingerprint of everything that determines the output."""
     fields = dataclasses.asdict(cfg)
-    for name in ("pool_size", "num_gpus", "num_cpus", "threads", "shard_words", "fresh"):
+    for name in ("pool_size", "num_gpus", "num_cpus", "threads", "shard_words", "fresh", "executor"):
         fields.pop(name)  # how the work is spread does not change the result
     fields.update(model_source=model_source, corpus_snapshot=corpus_snapshot)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
@@ -235,7 +250,14 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
     start = time.perf_counter()
     with tracking.job_run(settings, experiment, f"extract {cfg.split} {cfg.unit}", params,
                           tags={"raydund.stage": "extract"}) as run:
-        retried = _run_with_retries(cfg, spec, key, files_uri, shards, pending, done, fs, root, progress)
+        executor, why = choose_executor(cfg)
+        log.info("extracting %d shards %s (%s)", len(pending), "in this process" if executor == "local" else
+                 f"on a Ray pool of {cfg.pool_size}", why)
+        if executor == "local":
+            _run_local(cfg, spec, files_uri, pending, done, progress)
+            retried = 0
+        else:
+            retried = _run_with_retries(cfg, spec, key, files_uri, shards, pending, done, fs, root, progress)
         records = [done[s["shard"]] for s in shards]
         files = [f for r in records for f in r["files"]]
         touch(fs, f"{root}/{SEALED}")  # from here on no file of this generation is ever written again
@@ -257,11 +279,63 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
             "words": result.words, "sentences": result.sentences, "words_per_s": result.words_per_second,
             "bytes": result.bytes, "files": result.files, "layers": result.layers, "seconds": seconds,
             "dropped_words": sum(r["dropped"] for r in records), "resumed_shards": len(shards) - len(pending),
-            "pool_retries": retried, "nonfinite_values": sum(r.get("nonfinite", 0) for r in records),
+            "pool_retries": retried, "in_process": int(executor == "local"),
+            "nonfinite_values": sum(r.get("nonfinite", 0) for r in records),
         })
         tracking.set_tags(settings, run.info.run_id, {"iceberg.snapshot_id": str(snapshot),
                                                       "iceberg.table": "raydund.activations"})
     return result
+
+
+def choose_executor(cfg: ExtractConfig) -> tuple[str, str]:
+    """``("local" | "ray", why)``: where this job's shards are encoded.
+
+    ``auto`` runs in this process when nothing asks for Ray: no cluster is attached
+    (``RAY_ADDRESS`` unset, and a Ray this process already started has one node) and the
+    pool has one actor. The memory plan of that case is the pool's: one model copy and one
+    shard's row groups on this machine, in this process instead of an actor beside it
+    (one process fewer), so whatever fits the one-actor pool fits here. What the local path
+    saves is the fixed cost of starting Ray, an actor and shipping the shards (seconds,
+    which dominate jobs under ~50k words). A job on a cluster, with several actors, or
+    asked for with ``executor="ray"`` uses the pool, which also retries lost actors.
+    """
+    if cfg.executor != "auto":
+        return cfg.executor, f"executor={cfg.executor}"
+    if cfg.pool_size > 1:
+        return "ray", f"a pool of {cfg.pool_size} actors"
+    if os.environ.get("RAY_ADDRESS"):
+        return "ray", "a Ray cluster is attached (RAY_ADDRESS)"
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and len(ray.nodes()) > 1:
+        return "ray", f"a Ray cluster of {len(ray.nodes())} nodes is attached"
+    return "local", "no cluster attached, one actor"
+
+
+def _run_local(cfg, spec, files_uri, pending, done, progress) -> None:
+    """Encode the pending shards in this process with the pool's own actor class (same files, same markers)."""
+    import torch
+    from tqdm import tqdm
+
+    threads = torch.get_num_threads()
+    device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    try:
+        actor = ExtractActor(spec, _actor_job(cfg, spec, files_uri), threads=cfg.threads, device=device)
+        with tqdm(total=sum(len(w) for s in pending for w in s["words"]), unit="word",
+                  desc=f"extract {cfg.corpus}/{cfg.split}", disable=not progress, dynamic_ncols=True) as bar:
+            for shard in pending:
+                done[shard["shard"]] = actor.write_shard(shard)
+                bar.update(sum(len(w) for w in shard["words"]))
+    finally:
+        torch.set_num_threads(threads)  # the actor sized torch's threads for itself; this process goes on
+
+
+def _actor_job(cfg: ExtractConfig, spec, files_uri: str) -> dict:
+    """What every actor of the job needs besides the model (see :class:`ExtractActor`)."""
+    return {
+        "model_name": spec.name, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit,
+        "aggregation": cfg.aggregation, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
+        "max_tokens": cfg.max_tokens, "files_uri": files_uri, "allow_nonfinite": cfg.allow_nonfinite,
+    }
 
 
 def _run_with_retries(cfg, spec, key, files_uri, shards, pending, done, fs, root, progress) -> int:
@@ -313,11 +387,7 @@ def _run_pool(cfg, spec, key, files_uri, pending, done, progress):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.enable_rich_progress_bars = False
-    job = {
-        "model_name": spec.name, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit,
-        "aggregation": cfg.aggregation, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
-        "max_tokens": cfg.max_tokens, "files_uri": files_uri, "allow_nonfinite": cfg.allow_nonfinite,
-    }
+    job = _actor_job(cfg, spec, files_uri)
     ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
         ExtractActor,
         fn_constructor_kwargs={"model": spec, "job": job, "threads": cfg.threads},

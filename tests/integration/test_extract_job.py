@@ -107,7 +107,7 @@ def test_interrupted_job_resumes_and_completes(settings, lake_with_corpus, tiny_
     from raydund.extract import job as job_module
 
     lake, data = lake_with_corpus
-    cfg = ExtractConfig(model=tiny_model_dir("bert"), corpus="toy", split="train", shard_words=40)
+    cfg = ExtractConfig(model=tiny_model_dir("bert"), corpus="toy", split="train", shard_words=40, executor="ray")
     calls = []
     real_pool = job_module._run_pool
 
@@ -129,6 +129,57 @@ def test_interrupted_job_resumes_and_completes(settings, lake_with_corpus, tiny_
     assert calls[0] > 1
     n_words = sum(len(s) for s in data.column("words").to_pylist())
     assert lake.scan("activations").select(pl.len()).collect().item() == 3 * n_words
+
+
+def committed_rows(lake, snapshot_id):
+    """The activation rows of one snapshot, in a fixed order, and that snapshot's summary."""
+    table = lake.activations()
+    rows = pl.from_arrow(table.scan(snapshot_id=snapshot_id).to_arrow()).sort("layer", "sentence_id", "word_id")
+    return rows, table.snapshot_by_id(snapshot_id).summary
+
+
+def test_in_process_and_ray_pool_write_the_same_table(settings, lake_with_corpus, tiny_model_dir):
+    """The two executors: same rows, bit for bit, and commits of the same shape; a job one of
+    them left half-done is finished by the other from the same shard markers."""
+    import mlflow
+
+    from raydund.extract.actor import ExtractActor
+
+    lake, data = lake_with_corpus
+    base = dict(model=tiny_model_dir("bert"), corpus="toy", split="train", shard_words=40, threads=1)
+    ray_run = run_extraction(ExtractConfig(**base, executor="ray"), settings, progress=False)
+    local_run = run_extraction(ExtractConfig(**base, executor="auto"), settings, progress=False)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    assert mlflow.get_run(local_run.run_id).data.metrics["in_process"] == 1  # auto: no cluster, one actor
+    assert mlflow.get_run(ray_run.run_id).data.metrics["in_process"] == 0
+    (ray_rows, ray_summary), (local_rows, local_summary) = (committed_rows(lake, r.snapshot_id)
+                                                            for r in (ray_run, local_run))
+    n_words = sum(len(s) for s in data.column("words").to_pylist())
+    assert local_rows.height == ray_rows.height == 3 * n_words
+    assert local_rows.equals(ray_rows)  # vectors included: exactly the same floats
+    for key in ("added-records", "added-data-files", "deleted-records", "changed-partition-count"):
+        assert local_summary[key] == ray_summary[key], key
+    assert local_summary["raydund.job_key"] == ray_summary["raydund.job_key"]
+
+    # the in-process job dies after its first shard; the pool finishes the job from its markers
+    real = ExtractActor.write_shard
+    calls = []
+
+    def dies_after_first_shard(self, shard):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(shard["shard"])
+        return real(self, shard)
+
+    ExtractActor.write_shard = dies_after_first_shard
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_extraction(ExtractConfig(**base, executor="local", dtype="float16"), settings, progress=False)
+    finally:
+        ExtractActor.write_shard = real
+    resumed = run_extraction(ExtractConfig(**base, executor="ray", dtype="float16"), settings, progress=False)
+    assert mlflow.get_run(resumed.run_id).data.metrics["resumed_shards"] == 1
+    assert resumed.words == n_words
 
 
 def test_failed_job_commits_nothing(settings, lake_with_corpus, tiny_model_dir):
