@@ -1,4 +1,4 @@
-"""``raydund similarity`` and ``raydund cluster``: general redundancy."""
+"""``raydund similarity``, ``raydund cluster`` and ``raydund robust-cka``: general redundancy."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def register(sub) -> None:
             cmd_similarity, populate=_similarity_options)
     command(sub, "cluster", "correlation clustering swept over thresholds (needs `similarity`)", cmd_cluster,
             populate=_cluster_options)
+    command(sub, "robust-cka", "layer similarity robust to massive activations, on a token sample: outlier "
+            "dimensions, CKA without them, debiased CKA on standardised neurons, mutual k-NN", cmd_robust,
+            populate=_robust_options)
 
 
 def _similarity_options(p) -> None:
@@ -94,3 +97,33 @@ def cmd_cluster(args) -> None:
         return "\n".join(lines)
 
     emit(args, cc.summary_, text)
+
+
+ROBUST = {**TARGET, "tokens": Opt(help="words in the sample (whole sentences; one tokens x tokens Gram per layer)")}
+
+
+def _robust_options(p) -> None:
+    from raydund.general.robust_job import RobustConfig
+
+    add_fields(p, RobustConfig, ROBUST, ())
+
+
+def cmd_robust(args) -> None:
+    import numpy as np
+
+    from raydund.general.robust_job import RobustConfig, run_robust_similarity
+
+    cfg = config_from(args, RobustConfig, ROBUST, ()).check()
+    result, run_id = run_robust_similarity(cfg, settings())
+    adjacent = {v: [round(float(x), 4) for x in result.adjacent(v)] for v in result.VARIANTS}
+    if args.json:
+        emit(args, {"run_id": run_id, "tokens": result.tokens, "adjacent": adjacent,
+                    "massive_dimensions": [o.tolist() for o in result.outliers]})
+        return
+    print(f"{cfg.model} {cfg.corpus}/{cfg.split} ({cfg.unit}): {result.tokens} sampled words, MLflow run {run_id}")
+    dims = sorted({int(d) for o in result.outliers for d in o})
+    print(f"massive dimensions (max |x| >= {cfg.ratio:g} x median): {dims or 'none'}")
+    print("adjacent layers, mean (min):")
+    for variant in result.VARIANTS:
+        values = result.adjacent(variant)
+        print(f"  {variant:<18} {np.nanmean(values):.3f} ({np.nanmin(values):.3f})")

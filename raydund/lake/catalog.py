@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NoSuchTableError
-from pyiceberg.expressions import And, EqualTo
+from pyiceberg.expressions import And, EqualTo, In
 
 from raydund.config import Settings, redact_uri
 from raydund.errors import UserError
@@ -250,11 +250,12 @@ class Lake:
         return files
 
     def layer_matrix(self, model: str, corpus: str, split: str, layer: int, unit: str = "word",
-                     snapshot_id: int | None = None) -> tuple[np.ndarray, pa.Table]:
+                     snapshot_id: int | None = None, sentences=None) -> tuple[np.ndarray, pa.Table]:
         """One layer as ``X [tokens x neurons]`` (float32) plus its row keys.
 
         Rows are ordered by (sentence_id, word_id), the same order for every layer,
-        so matrices of different layers line up row by row.
+        so matrices of different layers line up row by row. ``sentences`` (sentence ids)
+        reads only those sentences' rows (a sample).
 
         Returns
         -------
@@ -265,6 +266,8 @@ class Lake:
             EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split),
             EqualTo("unit", unit), EqualTo("layer", int(layer)),
         )
+        if sentences is not None:
+            where = And(where, In("sentence_id", [int(s) for s in sentences]))
         data = self.activations().scan(row_filter=where, snapshot_id=snapshot_id).to_arrow()
         if data.num_rows == 0:
             layers = sorted({lay for lay, _ in self.activation_files(model, corpus, split, unit, snapshot_id)})
