@@ -190,7 +190,7 @@ def _run_analyses(cfg: ProbeConfig, splits, probe_settings, kept: dict, get, sub
     """
     layer_job = submit(analysis.layerwise, probe_settings, cfg.redundant_share)
     control_job = None
-    if cfg.control and cfg.task == "classification" and cfg.unit == "word":
+    if cfg.control and cfg.task == "classification" and cfg.unit != "cls":
         control_job = submit(analysis.control_task, probe_settings, cfg.seed)
     reduced_job = submit(analysis.reduced_sets, probe_settings, kept) if kept else None
     layer = get(layer_job)
