@@ -123,6 +123,12 @@ def _catalog_source(name: str) -> str | None:
     return str(Path(source).resolve()) if Path(source).is_dir() else source
 
 
+def source_spec(name: str, source: str, revision: str | None = None) -> ModelSpec:
+    """The spec of a source an earlier job recorded (``model_source``): a folder of one GGUF file gets it."""
+    gguf = _lone_gguf(Path(source)) if Path(source).is_dir() else None
+    return ModelSpec(name=name, source=source, revision=revision, gguf_file=gguf)
+
+
 def _lone_gguf(folder: Path) -> str | None:
     """The GGUF file of a folder that holds no ``config.json`` and exactly one ``*.gguf``; else None."""
     if (folder / "config.json").is_file():

@@ -96,3 +96,18 @@ def test_cli_units_are_the_encoders():
     from raydund.cli.options import UNITS as CLI_UNITS
 
     assert CLI_UNITS == UNITS
+
+
+def test_reduced_model_on_mlp_neurons_keeps_their_block_and_reads_the_same_values(tiny_model_dir, tmp_path):
+    """A reduced model selecting MLP neurons of layer 1 keeps blocks 0..1 and reads them through the hook."""
+    from raydund.transfer.reduced import ReducedModel, save_reduced
+
+    folder = tiny_model_dir("llama", layers=3)
+    neurons = np.array([2, 32 + 7, 32 + 30])  # one of block 0, two of block 1 (32 MLP neurons each)
+    save_reduced(tmp_path / "r", folder, 1, neurons, np.eye(3), np.zeros(3),
+                 {"unit": "mlp", "aggregation": "last", "classes": ["A", "B", "C"], "task": "pos"})
+    reduced = ReducedModel.from_folder(tmp_path / "r")
+    assert reduced.encoder.num_layers == 2
+    full, _ = rows(*load_model(ModelSpec("llama", folder)), "mlp")
+    got = np.concatenate(reduced.features(SENTENCES))
+    np.testing.assert_allclose(got, np.stack([full[0, :, 2], full[1, :, 7], full[1, :, 30]], 1), atol=1e-5)
