@@ -142,3 +142,31 @@ def test_encoder_decoder_models_are_refused(tmp_path):
     T5Model(T5Config(vocab_size=50, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="encoder-decoder"):
         load_model(ModelSpec("t5", str(tmp_path)))
+
+
+def _bf16_copy(tiny_model_dir, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = tiny_model_dir("llama")
+    AutoModel.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(tmp_path)
+    return folder, str(tmp_path)
+
+
+def test_half_precision_model_runs_in_float32_on_the_cpu(tiny_model_dir, tmp_path):
+    _, folder = _bf16_copy(tiny_model_dir, tmp_path)
+    model, _ = load_model(ModelSpec("bf16", folder))
+    assert model.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_half_precision_model_keeps_its_dtype_on_the_gpu(tiny_model_dir, tmp_path):
+    source, folder = _bf16_copy(tiny_model_dir, tmp_path)
+    model, tokenizer = load_model(ModelSpec("bf16", folder), device="cuda")
+    assert model.dtype == torch.bfloat16
+    got = collect(Encoder(model, tokenizer, batch_size=3).encode_words(SENTENCES), SENTENCES)
+    cpu_model, cpu_tok = load_model(ModelSpec("f32", source))
+    ref = collect(Encoder(cpu_model, cpu_tok, batch_size=3).encode_words(SENTENCES), SENTENCES)
+    for g, r in zip(got, ref):
+        assert g.dtype == np.float64 or g.dtype == np.float32
+        np.testing.assert_allclose(g, r, atol=0.1, rtol=0.05)  # bfloat16 weights and arithmetic
