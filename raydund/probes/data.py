@@ -72,6 +72,9 @@ def check_labels(lake: Lake, corpus: str, labels) -> None:
     """
     columns = [field.name for field in lake.table(corpus_table_name(corpus)).schema().fields]
     have = [c for c in columns if c not in NOT_LABELS]
+    if not have:
+        raise UserError(f"corpus {corpus!r} has no labels (unlabelled text): probes and transfer need a "
+                        f"labelled corpus; similarity and cluster run on it")
     for label in labels:
         if label not in have:
             raise UserError(f"corpus {corpus!r} has no label column {label!r}; "
