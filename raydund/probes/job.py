@@ -48,7 +48,8 @@ class ProbeConfig(ProbeSettings):
     label : str
         The corpus label column (``pos``, ``chunk``, ``upos``, ``semtag``, ``label``).
     unit : str
-        ``word`` (per-word vectors) or ``cls`` (one per sentence), as extracted.
+        ``word`` (per-word vectors), ``cls`` (one per sentence), or the per-word hooked
+        units ``mlp`` and ``attn``, as extracted.
     splits : tuple of str
         (train, dev, test). For GLUE-style corpora without a test split, use
         ``("train", "train", "dev")``: 10% of train (seeded) becomes dev, official dev is test.

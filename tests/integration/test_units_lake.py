@@ -1,6 +1,7 @@
 """Hooked units through the lake: extraction with --unit mlp/attn, read back, and analysed like any unit."""
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -31,7 +32,7 @@ def test_hooked_unit_round_trips_through_the_lake_beside_the_residual_stream(set
     from raydund.general.job import SimilarityConfig, run_similarity
 
     lake = Lake(settings)
-    labels = [["X"] * len(s) for s in SENTENCES]
+    labels = [["P" if not w[0].isalnum() else "N" if w[0].isdigit() else "W" for w in s] for s in SENTENCES]
     lake.write_corpus("toy", {"train": pa.table({"sentence_id": pa.array(range(len(SENTENCES)), pa.int64()),
                                                   "words": SENTENCES, "pos": labels})})
     model_dir = tiny_model_dir("llama")
@@ -53,3 +54,10 @@ def test_hooked_unit_round_trips_through_the_lake_beside_the_residual_stream(set
                          progress=False)["similarity"]
     assert sim.cka.shape == (2, 2) and np.allclose(np.diag(sim.cka), 1.0)
     assert sim.n == len(keys)
+    if unit == "mlp":  # probes read a hooked unit like any per-word unit
+        from raydund.probes.job import ProbeConfig, run_probes
+
+        run_probes(ProbeConfig(model="tiny-llama", corpus="toy", label="pos", unit=unit, control=False,
+                               splits=("train", "train", "train"), epochs=2, workers=1), settings)
+        rows = lake.scan("probe_results").filter(pl.col("analysis") == "layerwise").collect()
+        assert set(rows["layer"].drop_nulls().to_list()) >= {0, 1}
