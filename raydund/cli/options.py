@@ -30,7 +30,7 @@ from typing import Any
 UNSET = object()
 
 #: The lake units of every stage command (the extraction's choices).
-UNITS = ("word", "cls")
+UNITS = ("word", "cls", "mlp", "attn")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from raydund.corpora.glue import read_glue
 from raydund.corpora.neurox import read_neurox
 from raydund.corpora.spec import FORMATS, CorpusSpec, SplitSource, load_spec
 from raydund.corpora.table import LINES, strip_lines
+from raydund.corpora.text import read_text
 from raydund.corpora.ud import read_conllu
 from raydund.errors import CorpusError, UserError
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 __all__ = ["FORMATS", "CorpusSpec", "SplitSource", "load_spec", "locate", "read_corpus", "read_file", "read_split"]
 
 #: Readers that take format options, by format.
-_OPTION_READERS = {"neurox": read_neurox, "glue": read_glue}
+_OPTION_READERS = {"neurox": read_neurox, "glue": read_glue, "text": read_text}
 
 
 def read_file(fmt: str, path: str | Path, **options) -> pa.Table:
@@ -40,12 +41,12 @@ def read_file(fmt: str, path: str | Path, **options) -> pa.Table:
     Parameters
     ----------
     fmt : str
-        ``conll2000``, ``conllu``, ``pmb``, ``ptb_pos``, ``neurox`` or ``glue``.
+        ``conll2000``, ``conllu``, ``pmb``, ``ptb_pos``, ``neurox``, ``glue`` or ``text``.
     path : str or Path
         The file (for ``neurox`` the ``.txt``; its labels file lies beside it).
     **options
         Format options: ``neurox`` takes ``labels_suffix, label``; ``glue`` takes
-        ``text_a, text_b, label, label_set, task``.
+        ``text_a, text_b, label, label_set, task``; ``text`` takes ``field, pretokenize``.
 
     Returns
     -------

@@ -9,7 +9,7 @@ from raydund.errors import UserError
 from raydund.tasks import TASKS
 
 #: Formats :func:`raydund.corpora.read_file` can read.
-FORMATS = ("conll2000", "conllu", "pmb", "ptb_pos", "neurox", "glue")
+FORMATS = ("conll2000", "conllu", "pmb", "ptb_pos", "neurox", "glue", "text")
 LEVELS = ("token", "sentence")
 #: What :func:`raydund.corpora.read_corpus` does with a dev/test label never seen in train.
 UNKNOWN_LABEL_POLICIES = ("error", "warn")
@@ -48,7 +48,8 @@ class CorpusSpec:
     format : str
         One of :data:`FORMATS`.
     labels : tuple of str
-        Token label kinds (column names), or ``("label",)`` for GLUE.
+        Token label kinds (column names), ``("label",)`` for GLUE, none for ``text``
+        (unlabelled sentences, :mod:`raydund.corpora.text`).
     level : {"token", "sentence"}
         What the labels attach to.
     pair : bool
@@ -97,10 +98,12 @@ class CorpusSpec:
         """
         name = entry.get("name", "?")
         for key in ("format", "labels", "splits"):
+            if key == "labels" and entry.get("format") == "text":
+                continue  # unlabelled text (raydund.corpora.text)
             if not entry.get(key):
                 raise UserError(f"corpus entry {name!r} lacks {key!r}")
         spec = cls(
-            name=name, format=entry["format"], labels=tuple(entry["labels"]),
+            name=name, format=entry["format"], labels=tuple(entry.get("labels") or ()),
             level=entry.get("level", "token"), pair=bool(entry.get("pair", False)),
             task=entry.get("task", "classification"),
             splits={split: _split_source(name, split, value) for split, value in entry["splits"].items()},

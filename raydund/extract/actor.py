@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import torch
 
 from raydund.errors import UserError
-from raydund.extract.encoder import Encoder, default_threads, first_nonfinite, zero_nonfinite
+from raydund.extract.encoder import WORD_UNITS, Encoder, default_threads, first_nonfinite, zero_nonfinite
 from raydund.extract.models import ModelSpec, load_model
 from raydund.lake import ACTIVATION_SCHEMA, encode_half
 
@@ -121,7 +121,7 @@ class ExtractActor:
         self.job = job
         model_obj, tokenizer = load_model(model, device=device)
         self.encoder = Encoder(model_obj, tokenizer, aggregation=job["aggregation"],
-                               batch_size=job["batch_size"], max_tokens=job.get("max_tokens"))
+                               batch_size=job["batch_size"], max_tokens=job.get("max_tokens"), unit=job["unit"])
         self.fs, self.root = split_uri(job["files_uri"])
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
         self.fs.create_dir(f"{self.root}/_done", recursive=True)
@@ -142,7 +142,7 @@ class ExtractActor:
         sentence_ids = np.asarray(shard["sentence_id"], dtype=np.int64)
         sentences = [list(w) for w in shard["words"]]
         dropped_before = enc.dropped_words
-        if job["unit"] == "word":
+        if job["unit"] in WORD_UNITS:
             chunks = enc.encode_words(sentences)
         else:
             pair = shard.get("words_b")
@@ -230,7 +230,7 @@ class ExtractActor:
         return self._writer.submit(write)
 
     def _word_strings(self, sentences, chunk) -> pa.Array:
-        if self.job["unit"] != "word":
+        if self.job["unit"] not in WORD_UNITS:
             return pa.array([self.encoder.tokenizer.cls_token] * len(chunk.word_ids), pa.string())
         return pa.array([sentences[p][w] for p, w in zip(chunk.sentence_pos, chunk.word_ids)], pa.string())
 

@@ -2,8 +2,11 @@
 
 No Ray here: :class:`Encoder` works in a notebook as well as inside an actor.
 Output convention: for each layer ``l`` a matrix ``[words x hidden]``; layer 0 is
-the embedding layer, layers 1..L the transformer blocks. Which model and how it is
-loaded: :mod:`raydund.extract.models` (its names are re-exported here).
+the embedding layer, layers 1..L the transformer blocks (unit ``word``); for the hooked
+units ``mlp`` and ``attn`` (:mod:`raydund.extract.units`) layer ``l`` is block ``l``,
+0..L-1. Encoders get pre-split words; decoder LLMs natural text mapped back to words by
+offsets (:mod:`raydund.extract.text`). Which model and how it is loaded:
+:mod:`raydund.extract.models` (its names are re-exported here).
 """
 
 from __future__ import annotations
@@ -26,14 +29,19 @@ from raydund.extract.models import (
     resolve_model,
     resolve_registered,
 )
+from raydund.extract.text import encode_natural, is_decoder, sentence_text
+from raydund.extract.units import HOOK_UNITS, capture, hooked_modules
 
 __all__ = ["LAKE_MODEL_TAG", "REGISTRY_PREFIX", "UNITS", "Chunk", "Encoder", "ModelSpec", "default_threads",
-           "first_nonfinite", "load_model", "load_tokenizer", "max_word_tokens", "resolve_model",
+           "WORD_UNITS", "first_nonfinite", "load_model", "load_tokenizer", "max_word_tokens", "resolve_model",
            "resolve_registered", "zero_nonfinite"]
 
 log = logging.getLogger(__name__)
 
-UNITS = ("word", "cls")
+#: Lake units: per-word residual stream, one [CLS] vector per sentence, per-word MLP / attention outputs.
+UNITS = ("word", "cls", *HOOK_UNITS)
+#: Units with one vector per word (``cls`` has one per sentence).
+WORD_UNITS = ("word", *HOOK_UNITS)
 
 
 def max_word_tokens(model, tokenizer, pair: bool = False) -> int:
@@ -72,11 +80,19 @@ class Encoder:
         Sequences per forward pass. Give sentences sorted by length to cut padding.
     max_tokens : int, optional
         Override the room for word tokens per input (tests use it to force windows).
+    unit : {"word", "cls", "mlp", "attn"}
+        What :meth:`encode_words` returns per layer: the hidden states (``word``, ``cls``)
+        or the hooked MLP / attention outputs of every block.
     """
 
     def __init__(self, model, tokenizer, aggregation: str = "last", batch_size: int = 32,
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, unit: str = "word"):
         self.model, self.tokenizer = model, tokenizer
+        if unit not in UNITS:
+            raise UserError(f"unknown unit {unit!r}; use one of {', '.join(UNITS)}")
+        self.unit = unit
+        self.decoder = is_decoder(model.config)
+        self._hooked = len(hooked_modules(model, unit)) if unit in HOOK_UNITS else 0
         self.aggregation = check_aggregation(aggregation)
         self.batch_size = int(batch_size)
         self.max_tokens = max_tokens or max_word_tokens(model, tokenizer)
@@ -86,17 +102,28 @@ class Encoder:
 
     @property
     def num_layers(self) -> int:
-        """Hidden states returned: the embedding layer plus every transformer block."""
-        return int(self.model.config.num_hidden_layers) + 1
+        """Layers returned: the embedding layer plus every block, or one per block for a hooked unit."""
+        return self._hooked or int(self.model.config.num_hidden_layers) + 1
 
     # -- forward ------------------------------------------------------------------
     def _forward(self, features: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad, run the model; return hidden states ``[layers, batch, seq, hidden]`` and padded ids."""
+        """Pad, run the model; return ``[layers, batch, seq, width]`` (hidden states or hooked units) and padded ids."""
         batch = self.tokenizer.pad(features, return_tensors="pt", padding=True)
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        if self.unit in HOOK_UNITS:
+            with torch.inference_mode(), capture(self.model, self.unit) as captured:
+                self.model(**batch, output_hidden_states=False, use_cache=False)
+            return torch.stack(captured), batch["input_ids"].cpu()
         with torch.inference_mode():
             out = self.model(**batch, output_hidden_states=True)
         return torch.stack(out.hidden_states), batch["input_ids"].cpu()
+
+    def _tokenize(self, sentences: list[list[str]]) -> list[tuple[list[int], list[int | None]]]:
+        """(input ids, word per token) of each sentence: pre-split words, or natural text for decoders."""
+        if self.decoder:
+            return encode_natural(self.tokenizer, sentences)
+        enc = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=True)
+        return [(enc["input_ids"][i], enc.word_ids(i)) for i in range(len(sentences))]
 
     def _left_pad(self, length: int, seq_len: int) -> int:
         return seq_len - length if self.tokenizer.padding_side == "left" else 0
@@ -119,21 +146,18 @@ class Encoder:
         """Model inputs: one per sentence, or one per window of a long sentence."""
         if any(len(words) == 0 for words in sentences):
             raise UserError("an empty sentence cannot be encoded")
-        enc = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=True)
         segments = []
-        for pos, words in enumerate(sentences):
-            wids = enc.word_ids(pos)
+        for pos, (words, (ids, wids)) in enumerate(zip(sentences, self._tokenize(sentences))):
             counts = word_token_counts(wids, len(words))
             self.dropped_words += int((counts == 0).sum())
             windows, owner = plan_windows(counts, self.max_tokens)
             if len(windows) == 1:
-                segments.append({"pos": pos, "offset": 0, "input_ids": enc["input_ids"][pos],
+                segments.append({"pos": pos, "offset": 0, "input_ids": ids,
                                  "word_ids": wids, "own": np.arange(len(words))})
                 continue
-            for i, (s, e) in enumerate(windows):
-                sub = self.tokenizer(words[s:e], is_split_into_words=True, add_special_tokens=True)
-                segments.append({"pos": pos, "offset": s, "input_ids": sub["input_ids"],
-                                 "word_ids": sub.word_ids(), "own": np.flatnonzero(owner == i)})
+            for i, (sub_ids, sub_wids) in enumerate(self._tokenize([words[s:e] for s, e in windows])):
+                segments.append({"pos": pos, "offset": windows[i][0], "input_ids": sub_ids,
+                                 "word_ids": sub_wids, "own": np.flatnonzero(owner == i)})
         return segments
 
     def _words_batch(self, segments) -> Chunk:
@@ -179,7 +203,9 @@ class Encoder:
         """Yield :class:`Chunk` s with one sentence vector per input: the [CLS] token.
 
         BERT-style models have [CLS] first, XLNet ``<cls>`` last; models with no CLS
-        token (GPT-2) use their last real token. Pairs are encoded as pairs.
+        token use their last real token, and so do decoder LLMs, which read the
+        sentence as natural text (a pair as one text: the two sentences joined by a space).
+        Encoders encode pairs as pairs.
         Inputs over the model's limit are truncated, counted in
         ``truncated_sentences`` and logged: one vector per sentence cannot be windowed.
         """
@@ -192,25 +218,32 @@ class Encoder:
             idx = order[start : start + self.batch_size]
             a = [sentences[i] for i in idx]
             b = [sentences_b[i] for i in idx] if sentences_b else None
-            enc = self.tokenizer(a, b, is_split_into_words=True)
+            enc = self._tokenize_sentences(a, b)
             lengths = [len(x) for x in enc["input_ids"]]
             cut = sum(n > limit for n in lengths)
             if cut:
                 self.truncated_sentences += cut
                 log.warning("%d sentence(s) longer than %d tokens truncated for their [CLS] vector", cut, limit)
-                enc = self.tokenizer(a, b, is_split_into_words=True, truncation=True, max_length=limit)
+                enc = self._tokenize_sentences(a, b, truncation=True, max_length=limit)
                 lengths = [len(x) for x in enc["input_ids"]]
             hidden, ids = self._forward(dict(enc))
             positions = self._cls_positions(ids, lengths, ids.shape[1])
             vecs = hidden[:, torch.arange(len(idx)), torch.as_tensor(positions)]
             yield Chunk(idx.astype(np.int64), np.full(len(idx), -1, dtype=np.int32), vecs.float().cpu().numpy())
 
+    def _tokenize_sentences(self, a, b, **kwargs):
+        """Encode sentences (pairs) whole: pre-split words, or one natural text per input for decoders."""
+        if self.decoder:
+            texts = [sentence_text(x + (b[i] if b else []))[0] for i, x in enumerate(a)]
+            return self.tokenizer(texts, **kwargs)
+        return self.tokenizer(a, b, is_split_into_words=True, **kwargs)
+
     def _cls_positions(self, ids: torch.Tensor, lengths: list[int], seq_len: int) -> list[int]:
         cls_id = self.tokenizer.cls_token_id
         positions = []
         for row, length in enumerate(lengths):
             pad = self._left_pad(length, seq_len)
-            if cls_id is not None and (ids[row] == cls_id).any():
+            if cls_id is not None and not self.decoder and (ids[row] == cls_id).any():
                 positions.append(int((ids[row] == cls_id).nonzero()[0]))
             else:
                 positions.append(pad + length - 1)

@@ -31,7 +31,7 @@ from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.extract.actor import ExtractActor, split_uri
 from raydund.extract.align import check_aggregation
-from raydund.extract.encoder import UNITS
+from raydund.extract.encoder import UNITS, WORD_UNITS
 from raydund.extract.models import resolve_model
 from raydund.extract.staging import SEALED, choose_generation, finished_shards, touch
 from raydund.lake import STORAGE_DTYPES, Lake, check_name, corpus_table_name
@@ -56,8 +56,10 @@ class ExtractConfig:
         Catalog name (``minilm``), local folder or hub id.
     corpus, split : str
         A corpus already ingested into the lake, and one of its splits.
-    unit : {"word", "cls"}
-        Per-word vectors (sequence labelling) or one [CLS] vector per sentence.
+    unit : {"word", "cls", "mlp", "attn"}
+        Per-word vectors of the residual stream (sequence labelling), one [CLS] vector per
+        sentence, or per-word MLP inner activations / attention outputs of every block
+        (:mod:`raydund.extract.units`; layer ``l`` is block ``l``, 0-based).
     aggregation : {"last", "first", "mean"}
         Subword -> word (``last`` is the paper's choice).
     dtype : {"float32", "float16", "bfloat16"}
@@ -160,7 +162,7 @@ def make_shards(corpus: pa.Table, shard_words: int, unit: str) -> list[dict]:
     shards, current, budget = [], [], 0
     for i in order:
         current.append(i)
-        budget += lengths[i] if unit == "word" else 1
+        budget += lengths[i] if unit in WORD_UNITS else 1
         if budget >= shard_words:
             shards.append(current)
             current, budget = [], 0
@@ -225,7 +227,7 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
     corpus_snapshot = lake.table(corpus_table_name(cfg.corpus)).current_snapshot().snapshot_id
     if cfg.limit:
         corpus = corpus.slice(0, cfg.limit)
-    if cfg.unit == "word" and "words_b" in corpus.column_names:
+    if cfg.unit in WORD_UNITS and "words_b" in corpus.column_names:
         raise UserError(f"corpus {cfg.corpus!r} holds sentence pairs: extract it with --unit cls")
     spec = resolve_model(cfg.model, settings, lake_name=cfg.name)
     check_name("model", spec.name)

@@ -33,11 +33,15 @@ class ModelSpec:
         Local folder or Hugging Face hub id.
     revision : str or None
         Hub revision (commit or tag); ``None`` for local folders.
+    gguf_file : str or None
+        A GGUF file inside the ``source`` folder (llama.cpp weights, dequantised to float32
+        on load); ``None`` for Hugging Face folders and hub ids.
     """
 
     name: str
     source: str
     revision: str | None = None
+    gguf_file: str | None = None
 
 
 #: Prefix of MLflow model-registry URIs (``models:/name/1``, ``models:/name@alias``, ``models:/name/latest``).
@@ -73,9 +77,12 @@ def resolve_model(name: str, settings=None, lake_name: str | None = None) -> Mod
     name = str(name)
     if name.startswith(REGISTRY_PREFIX):
         spec = resolve_registered(name, settings)
+    elif Path(name).is_file() and name.endswith(".gguf"):
+        path = Path(name).resolve()
+        spec = ModelSpec(name=_local_name(path.parent, path.name), source=str(path.parent), gguf_file=path.name)
     elif Path(name).is_dir():
         source = str(Path(name).resolve())
-        spec = ModelSpec(name=_local_name(Path(source)), source=source)
+        spec = ModelSpec(name=_local_name(Path(source)), source=source, gguf_file=_lone_gguf(Path(source)))
     else:
         try:
             spec = _catalog_spec(load_yaml("models", name))
@@ -99,7 +106,7 @@ def _catalog_spec(entry: dict) -> ModelSpec:
             raise UserError(f"model {entry['name']!r} ships in the Python package {source['package']!r}, "
                             f"which is not installed") from None
         path = str(Path(str(root)) / source.get("path", ""))
-        return ModelSpec(name=entry["name"], source=path, revision=entry.get("revision"))
+        return ModelSpec(name=entry["name"], source=path, revision=entry.get("revision"), gguf_file=source.get("gguf"))
     return ModelSpec(name=entry["name"], source=source["hub"], revision=entry.get("revision"))
 
 
@@ -116,13 +123,34 @@ def _catalog_source(name: str) -> str | None:
     return str(Path(source).resolve()) if Path(source).is_dir() else source
 
 
-def _local_name(folder: Path) -> str:
-    """A local model folder's lake name: its catalog name, else its config's model id, else the folder name."""
+def source_spec(name: str, source: str, revision: str | None = None) -> ModelSpec:
+    """The spec of a source an earlier job recorded (``model_source``): a folder of one GGUF file gets it."""
+    gguf = _lone_gguf(Path(source)) if Path(source).is_dir() else None
+    return ModelSpec(name=name, source=source, revision=revision, gguf_file=gguf)
+
+
+def _lone_gguf(folder: Path) -> str | None:
+    """The GGUF file of a folder that holds no ``config.json`` and exactly one ``*.gguf``; else None."""
+    if (folder / "config.json").is_file():
+        return None
+    found = sorted(p.name for p in folder.glob("*.gguf"))
+    if len(found) > 1:
+        raise UserError(f"folder {folder} holds {len(found)} GGUF files ({', '.join(found)}); name the file")
+    return found[0] if found else None
+
+
+def _local_name(folder: Path, gguf_file: str | None = None) -> str:
+    """A local model folder's lake name: its catalog name, else its config's model id, else the folder name.
+
+    A GGUF file outside the catalog is named after the file (without ``.gguf``).
+    """
     from raydund.config import catalog_entries
 
     for entry in catalog_entries("models"):
         if _catalog_source(entry) == str(folder):
             return entry
+    if gguf_file is not None or _lone_gguf(folder):
+        return (gguf_file or _lone_gguf(folder)).removesuffix(".gguf")
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -217,12 +245,15 @@ def resolve_registered(uri: str, settings=None) -> ModelSpec:
     return ModelSpec(name=lake_name, source=str(cache))
 
 
-def load_tokenizer(source: str, revision: str | None = None):
-    """The fast tokenizer of ``source``, able to take pre-split words; the one way raydund loads one.
+def load_tokenizer(source: str, revision: str | None = None, gguf_file: str | None = None,
+                   natural_text: bool = False):
+    """The fast tokenizer of ``source``; the one way raydund loads one.
 
-    Byte-level BPE tokenizers (RoBERTa, GPT-2) are reloaded with ``add_prefix_space=True``
-    so that pre-split words can be encoded; GPT-2 style tokenizers without a pad token pad
-    with their end-of-text token.
+    By default the tokenizer must take pre-split words (encoders, fine-tuning): byte-level
+    BPE tokenizers (RoBERTa, GPT-2) are reloaded with ``add_prefix_space=True`` so that
+    pre-split words can be encoded. With ``natural_text`` (decoder models: sentences are
+    tokenised as text, :mod:`raydund.extract.text`) it is loaded as the model ships it.
+    Tokenizers without a pad token pad with their end-of-text token.
 
     Parameters
     ----------
@@ -230,6 +261,10 @@ def load_tokenizer(source: str, revision: str | None = None):
         Local folder or Hugging Face hub id.
     revision : str, optional
         Hub revision (commit or tag).
+    gguf_file : str, optional
+        The GGUF file in ``source`` that holds the tokenizer.
+    natural_text : bool
+        Load the tokenizer as shipped (no ``add_prefix_space`` reload).
 
     Returns
     -------
@@ -244,11 +279,14 @@ def load_tokenizer(source: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
     kwargs = {"revision": revision} if revision else {}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, **kwargs)
-    try:
-        tokenizer(["a", "b"], is_split_into_words=True)
-    except (ValueError, AssertionError):
-        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, add_prefix_space=True, **kwargs)
+    if not natural_text:
+        try:
+            tokenizer(["a", "b"], is_split_into_words=True)
+        except (ValueError, AssertionError):
+            tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, add_prefix_space=True, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -257,21 +295,41 @@ def load_tokenizer(source: str, revision: str | None = None):
 def load_model(spec: ModelSpec, device: str = "cpu"):
     """Load ``AutoModel`` (all hidden states) and its fast tokenizer (:func:`load_tokenizer`).
 
+    Decoder LLMs (:func:`~raydund.extract.text.is_decoder`) load as their base model
+    (``LlamaModel``, not ``LlamaForCausalLM``: hidden states, no LM head), with their
+    tokenizer as shipped and right padding. On a GPU a model keeps the dtype it was saved
+    in (float16/bfloat16 stay so); on the CPU it runs in float32. GGUF weights are
+    dequantised to float32 by ``transformers``.
+
     Raises
     ------
     UserError
-        The model or its tokenizer cannot be loaded, or the tokenizer is not a fast one
-        (word alignment needs ``word_ids()``).
+        The model or its tokenizer cannot be loaded, an architecture ``transformers``
+        cannot load (or an encoder-decoder), or the tokenizer is not a fast one (word
+        alignment needs ``word_ids()`` or offsets).
     """
-    from transformers import AutoModel
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from raydund.extract.text import is_decoder
 
     kwargs = {"revision": spec.revision} if spec.revision else {}
+    if spec.gguf_file:
+        kwargs["gguf_file"] = spec.gguf_file
     try:
-        tokenizer = load_tokenizer(spec.source, spec.revision)
-        model = AutoModel.from_pretrained(spec.source, output_hidden_states=True, **kwargs)
-    except OSError as exc:
+        config = AutoConfig.from_pretrained(spec.source, **kwargs)
+        if getattr(config, "is_encoder_decoder", False):
+            raise UserError(f"model {spec.source!r} is an encoder-decoder ({config.model_type}); raydund "
+                            "reads encoders and decoder-only models")
+        decoder = is_decoder(config)
+        tokenizer = load_tokenizer(spec.source, spec.revision, spec.gguf_file, natural_text=decoder)
+        dtype = "auto" if str(device).startswith("cuda") else torch.float32
+        model = AutoModel.from_pretrained(spec.source, output_hidden_states=True, dtype=dtype, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot load model {spec.source!r}: {str(exc).splitlines()[0]}") from None
     if not tokenizer.is_fast:
         raise UserError(f"model {spec.source!r} has no fast tokenizer; word alignment needs word_ids()")
+    if decoder:
+        tokenizer.padding_side = "right"  # positions of real tokens match an unpadded run
     model.eval().to(device)
     return model, tokenizer

@@ -8,7 +8,7 @@ Tables (namespace ``raydund``):
 ``activations``
     long layout, one row per (sentence, word, layer)::
 
-        model, corpus, split, unit ("word" | "cls"), layer, sentence_id, word_id, word,
+        model, corpus, split, unit ("word" | "cls" | "mlp" | "attn"), layer, sentence_id, word_id, word,
         dtype, vector list<float32> (float32 storage) | vector_bits binary (float16/bfloat16)
 
     partitioned by ``model, corpus, split, unit, layer``.

@@ -72,6 +72,9 @@ def check_labels(lake: Lake, corpus: str, labels) -> None:
     """
     columns = [field.name for field in lake.table(corpus_table_name(corpus)).schema().fields]
     have = [c for c in columns if c not in NOT_LABELS]
+    if not have:
+        raise UserError(f"corpus {corpus!r} has no labels (unlabelled text): probes and transfer need a "
+                        f"labelled corpus; similarity and cluster run on it")
     for label in labels:
         if label not in have:
             raise UserError(f"corpus {corpus!r} has no label column {label!r}; "
@@ -103,7 +106,7 @@ def load_task(lake: Lake, model: str, corpus: str, split: str, label: str, unit:
     if label not in corpus_frame.columns:
         raise UserError(f"corpus {corpus!r} has no label {label!r}; columns: {', '.join(corpus_frame.columns)}")
     key_frame = pl.from_arrow(keys)
-    if unit == "word":
+    if unit != "cls":  # per-word units: word, mlp, attn
         tokens = (corpus_frame.select("sentence_id", "words", label).explode(["words", label])
                   .with_columns(pl.int_range(pl.len()).over("sentence_id").cast(pl.Int32).alias("word_id")))
         aligned = key_frame.join(tokens, on=["sentence_id", "word_id"], how="left", maintain_order="left")

@@ -48,7 +48,8 @@ class ProbeConfig(ProbeSettings):
     label : str
         The corpus label column (``pos``, ``chunk``, ``upos``, ``semtag``, ``label``).
     unit : str
-        ``word`` (per-word vectors) or ``cls`` (one per sentence), as extracted.
+        ``word`` (per-word vectors), ``cls`` (one per sentence), or the per-word hooked
+        units ``mlp`` and ``attn``, as extracted.
     splits : tuple of str
         (train, dev, test). For GLUE-style corpora without a test split, use
         ``("train", "train", "dev")``: 10% of train (seeded) becomes dev, official dev is test.
@@ -190,7 +191,7 @@ def _run_analyses(cfg: ProbeConfig, splits, probe_settings, kept: dict, get, sub
     """
     layer_job = submit(analysis.layerwise, probe_settings, cfg.redundant_share)
     control_job = None
-    if cfg.control and cfg.task == "classification" and cfg.unit == "word":
+    if cfg.control and cfg.task == "classification" and cfg.unit != "cls":
         control_job = submit(analysis.control_task, probe_settings, cfg.seed)
     reduced_job = submit(analysis.reduced_sets, probe_settings, kept) if kept else None
     layer = get(layer_job)

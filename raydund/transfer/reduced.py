@@ -50,12 +50,14 @@ def truncate(model, blocks: int):
 def save_reduced(path: str | Path, model_source: str, layer: int, neurons: np.ndarray, coef: np.ndarray,
                  intercept: np.ndarray, meta: dict) -> Path:
     """Write the artefacts of a reduced model into ``path`` (a fresh folder)."""
-    from raydund.extract.models import ModelSpec, load_model
+    from raydund.extract.models import load_model, source_spec
+    from raydund.extract.units import HOOK_UNITS
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=False)
-    model, tokenizer = load_model(ModelSpec("source", model_source))
-    truncate(model, layer)
+    model, tokenizer = load_model(source_spec("source", model_source))
+    # hidden states: layer l is the output of block l (0 the embeddings); hooked units: layer l is inside block l
+    truncate(model, layer + 1 if meta.get("unit") in HOOK_UNITS else layer)
     model.save_pretrained(path / "transformer")
     tokenizer.save_pretrained(path / "transformer")
     np.savez(path / "probe.npz", neurons=np.asarray(neurons, dtype=np.int64),
@@ -88,13 +90,16 @@ class ReducedModel(_PythonModel):
     def _load(self, path: Path) -> None:
         from raydund.extract.encoder import Encoder
         from raydund.extract.models import ModelSpec, load_model
+        from raydund.extract.units import HOOK_UNITS, unit_width
 
         self.meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         probe = np.load(path / "probe.npz")
         self.neurons, self.coef, self.intercept = probe["neurons"], probe["coef"], probe["intercept"]
         model, tokenizer = load_model(ModelSpec("reduced", str(path / "transformer")))
-        self.encoder = Encoder(model, tokenizer, self.meta["aggregation"], self.meta.get("batch_size", 32))
-        width = int(model.config.hidden_size)
+        hooked = self.meta.get("unit") in HOOK_UNITS
+        self.encoder = Encoder(model, tokenizer, self.meta["aggregation"], self.meta.get("batch_size", 32),
+                               unit=self.meta["unit"] if hooked else "word")
+        width = unit_width(model, self.meta["unit"]) if hooked else int(model.config.hidden_size)
         self._layer, self._index = self.neurons // width, self.neurons % width
 
     def features(self, sentences: list[list[str]], sentences_b: list[list[str]] | None = None) -> list[np.ndarray]:

@@ -129,12 +129,12 @@ def sample_sentences(settings: Settings, corpus: str, split: str, n: int) -> lis
 def run_timing(cfg, results: list[dict], source: dict, settings: Settings, mlflow) -> dict:
     """Every timing of the module on the test split's first sentences; logged to the active MLflow run."""
     from raydund.extract.encoder import Encoder
-    from raydund.extract.models import ModelSpec, load_model
+    from raydund.extract.models import load_model, source_spec
 
     torch.manual_seed(cfg.seed)
     sentences = sample_sentences(settings, cfg.corpus, cfg.splits[2], cfg.timing_sentences)
     aggregation = source.get("aggregation", "last")
-    model, tokenizer = load_model(ModelSpec(cfg.model, source["model_source"]))
+    model, tokenizer = load_model(source_spec(cfg.model, source["model_source"]))
     full = Encoder(model, tokenizer, aggregation)
     out = {"sentences": len(sentences),
            "forward_by_layers": forward_by_layers(model, tokenizer, sentences, aggregation, cfg.unit)}

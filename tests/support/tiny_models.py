@@ -20,6 +20,17 @@ TEXT = [
 ] * 10
 
 ARCHITECTURES = ("bert", "roberta", "xlnet", "gpt2")
+#: Decoder LLM families (natural-text tokenisation): tokenizer style and the transformers config class.
+DECODERS = {
+    "llama": ("sentencepiece", "LlamaConfig"),
+    "mistral": ("sentencepiece", "MistralConfig"),
+    "gemma": ("gemma", "GemmaConfig"),
+    "qwen2": ("qwen", "Qwen2Config"),
+    "gpt_neox": ("byte", "GPTNeoXConfig"),
+}
+#: Qwen2's pre-tokenizer pattern (digits one by one, words with their leading space).
+QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 def _wordpiece():
@@ -88,6 +99,68 @@ def _unigram():
                               sep_token="<sep>", cls_token="<cls>", pad_token="<pad>", mask_token="<mask>")
 
 
+def _decoder_tokenizer(style: str):
+    """A small trained tokenizer of a decoder family, as the family's real one is built.
+
+    ``sentencepiece`` (Llama, Mistral): BPE with byte fallback, ``▁`` for spaces and
+    prepended to the first word (``Metaspace``), ``<s>`` added in front. ``gemma``: the
+    same without the prepended ``▁`` and with ``<bos>``. ``qwen``: byte-level BPE behind Qwen2's regex split, no BOS.
+    ``byte`` (GPT-NeoX): byte-level BPE without a prefix space, no BOS.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    sp = style in ("sentencepiece", "gemma")
+    bos = "<bos>" if style == "gemma" else "<s>"
+    specials = ["<unk>", bos, "</s>", "<pad>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>" if sp else None, byte_fallback=sp))
+    if sp:  # trained on words (SentencePiece never merges across a space), used on whole text
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(
+            prepend_scheme="first" if style == "sentencepiece" else "never", split=True)
+        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+        trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=specials)
+    else:
+        if style == "qwen":
+            from tokenizers import Regex
+
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        else:
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TEXT, trainer)
+    if sp:  # byte-fallback pieces <0x00>..<0xFF> for characters outside the vocabulary
+        spec = json.loads(tok.to_str())
+        vocab = spec["model"]["vocab"]
+        for b in range(256):
+            vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+        spec["pre_tokenizer"]["split"] = False
+        tok = Tokenizer.from_str(json.dumps(spec))
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+
+
+def _decoder_model(arch: str, tok, layers: int, hidden: int, max_positions: int):
+    import transformers
+
+    style, config_name = DECODERS[arch]
+    common = dict(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                  intermediate_size=32, max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if arch == "gpt_neox":
+        common.update(rotary_pct=0.5)
+    else:
+        common.update(num_key_value_heads=1, head_dim=hidden // 2)
+    config = getattr(transformers, config_name)(**common)
+    return transformers.AutoModel.from_config(config)
+
+
 def build(arch: str, folder: Path, layers: int = 2, hidden: int = 16, max_positions: int = 64) -> Path:
     """Write a tiny random ``arch`` model plus tokenizer to ``folder``; return it."""
     from transformers import (
@@ -122,6 +195,9 @@ def build(arch: str, folder: Path, layers: int = 2, hidden: int = 16, max_positi
         model = GPT2Model(GPT2Config(vocab_size=len(tok), n_embd=hidden, n_layer=layers, n_head=2,
                                      n_positions=max_positions, bos_token_id=tok.bos_token_id,
                                      eos_token_id=tok.eos_token_id))
+    elif arch in DECODERS:
+        tok = _decoder_tokenizer(DECODERS[arch][0])
+        model = _decoder_model(arch, tok, layers, hidden, max_positions)
     else:
         raise ValueError(arch)
     tok.model_max_length = max_positions
