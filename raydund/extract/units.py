@@ -2,13 +2,14 @@
 
 ``mlp``: the input of the MLP's down projection, i.e. the MLP's neurons: ``act(gate) * up``
 for gated MLPs (Llama, Qwen2, Mistral, Gemma: ``mlp.down_proj``; SmolLM2: 30 x 1,536),
-``act(fc)`` for GPT-2 (``mlp.c_proj``) and GPT-NeoX/Pythia (``mlp.dense_4h_to_h``). A
-forward pre-hook on the down projection captures it.
+``act(fc)`` for GPT-2 (``mlp.c_proj``), GPT-NeoX/Pythia (``mlp.dense_4h_to_h``) and BERT
+encoders (``output.dense``: MiniLM 6 x 1,536). A forward pre-hook on the down projection
+captures it.
 
 ``attn``: the attention block's output before the residual add, i.e. the output of its
-output projection (``self_attn.o_proj``, GPT-2's ``attn.c_proj``, NeoX's ``attention.dense``),
-captured by a forward hook. (Gemma 2/3 normalise it once more before the add; that norm
-is not included.)
+output projection (``self_attn.o_proj``, GPT-2's ``attn.c_proj``, NeoX's ``attention.dense``,
+BERT's ``attention.output.dense``), captured by a forward hook. (Gemma 2/3 normalise it
+once more before the add, BERT after it; those norms are not included.)
 
 Layer numbering: block ``l`` (0-based) is layer ``l``, so a model with ``L`` blocks has
 layers ``0..L-1`` of these units, where the residual stream (unit ``word``) has ``0..L``
@@ -27,10 +28,11 @@ from raydund.errors import UserError
 HOOK_UNITS = ("mlp", "attn")
 
 #: Where the blocks are (relative to the base model) and, per unit, the hooked module in a block.
-BLOCK_LISTS = ("layers", "h", "decoder.layers", "transformer.h", "gpt_neox.layers", "model.layers")
+BLOCK_LISTS = ("layers", "h", "encoder.layer", "decoder.layers", "transformer.h", "gpt_neox.layers", "model.layers")
 HOOK_TARGETS = {
-    "mlp": ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2"),
-    "attn": ("self_attn.o_proj", "attn.c_proj", "attention.dense", "self_attn.dense", "attn.out_proj"),
+    "mlp": ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "output.dense"),
+    "attn": ("self_attn.o_proj", "attn.c_proj", "attention.dense", "self_attn.dense", "attn.out_proj",
+             "attention.output.dense"),
 }
 
 

@@ -44,6 +44,16 @@ def layer_norm(x, module):
     return (x - mu) / np.sqrt(var + module.eps) * weight(module) + module.bias.detach().double().numpy()
 
 
+def bias(module):
+    return module.bias.detach().double().numpy()
+
+
+def gelu(x):
+    from scipy.special import erf
+
+    return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+
 def silu(x):
     return x / (1 + np.exp(-x))
 
@@ -52,18 +62,26 @@ def gelu_new(x):
     return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
 def test_hooked_units_match_a_recomputation_from_the_weights(tiny_model_dir, arch):
     model, tokenizer = load_model(ModelSpec(arch, tiny_model_dir(arch, layers=3)))
     h, n_hidden = rows(model, tokenizer, "word")
     m, n_mlp = rows(model, tokenizer, "mlp")
     a, n_attn = rows(model, tokenizer, "attn")
-    blocks = model.layers if arch == "llama" else model.h
+    blocks = {"llama": lambda: model.layers, "gpt2": lambda: model.h, "bert": lambda: model.encoder.layer}[arch]()
     assert n_hidden == 4 and n_mlp == n_attn == 3, "block l of a hooked unit is layer l"
-    assert m.shape[2] == unit_width(model, "mlp") == (32 if arch == "llama" else 64)
+    assert m.shape[2] == unit_width(model, "mlp") == (64 if arch == "gpt2" else 32)
     assert a.shape[2] == unit_width(model, "attn") == 16
     for layer, block in enumerate(blocks):
         mid = h[layer] + a[layer]
+        if arch == "bert":  # post-norm: the norms come after each residual add
+            x = layer_norm(mid, block.attention.output.LayerNorm)
+            inner = gelu(x @ weight(block.intermediate.dense).T + bias(block.intermediate.dense))
+            np.testing.assert_allclose(m[layer], inner, atol=1e-5, rtol=1e-4)
+            out = layer_norm(x + m[layer] @ weight(block.output.dense).T + bias(block.output.dense),
+                             block.output.LayerNorm)
+            np.testing.assert_allclose(h[layer + 1], out, atol=1e-5, rtol=1e-4)
+            continue
         if arch == "llama":
             x = rms_norm(mid, block.post_attention_layernorm)
             inner = silu(x @ weight(block.mlp.gate_proj).T) * (x @ weight(block.mlp.up_proj).T)
