@@ -165,19 +165,29 @@ def probe_accuracy(train_x: np.ndarray, train_y: list, test_x: np.ndarray, test_
     return float(probe.score(test_x.astype(np.float64), np.asarray(test_y)))
 
 
-@torch.no_grad()
 def hidden_states(model, tok, texts: list[str], batch_size: int = 16) -> list[np.ndarray]:
     """Per-token residual stream entering each block, ``H[l]`` for ``l = 0..L`` (``[tokens x hidden]`` float32).
 
     ``H[0]`` is the embedding output (block 0's input), ``H[l]`` the input of block ``l`` and
     ``H[L]`` the last block's output before the final norm, all taken with forward hooks on
     the blocks, so that ``H[l+1] - H[l]`` is exactly block ``l``'s residual update.
-    Prefix and padding tokens are left out; rows follow the batches (longest sentences first).
+    Prefix and padding tokens are left out; rows follow the texts.
     """
-    from raydund.prune.surgery import blocks
-
     seqs = encode(tok, texts)
     skip = len(prefix_ids(tok))
+    return _stream(model, seqs, [list(range(skip, len(s))) for s in seqs], batch_size)
+
+
+def word_hidden_states(model, tok, sentences: list[list[str]], batch_size: int = 16) -> list[np.ndarray]:
+    """:func:`hidden_states` at each word's last subword (:func:`word_token_index`): ``[words x hidden]`` per level."""
+    seqs, lasts = zip(*(word_token_index(tok, s) for s in sentences))
+    return _stream(model, list(seqs), list(lasts), batch_size)
+
+
+@torch.no_grad()
+def _stream(model, seqs: list[list[int]], rows: list[list[int]], batch_size: int) -> list[np.ndarray]:
+    from raydund.prune.surgery import blocks
+
     seen: list = []
 
     def pre(module, args, kwargs):
@@ -188,14 +198,14 @@ def hidden_states(model, tok, texts: list[str], batch_size: int = 16) -> list[np
 
     hooks = [b.register_forward_pre_hook(pre, with_kwargs=True) for b in blocks(model)]
     hooks.append(blocks(model)[-1].register_forward_hook(post, with_kwargs=True))
-    chunks: list[list[np.ndarray]] = []
+    out: list = [None] * len(seqs)
     try:
         for idx, ids, mask in _batches(seqs, batch_size):
             seen.clear()
-            model(input_ids=ids, attention_mask=mask)
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
             for r, i in enumerate(idx):
-                chunks.append([h[r, skip : len(seqs[i])].float().numpy() for h in seen])
+                out[i] = [h[r, rows[i]].float().numpy() for h in seen]
     finally:
         for h in hooks:
             h.remove()
-    return [np.concatenate([c[level] for c in chunks]) for level in range(len(chunks[0]))]
+    return [np.concatenate([o[level] for o in out]) for level in range(len(out[0]))]

@@ -28,7 +28,7 @@ def model(family: str, layers: int = 6, hidden: int = 16, vocab: int = 300, seed
 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                  intermediate_size=32, max_position_embeddings=128)
+                  intermediate_size=32, max_position_embeddings=2048)
     if family == "llama":
         m = tf.LlamaForCausalLM(tf.LlamaConfig(num_key_value_heads=1, **common))
     elif family == "qwen2":
@@ -37,7 +37,7 @@ def model(family: str, layers: int = 6, hidden: int = 16, vocab: int = 300, seed
         m = tf.MistralForCausalLM(tf.MistralConfig(num_key_value_heads=1, **common))
     elif family == "gpt2":
         m = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=2,
-                                             n_positions=128))
+                                             n_positions=2048))
     elif family == "gpt_neox":
         m = tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**common))
     else:

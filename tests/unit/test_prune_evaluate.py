@@ -95,3 +95,17 @@ def test_probe_and_disjoint():
     evaluate.check_disjoint(["a b"], ["b a"])
     with pytest.raises(UserError, match="must not overlap"):
         evaluate.check_disjoint(["a b", "c"], ["c", "d"])
+
+
+def test_word_hidden_states_pick_last_subwords(tok):
+    model = tiny_lm.model("gpt2", vocab=len(tok))
+    sents = [t.split() for t in TEXTS]
+    Hw = evaluate.word_hidden_states(model, tok, sents, batch_size=3)
+    assert len(Hw) == 7 and Hw[0].shape == (sum(map(len, sents)), 16)
+    ids, last = evaluate.word_token_index(tok, sents[1])
+    with torch.no_grad():
+        hs = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    row = len(sents[0])
+    for level in range(6):
+        np.testing.assert_allclose(Hw[level][row : row + len(sents[1])], hs[level][0, last].numpy(),
+                                   rtol=1e-4, atol=1e-5)
