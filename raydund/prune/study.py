@@ -187,7 +187,10 @@ def choose_blocks(cfg: PruneConfig, pool, total: int) -> tuple[dict, dict]:
         start = time.perf_counter()
 
         def mapper(_score, sets):
-            return pool.map("calibration_perplexity", [(s,) for s in sets])
+            values = pool.map("calibration_perplexity", [(s,) for s in sets])
+            log.info("sleb: step %d, %d candidates, best calibration ppl %.2f (%.0f s)", len(sets[0]), len(sets),
+                     min(values), time.perf_counter() - start)
+            return values
 
         order, trace = crit.greedy_search(None, total, max(cfg.blocks), mapper=mapper)
         for n in cfg.blocks:
@@ -205,8 +208,10 @@ def evaluate_sets(cfg: PruneConfig, pool, chosen: dict) -> tuple[list[dict], flo
     """One row per (criterion, n) plus the full model (criterion ``none``, n 0); seconds taken."""
     distinct = sorted({tuple(b) for b in chosen.values()} | {()})
     start = time.perf_counter()
+    log.info("evaluating %d distinct block sets (%s)", len(distinct), ", ".join(cfg.metrics))
     results = dict(zip(distinct, pool.map("evaluate", [(s, cfg.metrics) for s in distinct])))
     seconds = time.perf_counter() - start
+    log.info("evaluated in %.0f s", seconds)
     rows = [{"criterion": "none", "n": 0, "blocks": [], **results[()]}]
     for (c, n), b in sorted(chosen.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         rows.append({"criterion": c, "n": n, "blocks": list(b), **results[tuple(b)]})
