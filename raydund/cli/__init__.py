@@ -2,7 +2,7 @@
 
 One module per area adds its subcommands (``register``) and runs them (``cmd_*``):
 ``corpora`` (ingest, catalog), ``extract``, ``general`` (similarity, cluster),
-``probes`` (probe), ``transfer`` (transfer, report), ``finetune``, ``explore``, ``lake``
+``probes`` (probe), ``transfer`` (transfer, report), ``prune``, ``finetune``, ``explore``, ``lake``
 (tables, runs, tracking, vacuum) and ``workflows`` (demo, submit, bench). Stage options
 come from the config dataclasses (:mod:`raydund.cli.options`), added when a subcommand
 is used, so start-up imports no stage.
@@ -22,7 +22,7 @@ import os
 import sys
 
 from raydund import __version__
-from raydund.cli import corpora, explore, extract, finetune, general, lake, probes, transfer, workflows
+from raydund.cli import corpora, explore, extract, finetune, general, lake, probes, prune, transfer, workflows
 from raydund.cli.common import add_verbosity, check_names
 from raydund.cli.extract import add_extract_arguments, extract_config
 from raydund.cli.options import LazyParser
@@ -33,7 +33,7 @@ __all__ = ["add_extract_arguments", "build_parser", "extract_config", "main"]
 log = logging.getLogger("raydund")
 
 #: The areas, in the order ``raydund --help`` lists their commands.
-AREAS = (corpora, extract, general, probes, finetune, transfer, explore, lake, workflows)
+AREAS = (corpora, extract, general, probes, finetune, transfer, prune, explore, lake, workflows)
 
 
 class _RedactFilter(logging.Filter):

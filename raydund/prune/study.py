@@ -1,0 +1,288 @@
+"""A depth-pruning study: criteria x blocks removed, evaluated on held-out text, tracked and registered.
+
+1. Text: calibration sentences from the start of ``calibration_split``; the POS probe's
+   training sentences right after them; evaluation sentences from the start of
+   ``eval_split``; SST-2 dev for zero-shot accuracy. Calibration and evaluation text never
+   overlap (checked; an overlap is a :class:`UserError`).
+2. ``workers`` Ray actors each load the model once (:mod:`raydund.prune.workers`).
+3. Choice of blocks for each (criterion, n): the residual-stream criteria from the full
+   model's hidden states on the calibration text (one actor task), ``probe`` from the
+   per-word states and labels, ``sleb`` by greedy search with one actor task per candidate.
+4. Every distinct block set (and the full model) evaluated, one actor task each.
+5. MLflow: a parent run, a child per (criterion, n) with ``ppl``/``sst2``/``pos``, a figure
+   per criterion (blocks removed vs each metric) and one of all criteria's perplexity;
+   the lake table ``prune_results``; per n the pruned model of lowest perplexity registered
+   as a pyfunc model that generates text (:mod:`raydund.prune.registry`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from raydund.config import Settings
+from raydund.errors import UserError
+from raydund.prune import criteria as crit
+from raydund.prune.workers import Pool, StudyData
+
+log = logging.getLogger(__name__)
+
+PRUNE_RESULTS = "prune_results"
+#: The criterion raydund recommends (BENCHMARKS.md, "Depth pruning (issue 18)").
+DEFAULT_CRITERION = "sleb"
+METRICS = ("ppl", "sst2", "pos")
+
+
+@dataclasses.dataclass(kw_only=True)
+class PruneConfig:
+    """A depth-pruning study of one causal LM.
+
+    Attributes
+    ----------
+    model : str
+        A catalog model (``smollm2``), a local model folder, a ``.gguf`` file or a hub id.
+    corpus : str
+        A catalog corpus with word-level labels (calibration, held-out text, POS probe).
+    blocks : tuple of int
+        Numbers of blocks to remove (``2,4,6,8``).
+    criteria : tuple of str
+        Among ``sleb shortgpt gromov last cka cka-debiased probe`` (see :mod:`raydund.prune.criteria`).
+    metrics : tuple of str
+        Among ``ppl sst2 pos``.
+    label : str
+        The corpus's word label for the probe criterion and the POS probe.
+    calibration_split, eval_split : str
+        Splits the calibration and the held-out evaluation sentences come from.
+    calibration_sentences : int
+        Calibration sentences (criteria read their hidden states).
+    sleb_sentences : int
+        The first calibration sentences SLEB scores each candidate on.
+    eval_sentences : int
+        Held-out sentences (perplexity; the POS probe's test words).
+    probe_train_sentences : int
+        Sentences after the calibration ones that train each pruned model's POS probe.
+    sst2_sentences : int
+        SST-2 dev sentences for zero-shot accuracy (0: all 872).
+    probe_threshold : float
+        Relative accuracy loss the probe criterion reports as "within".
+    batch_size : int
+    workers : int
+        Ray actors, each holding the model.
+    threads : int
+        Torch threads (and Ray CPUs) per actor.
+    register : bool
+        Register the best pruned model per n in MLflow.
+    """
+
+    model: str
+    corpus: str = "ud_english_ewt"
+    blocks: tuple[int, ...] = (2, 4, 6, 8)
+    criteria: tuple[str, ...] = ("sleb", "shortgpt", "gromov", "last", "cka", "cka-debiased", "probe")
+    metrics: tuple[str, ...] = METRICS
+    label: str = "upos"
+    calibration_split: str = "train"
+    eval_split: str = "test"
+    calibration_sentences: int = 256
+    sleb_sentences: int = 64
+    eval_sentences: int = 400
+    probe_train_sentences: int = 400
+    sst2_sentences: int = 200
+    probe_threshold: float = 0.01
+    batch_size: int = 8
+    workers: int = 2
+    threads: int = 1
+    register: bool = True
+
+    def __post_init__(self):
+        bad = [c for c in self.criteria if c not in crit.ALL_CRITERIA]
+        if bad:
+            raise UserError(f"unknown criteria {bad}; known: {', '.join(crit.ALL_CRITERIA)}")
+        bad = [m for m in self.metrics if m not in METRICS]
+        if bad:
+            raise UserError(f"unknown metrics {bad}; known: {', '.join(METRICS)}")
+        if not self.blocks or min(self.blocks) < 1:
+            raise UserError("--blocks: give numbers of blocks to remove, each >= 1")
+        if self.sleb_sentences > self.calibration_sentences:
+            raise UserError("sleb_sentences must not exceed calibration_sentences")
+        for name in ("calibration_sentences", "eval_sentences", "workers", "threads", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1")
+
+
+def lake_model_name(model: str) -> str:
+    """The lake/MLflow name of a model argument: a path's folder or file stem, else the name itself."""
+    path = Path(model)
+    if path.exists():
+        return path.stem if path.is_file() else path.name
+    return model.replace("/", "--")
+
+
+def study_data(cfg: PruneConfig, settings: Settings) -> StudyData:
+    """Read the study's text (see the module docstring) and check calibration and evaluation are disjoint."""
+    from raydund.corpora import read_split
+    from raydund.corpora.spec import load_spec
+    from raydund.prune.evaluate import check_disjoint, join
+
+    spec = load_spec(cfg.corpus)
+    cal_table = read_split(spec, cfg.calibration_split, settings)
+    ev_table = read_split(spec, cfg.eval_split, settings)
+    if cfg.label not in cal_table.column_names:
+        raise UserError(f"corpus {cfg.corpus} has no word label {cfg.label!r} (it has: "
+                        f"{', '.join(c for c in cal_table.column_names if c not in ('sentence_id', 'words'))})")
+    words, labels = cal_table.column("words").to_pylist(), cal_table.column(cfg.label).to_pylist()
+    c, p = cfg.calibration_sentences, cfg.probe_train_sentences
+    if len(words) < c + (p if "pos" in cfg.metrics else 0):
+        raise UserError(f"{cfg.corpus}/{cfg.calibration_split} has {len(words)} sentences; "
+                        f"the study needs {c} calibration + {p} probe-training ones")
+    ev_words = ev_table.column("words").to_pylist()[: cfg.eval_sentences]
+    ev_labels = ev_table.column(cfg.label).to_pylist()[: cfg.eval_sentences]
+    check_disjoint(join(words[:c]), join(ev_words))
+    sst_texts, sst_labels = [], []
+    if "sst2" in cfg.metrics:
+        sst = read_split(load_spec("sst2"), "dev", settings)
+        n = cfg.sst2_sentences or sst.num_rows
+        sst_texts = join(sst.column("words").to_pylist()[:n])
+        sst_labels = [int(x) for x in sst.column("label").to_pylist()[:n]]
+    return StudyData(calibration=words[:c], calibration_labels=labels[:c], evaluation=ev_words,
+                     evaluation_labels=ev_labels, probe_train=words[c : c + p], probe_train_labels=labels[c : c + p],
+                     sst2_texts=sst_texts, sst2_labels=sst_labels, sleb=cfg.sleb_sentences,
+                     batch_size=cfg.batch_size)
+
+
+def choose_blocks(cfg: PruneConfig, pool, total: int) -> tuple[dict, dict]:
+    """``{(criterion, n): blocks}`` for every criterion and n, and per-criterion details (traces, seconds)."""
+    for n in cfg.blocks:
+        if n >= total:
+            raise UserError(f"cannot remove {n} of the model's {total} blocks")
+    chosen, details = {}, {}
+    state_criteria = [c for c in cfg.criteria if c in crit.STATE_CRITERIA]
+    if state_criteria:
+        start = time.perf_counter()
+        H = pool.one("states")
+        seconds_states = time.perf_counter() - start
+        details["hidden_states"] = {"seconds": seconds_states, "tokens": int(len(H[0]))}
+        for c in state_criteria:
+            start = time.perf_counter()
+            for n in cfg.blocks:
+                chosen[c, n] = crit.by_states(c, H, n)
+            details[c] = {"seconds": time.perf_counter() - start + seconds_states}
+        details["scores"] = {"block_influence": crit.block_influence(H).tolist()}
+        del H
+    if "probe" in cfg.criteria:
+        start = time.perf_counter()
+        Hw = pool.one("states", True)
+        labels = [x for sent in pool_data_labels(pool) for x in sent]
+        order, acc, within = crit.probe_greedy(Hw, labels, max(cfg.blocks), cfg.probe_threshold)
+        del Hw
+        for n in cfg.blocks:
+            chosen["probe", n] = sorted(order[:n])
+        details["probe"] = {"order": order, "accuracy": acc, "within_threshold": within,
+                            "seconds": time.perf_counter() - start}
+    if "sleb" in cfg.criteria:
+        start = time.perf_counter()
+
+        def mapper(_score, sets):
+            values = pool.map("calibration_perplexity", [(s,) for s in sets])
+            log.info("sleb: step %d, %d candidates, best calibration ppl %.2f (%.0f s)", len(sets[0]), len(sets),
+                     min(values), time.perf_counter() - start)
+            return values
+
+        order, trace = crit.greedy_search(None, total, max(cfg.blocks), mapper=mapper)
+        for n in cfg.blocks:
+            chosen["sleb", n] = sorted(order[:n])
+        details["sleb"] = {"order": order, "calibration_ppl": trace, "seconds": time.perf_counter() - start}
+    return chosen, details
+
+
+def pool_data_labels(pool) -> list:
+    """The calibration labels the pool's actors hold (the driver keeps its own copy in ``pool.data``)."""
+    return pool.data.calibration_labels
+
+
+def evaluate_sets(cfg: PruneConfig, pool, chosen: dict) -> tuple[list[dict], float]:
+    """One row per (criterion, n) plus the full model (criterion ``none``, n 0); seconds taken."""
+    distinct = sorted({tuple(b) for b in chosen.values()} | {()})
+    start = time.perf_counter()
+    log.info("evaluating %d distinct block sets (%s)", len(distinct), ", ".join(cfg.metrics))
+    results = dict(zip(distinct, pool.map("evaluate", [(s, cfg.metrics) for s in distinct])))
+    seconds = time.perf_counter() - start
+    log.info("evaluated in %.0f s", seconds)
+    rows = [{"criterion": "none", "n": 0, "blocks": [], **results[()]}]
+    for (c, n), b in sorted(chosen.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        rows.append({"criterion": c, "n": n, "blocks": list(b), **results[tuple(b)]})
+    return rows, seconds
+
+
+def run_study(cfg: PruneConfig, settings: Settings, pool_factory=None) -> dict:
+    """Run the study (see the module docstring); returns rows, details, registered URIs and run ids.
+
+    ``pool_factory(data) -> pool``: evaluators to use instead of Ray actors (tests pass one
+    making a :class:`~raydund.prune.workers.LocalPool`).
+    """
+    from raydund.prune import track
+
+    wall = time.perf_counter()
+    data = study_data(cfg, settings)
+    if pool_factory is None:
+        from raydund.extract.job import ensure_ray
+
+        def pool_factory(data):
+            return Pool(ensure_ray(), cfg.model, data, cfg.workers, cfg.threads)
+
+    pool = pool_factory(data)
+    pool.data = data
+    try:
+        total = pool.one("num_blocks")
+        chosen, details = choose_blocks(cfg, pool, total)
+        rows, eval_seconds = evaluate_sets(cfg, pool, chosen)
+        details["evaluation"] = {"seconds": eval_seconds}
+        best = best_per_n(rows)
+        out = track.record(cfg, settings, rows, details, best, pool, total, lake_model_name(cfg.model))
+    finally:
+        pool.close()
+    out.update(rows=rows, details=details, best=best, seconds=time.perf_counter() - wall, blocks_total=total)
+    return out
+
+
+def best_per_n(rows: list[dict]) -> dict[int, dict]:
+    """Per n, the row of lowest perplexity (ties: the criterion first in name order)."""
+    best: dict[int, dict] = {}
+    for r in rows:
+        if r["n"] and "ppl" in r and (r["n"] not in best or r["ppl"] < best[r["n"]]["ppl"]):
+            best[r["n"]] = r
+    return best
+
+
+def results_table(model: str, corpus: str, rows: list[dict]) -> pa.Table:
+    """Lake rows: (model, corpus, criterion, n, blocks, metric, value)."""
+    out = [(r["criterion"], r["n"], ",".join(map(str, r["blocks"])), m, float(r[m]))
+           for r in rows for m in METRICS if m in r]
+    cols = list(zip(*out)) if out else [[]] * 5
+    return pa.table({"model": pa.array([model] * len(out), pa.string()),
+                     "corpus": pa.array([corpus] * len(out), pa.string()),
+                     "criterion": pa.array(cols[0], pa.string()), "n": pa.array(cols[1], pa.int32()),
+                     "blocks": pa.array(cols[2], pa.string()), "metric": pa.array(cols[3], pa.string()),
+                     "value": pa.array(cols[4], pa.float64())})
+
+
+def format_table(rows: list[dict]) -> str:
+    """The study as text: one line per (criterion, n), the default criterion marked ``*``."""
+    head = f"{'criterion':<13} {'n':>2} {'ppl':>9} {'sst2':>6} {'pos':>6}  blocks dropped"
+    lines = [head]
+    for r in sorted(rows, key=lambda r: (r["n"], r.get("ppl", 0.0))):
+        mark = "*" if r["criterion"] == DEFAULT_CRITERION else " "
+        ppl = f"{r['ppl']:9.2f}" if "ppl" in r else f"{'':9}"
+        sst = f"{100 * r['sst2']:6.1f}" if "sst2" in r else f"{'':6}"
+        pos = f"{100 * r['pos']:6.1f}" if "pos" in r else f"{'':6}"
+        lines.append(f"{r['criterion'] + mark:<13} {r['n']:>2} {ppl} {sst} {pos}  {','.join(map(str, r['blocks']))}")
+    return "\n".join(lines)
+
+
+def registration_folder() -> tempfile.TemporaryDirectory:
+    """Where a pruned model is saved before MLflow copies it."""
+    return tempfile.TemporaryDirectory(prefix="raydund-prune-")

@@ -1,0 +1,152 @@
+"""Drop decoder blocks from a ``transformers`` causal LM: a real, smaller model.
+
+The blocks live in one ``torch.nn.ModuleList`` whose place depends on the family:
+
+============================================  ======================
+Llama, Qwen2, Mistral, Gemma, Phi-3, ...      ``model.layers``
+GPT-2                                         ``transformer.h``
+GPT-NeoX / Pythia                             ``gpt_neox.layers``
+============================================  ======================
+
+After surgery the list holds only the kept blocks (in order), ``config.num_hidden_layers``
+is their number (and ``config.layer_types``, where the family has one, keeps their
+entries), and every attribute ``layer_idx`` inside block ``i`` is ``i``: the KV cache
+indexes its layers by ``layer_idx``, so generation with a cache stays exact. The result
+is saved and loaded by ``save_pretrained`` / ``from_pretrained`` like any model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterable
+
+import torch
+
+from raydund.errors import UserError
+
+#: Attribute paths of the block list, tried in order.
+BLOCK_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+
+
+def _resolve(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def block_path(model) -> str:
+    """The attribute path of ``model``'s decoder blocks (see :data:`BLOCK_PATHS`).
+
+    Raises
+    ------
+    UserError
+        An architecture whose blocks raydund does not know how to find.
+    """
+    for path in BLOCK_PATHS:
+        if isinstance(_resolve(model, path), torch.nn.ModuleList):
+            return path
+    raise UserError(f"depth pruning does not support {type(model).__name__}: no decoder block list at "
+                    f"{', '.join(BLOCK_PATHS)}")
+
+
+def blocks(model) -> torch.nn.ModuleList:
+    """The decoder blocks of ``model`` (a ``ModuleList``)."""
+    return _resolve(model, block_path(model))
+
+
+def num_blocks(model) -> int:
+    """Number of decoder blocks."""
+    return len(blocks(model))
+
+
+def check_drop(drop: Iterable[int], total: int) -> tuple[int, ...]:
+    """The sorted, distinct block indices of ``drop``; a :class:`UserError` if any is out of range or all go."""
+    out = tuple(sorted({int(b) for b in drop}))
+    bad = [b for b in out if not 0 <= b < total]
+    if bad:
+        raise UserError(f"blocks {bad} out of range: the model has {total} blocks (0..{total - 1})")
+    if len(out) >= total:
+        raise UserError(f"cannot drop all {total} blocks")
+    return out
+
+
+def _set_blocks(model, path: str, kept: list) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(_resolve(model, parent_path), name, torch.nn.ModuleList(kept))
+    for i, block in enumerate(kept):
+        for module in block.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = i
+
+
+def _config_state(config) -> dict:
+    state = {"num_hidden_layers": config.num_hidden_layers}
+    if getattr(config, "layer_types", None) is not None:
+        state["layer_types"] = list(config.layer_types)
+    return state
+
+
+def _set_config(config, state: dict) -> None:
+    for key, value in state.items():
+        setattr(config, key, value)
+
+
+def drop_blocks(model, drop: Iterable[int], inplace: bool = False):
+    """``model`` without the decoder blocks ``drop`` (indices into the current blocks).
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A causal LM (or its base model) of a supported family.
+    drop : iterable of int
+        Block indices, 0-based; duplicates are ignored.
+    inplace : bool
+        Change ``model`` itself; otherwise a deep copy is changed and ``model`` is untouched.
+
+    Returns
+    -------
+    transformers.PreTrainedModel
+        A model with ``num_blocks - len(set(drop))`` blocks; its config records the kept
+        blocks' original indices in ``config.raydund_kept_blocks`` (composed over repeated drops).
+    """
+    path = block_path(model)
+    total = num_blocks(model)
+    drop = check_drop(drop, total)
+    out = model if inplace else copy.deepcopy(model)
+    old = list(_resolve(out, path))
+    keep = [i for i in range(total) if i not in drop]
+    _set_blocks(out, path, [old[i] for i in keep])
+    state = _config_state(out.config)
+    state["num_hidden_layers"] = len(keep)
+    if "layer_types" in state:
+        state["layer_types"] = [state["layer_types"][i] for i in keep]
+    _set_config(out.config, state)
+    original = getattr(out.config, "raydund_kept_blocks", None) or list(range(total))
+    out.config.raydund_kept_blocks = [int(original[i]) for i in keep]
+    return out
+
+
+@contextlib.contextmanager
+def dropped(model, drop: Iterable[int]):
+    """Temporarily drop blocks of ``model`` in place (no copy); everything is restored on exit.
+
+    For evaluating many candidate block sets on one loaded model (one process, one thread
+    at a time).
+    """
+    path = block_path(model)
+    old = list(_resolve(model, path))
+    state = _config_state(model.config)
+    had = hasattr(model.config, "raydund_kept_blocks")
+    kept_before = getattr(model.config, "raydund_kept_blocks", None)
+    try:
+        yield drop_blocks(model, drop, inplace=True)
+    finally:
+        _set_blocks(model, path, old)
+        _set_config(model.config, state)
+        if had:
+            model.config.raydund_kept_blocks = kept_before
+        elif hasattr(model.config, "raydund_kept_blocks"):
+            del model.config.raydund_kept_blocks

@@ -1,0 +1,166 @@
+"""Ray actors that hold one loaded model and evaluate block sets dropped from it.
+
+A pruning study asks many questions of one model: a calibration perplexity per SLEB
+candidate, an evaluation per (criterion, n). Loading SmolLM2 from GGUF takes ~20 s and
+deep-copying it per question would dominate, so each of ``workers`` actors loads the model
+once and answers each question as one actor task: it drops the blocks in place
+(:func:`raydund.prune.surgery.dropped`), computes, and restores them. Each actor runs torch
+on ``threads`` threads and reserves as many Ray CPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class StudyData:
+    """The text of a study (sentences are word lists; see :mod:`raydund.prune.evaluate`).
+
+    Attributes
+    ----------
+    calibration : list of list of str
+        Sentences the criteria read (hidden states) and SLEB scores candidates on (its first ``sleb`` ones).
+    calibration_labels : list of list of str
+        Word labels of ``calibration`` (the ``probe`` criterion); may be empty.
+    evaluation : list of list of str
+        Held-out sentences: perplexity, and the POS probe's test words.
+    evaluation_labels : list of list of str
+    probe_train, probe_train_labels : list of list of str
+        Sentences (and labels) the POS probe of each pruned model is trained on.
+    sst2_texts : list of str
+    sst2_labels : list of int
+        0 negative, 1 positive.
+    sleb : int
+        Calibration sentences SLEB scores each candidate on.
+    batch_size : int
+    """
+
+    calibration: list
+    calibration_labels: list
+    evaluation: list
+    evaluation_labels: list
+    probe_train: list
+    probe_train_labels: list
+    sst2_texts: list
+    sst2_labels: list
+    sleb: int = 64
+    batch_size: int = 8
+
+
+class Evaluator:
+    """One loaded model answering questions about block sets dropped from it (the body of a Ray actor)."""
+
+    def __init__(self, model_name: str, data: StudyData, threads: int = 1, model=None, tokenizer=None):
+        import torch
+
+        from raydund.prune import models
+
+        torch.set_num_threads(threads)
+        self.data = data
+        self.model, self.tok = (model, tokenizer) if model is not None else models.load(model_name)
+
+    def num_blocks(self) -> int:
+        from raydund.prune.surgery import num_blocks
+
+        return num_blocks(self.model)
+
+    def calibration_perplexity(self, drop: tuple[int, ...]) -> float:
+        """Perplexity of the first ``data.sleb`` calibration sentences without blocks ``drop``."""
+        from raydund.prune import evaluate
+        from raydund.prune.surgery import dropped
+
+        with dropped(self.model, drop):
+            return evaluate.perplexity(self.model, self.tok, evaluate.join(self.data.calibration[: self.data.sleb]),
+                                       self.data.batch_size)
+
+    def states(self, words: bool = False) -> list[np.ndarray]:
+        """The full model's ``H[l]`` on the calibration text: per token, or per word (last subword)."""
+        from raydund.prune import evaluate
+
+        if words:
+            return evaluate.word_hidden_states(self.model, self.tok, self.data.calibration, self.data.batch_size)
+        return evaluate.hidden_states(self.model, self.tok, evaluate.join(self.data.calibration),
+                                      self.data.batch_size)
+
+    def evaluate(self, drop: tuple[int, ...], metrics: tuple[str, ...]) -> dict:
+        """``{"ppl", "sst2", "pos"}`` (those asked for) and the seconds each took, without blocks ``drop``."""
+        from raydund.prune import evaluate
+        from raydund.prune.surgery import dropped
+
+        d, out = self.data, {}
+        with dropped(self.model, drop):
+            if "ppl" in metrics:
+                start = time.perf_counter()
+                out["ppl"] = evaluate.perplexity(self.model, self.tok, evaluate.join(d.evaluation), d.batch_size)
+                out["seconds_ppl"] = time.perf_counter() - start
+            if "sst2" in metrics:
+                start = time.perf_counter()
+                out["sst2"] = evaluate.zero_shot_accuracy(self.model, self.tok, d.sst2_texts, d.sst2_labels,
+                                                          batch_size=d.batch_size)
+                out["seconds_sst2"] = time.perf_counter() - start
+            if "pos" in metrics:
+                start = time.perf_counter()
+                train = evaluate.word_vectors(self.model, self.tok, d.probe_train, d.batch_size)
+                test = evaluate.word_vectors(self.model, self.tok, d.evaluation, d.batch_size)
+                out["pos"] = evaluate.probe_accuracy(train, _flat(d.probe_train_labels), test,
+                                                     _flat(d.evaluation_labels))
+                out["seconds_pos"] = time.perf_counter() - start
+        return out
+
+    def save(self, drop: tuple[int, ...], folder: str) -> str:
+        """Write the model without blocks ``drop`` (and its tokenizer) to ``folder``."""
+        from raydund.prune.surgery import drop_blocks
+
+        small = drop_blocks(self.model, drop)
+        small.save_pretrained(folder)
+        self.tok.save_pretrained(folder)
+        return folder
+
+
+def _flat(labels: list[list]) -> list:
+    return [x for sent in labels for x in sent]
+
+
+class Pool:
+    """``workers`` :class:`Evaluator` actors; ``map`` sends one question per actor task, in order."""
+
+    def __init__(self, ray, model_name: str, data: StudyData, workers: int, threads: int):
+        from ray.util import ActorPool
+
+        actor = ray.remote(num_cpus=threads)(Evaluator)
+        data_ref = ray.put(data)
+        self.ray = ray
+        self.actors = [actor.remote(model_name, data_ref, threads) for _ in range(workers)]
+        self.pool = ActorPool(self.actors)
+
+    def map(self, method: str, args: list[tuple]) -> list:
+        """``actor.method(*a)`` for every ``a`` in ``args``, spread over the actors; results in order."""
+        return list(self.pool.map(lambda a, v: getattr(a, method).remote(*v), args))
+
+    def one(self, method: str, *args):
+        """``method(*args)`` on the first actor."""
+        return self.ray.get(getattr(self.actors[0], method).remote(*args))
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+
+
+class LocalPool:
+    """:class:`Pool` in this process (one :class:`Evaluator`; tests and debugging)."""
+
+    def __init__(self, evaluator: Evaluator):
+        self.evaluator = evaluator
+
+    def map(self, method: str, args: list[tuple]) -> list:
+        return [getattr(self.evaluator, method)(*a) for a in args]
+
+    def one(self, method: str, *args):
+        return getattr(self.evaluator, method)(*args)
+
+    def close(self) -> None:
+        pass
