@@ -19,10 +19,13 @@ Failure modes:
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import logging
 import os
 import re
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -149,6 +152,79 @@ def job_run(settings: Settings, experiment: str, run_name: str, params: dict, ta
     finally:
         try:
             mlflow.end_run(status)
+        except Exception as exc:  # noqa: BLE001  (tracking must not turn a finished job into a failure)
+            log.warning("MLflow: could not mark run %s %s (%s); the job's results are unaffected",
+                        run.info.run_id, status, exc)
+            _spool(settings, run.info.run_id, {"kind": "status", "status": status})
+
+
+class _RunBeside:
+    """An MLflow run being created on a thread; ``.info`` waits for it (what ``job_run`` yields with ``beside``)."""
+
+    def __init__(self, start):
+        self._box: dict = {}
+
+        def target():
+            try:
+                self._box["run"] = start()
+            except BaseException as exc:  # noqa: BLE001  (re-raised on the job's thread by .info)
+                self._box["error"] = exc
+
+        self._thread = threading.Thread(target=target, name="mlflow-run", daemon=True)
+        self._thread.start()
+
+    def wait(self):
+        """The created run; raises what creating it raised."""
+        self._thread.join()
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["run"]
+
+    @property
+    def info(self):
+        return self.wait().info
+
+
+@contextlib.contextmanager
+def job_run_beside(settings: Settings, experiment: str, run_name: str, params: dict, tags: dict | None = None):
+    """:func:`job_run` whose run is created on a thread while the job starts working.
+
+    For jobs whose fixed costs matter (a small extraction: importing MLflow and opening
+    its store take about as long as encoding a few thousand words): the yielded handle's
+    ``.info`` waits for the run, so the job asks for its id only where it needs it (the
+    commit). The run is made with the client API (no active run on any thread): use
+    :class:`Tracker` or the module functions with its id, never ``mlflow.log_*``. A failure
+    to create it is raised by ``.info`` (or at the end), before anything is committed.
+    """
+    check_reachable(settings)
+
+    def start():
+        mlflow = configure(settings)
+        from mlflow.entities import Param
+
+        client = mlflow.MlflowClient()
+        context = {"mlflow.user": getpass.getuser(), "mlflow.source.type": "LOCAL",
+                   "mlflow.source.name": os.path.basename(sys.argv[0] or "python")}
+        run = client.create_run(ensure_experiment(settings, experiment), run_name=run_name,
+                                tags={**context, **scrub(tags or {})})
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in scrub(params).items()])
+        return run
+
+    handle = _RunBeside(start)
+    status = "FAILED"
+    try:
+        yield handle
+        status = "FINISHED"
+    finally:
+        try:
+            run = handle.wait()
+        except Exception:
+            if status == "FINISHED":
+                raise
+            run = None  # the job failed anyway: its own error is the one to see
+        try:
+            if run is not None:
+                configure(settings).MlflowClient().set_terminated(run.info.run_id, status)
         except Exception as exc:  # noqa: BLE001  (tracking must not turn a finished job into a failure)
             log.warning("MLflow: could not mark run %s %s (%s); the job's results are unaffected",
                         run.info.run_id, status, exc)

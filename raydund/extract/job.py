@@ -250,8 +250,8 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
     }
     experiment = tracking.experiment_name(spec.name, cfg.corpus)
     start = time.perf_counter()
-    with tracking.job_run(settings, experiment, f"extract {cfg.split} {cfg.unit}", params,
-                          tags={"raydund.stage": "extract"}) as run:
+    with tracking.job_run_beside(settings, experiment, f"extract {cfg.split} {cfg.unit}", params,
+                                 tags={"raydund.stage": "extract"}) as run:
         executor, why = choose_executor(cfg)
         log.info("extracting %d shards %s (%s)", len(pending), "in this process" if executor == "local" else
                  f"on a Ray pool of {cfg.pool_size}", why)

@@ -15,8 +15,12 @@ few thousand tokens costs far less than the feature-space products of wide layer
 * :func:`cka` is linear CKA (Kornblith et al. 2019), biased or debiased (unbiased HSIC,
   Song et al. 2007, centred as in the google-research CKA notebook);
 * "CKA without outliers" is :func:`cka` after each layer's own massive dimensions are
-  dropped; "debiased CKA on standardised neurons" is :func:`cka` with ``debiased=True``
-  on z-scored neurons (every neuron weighs the same, whatever its scale);
+  dropped; "CKA without outlier tokens" after the tokens on which any layer has a massive
+  activation are dropped (on SmolLM2 these are the first word of each sentence, the
+  attention sink, and they dominate every dimension of the late layers, so dropping
+  dimensions alone is not enough); "debiased CKA on standardised neurons" is :func:`cka`
+  with ``debiased=True`` on z-scored neurons (every neuron weighs the same, whatever its
+  scale);
 * :func:`mutual_knn` is the mutual nearest-neighbour alignment of Huh et al. 2024
   (arXiv:2405.07987): the share of each token's ``k`` nearest neighbours (cosine) that
   two layers agree on, which no single dimension can dominate once rows are normalised.
@@ -125,6 +129,8 @@ class RobustSimilarity:
         Linear CKA as the paper computes it (the variant massive activations dominate).
     cka_no_outliers : numpy.ndarray
         Linear CKA after dropping each layer's massive dimensions.
+    cka_no_outlier_tokens : numpy.ndarray
+        Linear CKA on the tokens where no layer has a massive activation.
     cka_standardized : numpy.ndarray
         Debiased linear CKA on z-scored neurons.
     mknn : numpy.ndarray
@@ -140,6 +146,7 @@ class RobustSimilarity:
     cka: np.ndarray
     cka_debiased: np.ndarray
     cka_no_outliers: np.ndarray
+    cka_no_outlier_tokens: np.ndarray
     cka_standardized: np.ndarray
     mknn: np.ndarray
     outliers: list
@@ -148,7 +155,7 @@ class RobustSimilarity:
     k: int
     ratio: float
 
-    VARIANTS = ("cka", "cka_debiased", "cka_no_outliers", "cka_standardized", "mknn")
+    VARIANTS = ("cka", "cka_debiased", "cka_no_outliers", "cka_no_outlier_tokens", "cka_standardized", "mknn")
 
     def adjacent(self, variant: str) -> np.ndarray:
         """Similarity of each layer with the next one (``L - 1`` values)."""
@@ -174,12 +181,16 @@ def robust_similarity(layers: list[np.ndarray], k: int = 10, ratio: float = MASS
     outliers = [massive_dimensions(X, ratio) for X in layers]
     tokens = [massive_tokens(X, d, ratio) for X, d in zip(layers, outliers)]
     L = len(layers)
+    keep = np.setdiff1d(np.arange(n), np.concatenate(tokens + [np.zeros(0, np.int64)]))
+    if len(keep) < 4:
+        raise ValueError("fewer than 4 tokens are free of massive activations: raise the ratio or the sample")
     out = {name: np.eye(L) for name in RobustSimilarity.VARIANTS}
     grams = {}
     for name, prepare, unbiased in (
         ("cka", lambda i: layers[i], False),
         ("cka_debiased", lambda i: layers[i], True),
         ("cka_no_outliers", lambda i: np.delete(layers[i], outliers[i], axis=1), False),
+        ("cka_no_outlier_tokens", lambda i: layers[i][keep], False),
         ("cka_standardized", lambda i: standardize(layers[i]), True),
     ):
         grams = [center_gram(gram(prepare(i)), unbiased) for i in range(L)]

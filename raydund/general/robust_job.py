@@ -27,6 +27,7 @@ TITLES = {
     "cka": "linear CKA (paper)",
     "cka_debiased": "debiased linear CKA",
     "cka_no_outliers": "linear CKA without massive dimensions",
+    "cka_no_outlier_tokens": "linear CKA without massive-activation tokens",
     "cka_standardized": "debiased CKA, standardised neurons",
     "mknn": "mutual k-NN alignment",
 }

@@ -55,6 +55,7 @@ def test_a_planted_massive_dimension_is_found_and_the_robust_variants_see_throug
     assert result.cka[0, 1] > 0.95
     # ... every robust variant does not (unrelated: near the ~d/n floor or below)
     assert result.cka_no_outliers[0, 1] < 0.15
+    assert result.cka_no_outlier_tokens[0, 1] < 0.15
     assert abs(result.cka_standardized[0, 1]) < 0.1
     assert result.mknn[0, 1] < 0.15
     assert [list(o) for o in result.outliers] == [[5], [5]]
@@ -62,6 +63,20 @@ def test_a_planted_massive_dimension_is_found_and_the_robust_variants_see_throug
     # the matrices agree with computing each variant by hand
     assert result.cka_no_outliers[0, 1] == pytest.approx(ref_cka(np.delete(X, 5, 1), np.delete(Y, 5, 1)))
     assert result.cka_standardized[0, 1] == pytest.approx(ref_debiased(standardize(X), standardize(Y)))
+    assert result.cka_no_outlier_tokens[0, 1] == pytest.approx(ref_cka(X[4:], Y[4:]))
+
+
+def test_tokens_that_dominate_every_dimension_fool_dimension_removal_but_not_token_removal():
+    """The late layers of SmolLM2: a few tokens (the attention sink) are huge in MANY dimensions at once."""
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((300, 24)), rng.standard_normal((300, 24))
+    sink = 50.0 * rng.standard_normal(24)
+    for Z in (X, Y):
+        Z[:6] += sink  # the same direction on the same tokens, none of it 100x the median in one dimension
+        Z[:6, 0] = 5000.0  # ... and one massive dimension that names them
+    result = robust_similarity([X, Y], k=10)
+    assert result.cka_no_outliers[0, 1] > 0.8  # dropping dimension 0 leaves the sink tokens in charge
+    assert result.cka_no_outlier_tokens[0, 1] < 0.15
 
 
 def test_related_layers_stay_similar_under_every_variant():
