@@ -3,7 +3,7 @@
 Driver side only. Sentences are sorted by length (less padding), cut into shards of
 about ``shard_words`` words, and handed to a fixed pool of :class:`ExtractActor` s, or,
 when no cluster is attached and the pool would have one actor, to one
-:class:`ExtractActor` in this process (:func:`choose_executor`: same files, same commit).
+:class:`ExtractActor` in this process (:func:`~raydund.extract.executors.choose_executor`: same files, same commit).
 Workers write Parquet files; the driver registers all of them in one Iceberg commit
 that replaces the same (model, corpus, split, unit). The job's key (a fingerprint of
 the model, the corpus snapshot and the settings) names its staging generations
@@ -19,8 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import re
-import sys
 import time
 
 import numpy as np
@@ -29,21 +27,15 @@ import pyarrow as pa
 from raydund import faults, tracking
 from raydund.config import Settings
 from raydund.errors import UserError
-from raydund.extract.actor import ExtractActor, split_uri
+from raydund.extract.actor import split_uri
 from raydund.extract.align import check_aggregation
 from raydund.extract.encoder import UNITS, WORD_UNITS
+from raydund.extract.executors import EXECUTORS, ensure_ray, run_shards
 from raydund.extract.models import resolve_model
-from raydund.extract.staging import SEALED, choose_generation, finished_shards, touch
+from raydund.extract.staging import SEALED, choose_generation, touch
 from raydund.lake import STORAGE_DTYPES, Lake, check_name, corpus_table_name
 
 log = logging.getLogger(__name__)
-
-#: Times the driver re-runs the actor pool on the shards still missing after a system failure
-#: (a node or actor lost beyond Ray Data's own retries). User errors are never retried.
-POOL_ATTEMPTS = 3
-
-#: Where shards are encoded (:attr:`ExtractConfig.executor`).
-EXECUTORS = ("auto", "local", "ray")
 
 
 @dataclasses.dataclass
@@ -93,7 +85,7 @@ class ExtractConfig:
         ``local``, the same actor class called in this process (no Ray start-up, one
         model copy); ``auto`` (default) picks ``local`` when no Ray cluster is attached,
         the pool has one actor and the memory plan says the model and a shard fit, see
-        :func:`choose_executor`. Both write the same files and the same commit.
+        :func:`~raydund.extract.executors.choose_executor`. Both write the same files and the same commit.
     """
 
     model: str
@@ -186,18 +178,6 @@ def job_key(cfg: ExtractConfig, model_source: str, corpus_snapshot: int) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_ray():
-    """Connect to ``RAY_ADDRESS`` if set, else start (or reuse) a local Ray."""
-    import ray
-
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        # worker output (model loading bars) stays in Ray's logs unless asked for
-        ray.init(address=address, log_to_driver=log.isEnabledFor(logging.DEBUG),
-                 include_dashboard=False if not address else None)
-    return ray
-
-
 def check_model(spec) -> None:
     """Fail before any compute when a hub model cannot be found (its config is fetched, not its weights)."""
     if os.path.isdir(spec.source):
@@ -252,14 +232,7 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
     start = time.perf_counter()
     with tracking.job_run_beside(settings, experiment, f"extract {cfg.split} {cfg.unit}", params,
                                  tags={"raydund.stage": "extract"}) as run:
-        executor, why = choose_executor(cfg)
-        log.info("extracting %d shards %s (%s)", len(pending), "in this process" if executor == "local" else
-                 f"on a Ray pool of {cfg.pool_size}", why)
-        if executor == "local":
-            _run_local(cfg, spec, files_uri, pending, done, progress)
-            retried = 0
-        else:
-            retried = _run_with_retries(cfg, spec, key, files_uri, shards, pending, done, fs, root, progress)
+        executor, retried = run_shards(cfg, spec, files_uri, shards, pending, done, fs, root, progress)
         records = [done[s["shard"]] for s in shards]
         files = [f for r in records for f in r["files"]]
         touch(fs, f"{root}/{SEALED}")  # from here on no file of this generation is ever written again
@@ -289,86 +262,6 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
     return result
 
 
-def choose_executor(cfg: ExtractConfig) -> tuple[str, str]:
-    """``("local" | "ray", why)``: where this job's shards are encoded.
-
-    ``auto`` runs in this process when nothing asks for Ray: no cluster is attached
-    (``RAY_ADDRESS`` unset, and a Ray this process already started has one node) and the
-    pool has one actor. The memory plan of that case is the pool's: one model copy and one
-    shard's row groups on this machine, in this process instead of an actor beside it
-    (one process fewer), so whatever fits the one-actor pool fits here. What the local path
-    saves is the fixed cost of starting Ray, an actor and shipping the shards (seconds,
-    which dominate jobs under ~50k words). A job on a cluster, with several actors, or
-    asked for with ``executor="ray"`` uses the pool, which also retries lost actors.
-    """
-    if cfg.executor != "auto":
-        return cfg.executor, f"executor={cfg.executor}"
-    if cfg.pool_size > 1:
-        return "ray", f"a pool of {cfg.pool_size} actors"
-    if os.environ.get("RAY_ADDRESS"):
-        return "ray", "a Ray cluster is attached (RAY_ADDRESS)"
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized() and len(ray.nodes()) > 1:
-        return "ray", f"a Ray cluster of {len(ray.nodes())} nodes is attached"
-    return "local", "no cluster attached, one actor"
-
-
-def _run_local(cfg, spec, files_uri, pending, done, progress) -> None:
-    """Encode the pending shards in this process with the pool's own actor class (same files, same markers)."""
-    import torch
-    from tqdm import tqdm
-
-    threads = torch.get_num_threads()
-    device = "cuda" if cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-    try:
-        actor = ExtractActor(spec, _actor_job(cfg, spec, files_uri), threads=cfg.threads, device=device)
-        with tqdm(total=sum(len(w) for s in pending for w in s["words"]), unit="word",
-                  desc=f"extract {cfg.corpus}/{cfg.split}", disable=not progress, dynamic_ncols=True) as bar:
-            for shard in pending:
-                done[shard["shard"]] = actor.write_shard(shard)
-                bar.update(sum(len(w) for w in shard["words"]))
-    finally:
-        torch.set_num_threads(threads)  # the actor sized torch's threads for itself; this process goes on
-
-
-def _actor_job(cfg: ExtractConfig, spec, files_uri: str) -> dict:
-    """What every actor of the job needs besides the model (see :class:`ExtractActor`)."""
-    return {
-        "model_name": spec.name, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit,
-        "aggregation": cfg.aggregation, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
-        "max_tokens": cfg.max_tokens, "files_uri": files_uri, "allow_nonfinite": cfg.allow_nonfinite,
-    }
-
-
-def _run_with_retries(cfg, spec, key, files_uri, shards, pending, done, fs, root, progress) -> int:
-    """Run the pool until every shard has its ``_done`` marker; return how many re-runs it took.
-
-    Ray Data already restarts a dead actor and retries its call; this covers what is left
-    (the pool giving up, a node lost): the markers on storage say which shards finished.
-    """
-    retried = 0
-    while pending:
-        try:
-            _run_pool(cfg, spec, key, files_uri, pending, done, progress)
-        except UserError:
-            raise
-        except Exception as exc:
-            if retried + 1 >= POOL_ATTEMPTS or not _is_ray_failure(exc):
-                raise
-            retried += 1
-            log.warning("extraction pool failed (%s); re-running the missing shards (attempt %d of %d)",
-                        type(exc).__name__, retried + 1, POOL_ATTEMPTS)
-        done.update(finished_shards(fs, root))
-        pending = [s for s in shards if s["shard"] not in done]
-    return retried
-
-
-def _is_ray_failure(exc: BaseException) -> bool:
-    import ray
-
-    return isinstance(exc, (ray.exceptions.RayError, ConnectionError, TimeoutError))
-
-
 def _check_committed(lake: Lake, snapshot_id: int, records: list[dict]) -> None:
     """The commit added exactly one row per (sentence, word, layer) the shards reported."""
     snap = lake.activations().snapshot_by_id(snapshot_id)
@@ -381,40 +274,5 @@ def _check_committed(lake: Lake, snapshot_id: int, records: list[dict]) -> None:
         raise RuntimeError(f"activation commit {snapshot_id} added {added} rows, expected {expected}")
 
 
-def _run_pool(cfg, spec, key, files_uri, pending, done, progress):
-    """Push pending shards through the actor pool; record each finished shard in ``done``."""
-    from tqdm import tqdm
-
-    ray = ensure_ray()
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.enable_rich_progress_bars = False
-    job = _actor_job(cfg, spec, files_uri)
-    ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
-        ExtractActor,
-        fn_constructor_kwargs={"model": spec, "job": job, "threads": cfg.threads},
-        batch_size=1,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.pool_size),
-        num_cpus=cfg.num_cpus,
-        num_gpus=cfg.num_gpus,
-    )
-    shard_words = {s["shard"]: sum(len(w) for w in s["words"]) for s in pending}
-    with tqdm(total=sum(shard_words.values()), unit="word", desc=f"extract {cfg.corpus}/{cfg.split}",
-              disable=not progress, dynamic_ncols=True) as bar:
-        try:
-            for row in ds.iter_rows():
-                done[row["shard"]] = {k: row[k] for k in ("shard", "files", "words", "bytes", "seconds", "dropped",
-                                                          "nonfinite")}
-                bar.update(shard_words[row["shard"]])
-        except ray.exceptions.RayError as exc:
-            user = _user_error_from(exc)
-            if user is not None:
-                raise user from None
-            raise
-
-
-def _user_error_from(exc: Exception) -> UserError | None:
-    """A worker's UserError reaches the driver only as text inside Ray's error: recover it."""
-    found = re.search(r"raydund\.errors\.(?:UserError|CorpusError): (.+)", str(exc))
-    return UserError(found.group(1)) if found else None
+#: ``ensure_ray`` stays importable from here: every stage that starts Ray goes through it.
+__all__ = ["ExtractConfig", "ExtractResult", "check_model", "ensure_ray", "job_key", "make_shards", "run_extraction"]

@@ -104,16 +104,16 @@ def test_half_precision_storage(settings, lake_with_corpus, tiny_model_dir):
 def test_interrupted_job_resumes_and_completes(settings, lake_with_corpus, tiny_model_dir):
     import mlflow
 
-    from raydund.extract import job as job_module
+    from raydund.extract import executors as job_module
 
     lake, data = lake_with_corpus
     cfg = ExtractConfig(model=tiny_model_dir("bert"), corpus="toy", split="train", shard_words=40, executor="ray")
     calls = []
     real_pool = job_module._run_pool
 
-    def dies_after_first_shard(cfg_, spec, key, files_uri, pending, done, progress):
+    def dies_after_first_shard(cfg_, spec, files_uri, pending, done, progress):
         calls.append(len(pending))
-        real_pool(cfg_, spec, key, files_uri, pending[:1], done, progress)
+        real_pool(cfg_, spec, files_uri, pending[:1], done, progress)
         raise KeyboardInterrupt  # the job is killed after one shard was written
 
     job_module._run_pool = dies_after_first_shard

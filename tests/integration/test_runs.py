@@ -93,12 +93,14 @@ def test_tracking_failures_after_the_commit_are_spooled_then_flushed(settings, m
     exp = tracking.ensure_experiment(settings, "raydund/m/c")
     run_id = mlflow.MlflowClient().create_run(exp).info.run_id
 
-    real_apply = tracking._apply
+    from raydund.tracking import spool
+
+    real_apply = spool._apply
 
     def refuse(*args, **kwargs):
         raise ConnectionError("tracking server gone")
 
-    monkeypatch.setattr(tracking, "_apply", refuse)
+    monkeypatch.setattr(spool, "_apply", refuse)
     track = tracking.Tracker(settings, run_id)
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
@@ -110,7 +112,7 @@ def test_tracking_failures_after_the_commit_are_spooled_then_flushed(settings, m
     kinds = [r["kind"] for r in tracking.read_spool(settings, run_id)]
     assert kinds == ["metrics", "artifact", "artifact", "child", "tags"]
 
-    monkeypatch.setattr(tracking, "_apply", real_apply)
+    monkeypatch.setattr(spool, "_apply", real_apply)
     assert tracking.replay_spool(settings) == 1
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
