@@ -48,7 +48,8 @@ class FinetuneConfig:
         Share of (the used part of) train held out as the dev set.
     group_by_length : bool
         Batch train sentences of similar length (:class:`~raydund.finetune.data.LengthGroupedBatches`):
-        a step pads less and costs less (SST-2: about a third); ``False``: plain shuffled batches.
+        a step pads less (on SST-2 it costs about a third); ``False`` (``--no-group-by-length``):
+        plain shuffled batches.
     train_limit : int, optional
         Only the first ``train_limit`` train sentences by ``sentence_id`` (GLUE files
         are in no particular order): the same sentences ``raydund extract --limit``
