@@ -67,7 +67,8 @@ def sentence_demo(settings: Settings, corpus: str = "sst2", model: str = "minilm
     if corpus_table_name(corpus) not in lake.table_names():
         ingest(corpus, settings)
     ft = run_finetune(FinetuneConfig(model=model, corpus=corpus, train_limit=train_limit, epochs=epochs,
-                                     max_length=max_length, batch_size=batch_size, lr=lr, seed=seed), settings)
+                                     max_length=max_length, batch_size=batch_size, lr=lr, seed=seed,
+                                     group_by_length=True), settings)
     train_rows = lake.read_corpus(corpus, "train").num_rows
     t_extract = time.perf_counter()
     for split, limit in (("train", train_limit), ("dev", None)):
