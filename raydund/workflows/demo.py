@@ -120,7 +120,7 @@ def run_demo(settings: Settings, limit: int | None = None, train_limit: int = DE
         reports.append(analyse_tasks(settings, corpus, labels, train_limit))
     sst = sentence_demo(settings, corpus="sst2")
     print(f"\nSST-2: MiniLM fine-tuned on the first {sst['train_sentences']:,} train sentences "
-          f"({DEMO_EPOCHS} epoch, lr {DEMO_LR:g}, {sst['finetune_seconds'] / 60:.1f} min) reaches test "
+          f"({DEMO_EPOCHS} epoch, lr {DEMO_LR:.0e}, {sst['finetune_seconds'] / 60:.1f} min) reaches test "
           f"{sst['metric']} {100 * sst['finetune_test'][sst['metric']]:.1f}% "
           f"(the same recipe on all {sst['train_rows']:,}: "
           f"{100 * SST2_FULL_ACCURACY:.1f}%, BENCHMARKS.md); registered as {sst['uri']}")
