@@ -19,7 +19,7 @@ DEMO_LR = 1e-4
 
 def sentence_demo(settings: Settings, corpus: str = "sst2", model: str = "minilm",
                   train_limit: int | None = DEMO_TRAIN_SENTENCES, epochs: int = DEMO_EPOCHS, max_length: int = 64,
-                  batch_size: int = 32, lr: float = DEMO_LR,
+                  batch_size: int = 32, lr: float = DEMO_LR, group_by_length: bool = True,
                   thresholds: tuple[float, ...] | None = None, seed: int = 0) -> dict:
     """Fine-tune -> extract [CLS] (train, dev) -> layer-wise probes -> clustering sweep, for one GLUE task.
 
@@ -44,6 +44,8 @@ def sentence_demo(settings: Settings, corpus: str = "sst2", model: str = "minilm
         and [SEP], the longest are 66 and 55 subword tokens), length-grouped batches pad
         little, and a higher learning rate than :class:`FinetuneConfig`'s 2e-5 makes up
         for the single epoch.
+    group_by_length : bool
+        Batches of sentences of similar length (:class:`FinetuneConfig`).
     thresholds : tuple of float, optional
         Clustering thresholds (default: the paper's 0.0..0.9).
     seed : int
@@ -69,7 +71,7 @@ def sentence_demo(settings: Settings, corpus: str = "sst2", model: str = "minilm
         ingest(corpus, settings)
     ft = run_finetune(FinetuneConfig(model=model, corpus=corpus, train_limit=train_limit, epochs=epochs,
                                      max_length=max_length, batch_size=batch_size, lr=lr, seed=seed,
-                                     group_by_length=True), settings)
+                                     group_by_length=group_by_length), settings)
     train_rows = lake.read_corpus(corpus, "train").num_rows
     t_extract = time.perf_counter()
     for split, limit in (("train", train_limit), ("dev", None)):
