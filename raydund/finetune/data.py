@@ -102,3 +102,55 @@ def make_collate(tokenizer):
         return {**padded, "labels": labels}
 
     return collate
+
+
+class LengthGroupedBatches:
+    """A batch sampler of rows of similar length: little padding, a new seeded order each epoch.
+
+    Each epoch permutes the rows with ``(seed, epoch)``, sorts every window of
+    ``window`` batches by length, cuts it into batches and permutes the batches. Worker
+    ``rank`` of ``world`` takes every ``world``-th batch, wrapping around so that every
+    worker gets the same number. SST-2 train phrases average 13 tokens while a random
+    batch of 32 pads to ~40: grouping makes a step about 3x cheaper.
+
+    Parameters
+    ----------
+    lengths : sequence of int
+        Tokens of every row.
+    batch_size, seed : int
+    rank, world : int
+        This worker and the number of workers.
+    window : int
+        Batches per sorted window (how local the grouping is).
+    """
+
+    def __init__(self, lengths, batch_size: int, seed: int, rank: int = 0, world: int = 1, window: int = 50):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.span = batch_size * window
+        self.epoch = 0
+        n = len(self.lengths)
+        full, rest = divmod(n, self.span)
+        self.total = full * -(-self.span // batch_size) + -(-rest // batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` (as ``DistributedSampler.set_epoch``)."""
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        batches = []
+        for start in range(0, len(order), self.span):
+            window = order[start:start + self.span]
+            window = window[np.argsort(-self.lengths[window], kind="stable")]
+            batches.extend(window[i:i + self.batch_size] for i in range(0, len(window), self.batch_size))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __len__(self) -> int:
+        return -(-self.total // self.world)
+
+    def __iter__(self):
+        batches = self._batches()
+        for i in range(len(self)):
+            yield batches[(i * self.world + self.rank) % len(batches)].tolist()

@@ -21,7 +21,7 @@ import numpy as np
 from raydund.config import Settings
 from raydund.extract.models import load_tokenizer
 from raydund.finetune.config import FinetuneConfig
-from raydund.finetune.data import EncodedDataset, make_collate
+from raydund.finetune.data import EncodedDataset, LengthGroupedBatches, make_collate
 from raydund.finetune.metrics import task_metrics
 
 
@@ -172,8 +172,13 @@ def train_loop(config: dict) -> None:
         return  # a finished job re-run: the last checkpoint is the result
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
-    sampler = DistributedSampler(datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(datasets["train"], batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate)
+    if cfg.group_by_length:
+        lengths = [len(f["input_ids"]) for f in datasets["train"].features]
+        sampler = LengthGroupedBatches(lengths, cfg.batch_size, cfg.seed, rank, world)
+        loader = DataLoader(datasets["train"], batch_sampler=sampler, collate_fn=collate)
+    else:
+        sampler = DistributedSampler(datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+        loader = DataLoader(datasets["train"], batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate)
     loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
     optimizer, scheduler = _optimizer(model, len(loader), cfg, saved)
     fail_at = cfg.fail_after_steps if checkpoint is None else None
