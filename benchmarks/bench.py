@@ -141,15 +141,20 @@ class PeakMemory:
     (the libraries this process has imported, idle workers), so ``peak_work - baseline``
     is what the measured work added; ``peak_process`` is the largest single process (the
     driver or one worker).
+
+    ``tree=True`` counts this process and ALL its descendants whatever their names (its
+    own local Ray: raylet and its object store pages, GCS, every worker) and nothing
+    else on the machine: ``peak_work`` is then the peak of the whole process tree.
     """
 
-    def __init__(self, interval: float = 0.5, own_only: bool = False):
+    def __init__(self, interval: float = 0.5, own_only: bool = False, tree: bool = False):
         import threading
 
         self.interval, self.peak_work, self.peak_all, self.baseline = interval, 0, 0, None
         self.peak_process = 0
         #: only this process's descendants (its own local Ray), not other users' ``ray::`` processes
-        self.own_only = own_only
+        self.own_only = own_only or tree
+        self.tree = tree
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -167,7 +172,7 @@ class PeakMemory:
                     continue
                 info = proc.info if hasattr(proc, "info") else proc.as_dict(["name", "cmdline"])
                 cmd = " ".join(info["cmdline"] or [])
-                if info["name"] and info["name"].startswith("ray::") or cmd.startswith("ray::"):
+                if self.tree or info["name"] and info["name"].startswith("ray::") or cmd.startswith("ray::"):
                     pss = proc.memory_full_info().pss
                     work += pss
                     largest = max(largest, pss)

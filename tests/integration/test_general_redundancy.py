@@ -171,7 +171,8 @@ def test_similarity_job_refuses_before_any_compute(settings, monkeypatch):
         raise AssertionError("the pass started")
 
     monkeypatch.setattr(stream.Moments, "empty", computed)
-    monkeypatch.setattr(stream, "centred_chunk", computed)
+    monkeypatch.setattr(stream, "first_mean", computed)
+    monkeypatch.setattr(stream, "ChunkBuffer", computed)
     monkeypatch.setenv("RAYDUND_MEMORY_LIMIT_GB", "0.0001")
     with pytest.raises(UserError, match=r"stage similarity needs ~.*neurons=16.*tokens=200"):
         stream.compute_moments(lake, stream.SimilarityConfig("m", "c", "dev"), progress=False)
