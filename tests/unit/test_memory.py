@@ -157,6 +157,26 @@ def test_chunk_buffer_fills_across_batches_and_compacts_the_last_chunk():
     np.testing.assert_allclose(seen[-1][1], D[:3].T @ D[:3], rtol=1e-12)
 
 
+def test_augmented_chunk_sums_n_s_q_u_in_the_same_dsyrk():
+    from raydund.general.moments import augment_extras, split_augmented
+
+    Z = data()
+    ref = Moments.empty(WIDTHS, Z[:50].mean(0))
+    ref.update(Z)  # extras the plain way: einsum, column sums, q^T D
+    N, L, off = sum(WIDTHS), len(WIDTHS), ref.offsets
+    acc = {}
+    for s in range(0, len(Z), 128):
+        D = np.empty((len(Z[s : s + 128]), N + L + 1), order="F")
+        D[:, :N] = Z[s : s + 128] - ref.shift
+        augment_extras(D, off)
+        add_block_rows(acc, D, off, list(range(L)), L)
+    got = split_augmented(acc["all"], N, L)
+    assert got["n"] == ref.n == len(Z)
+    for name in ("s", "Q", "U"):
+        np.testing.assert_allclose(got[name], getattr(ref, name), rtol=1e-12, atol=1e-8)
+    np.testing.assert_allclose(np.triu(acc["all"][:N, :N]), np.triu(ref.G), rtol=1e-12, atol=1e-8)
+
+
 def test_inplace_similarity_equals_numpy_and_the_copying_path():
     Z = data()
     m = Moments.empty(WIDTHS, Z[:50].mean(0))
