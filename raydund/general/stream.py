@@ -334,7 +334,7 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
             while cursor < len(jobs) and len(running) < workers:  # bounded in-flight work = bounded memory
                 share, blocks, with_extras = jobs[cursor]
                 running.append(task.remote(share, shift_ref, blocks, with_extras, cfg.skip_first, cfg.chunk_rows,
-                                           cfg.device, threads))
+                                           cfg.device, threads, PIECE_BYTES))
                 cursor += 1
             ready, _ = ray.wait(running, num_returns=1)
             try:

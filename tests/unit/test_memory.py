@@ -177,6 +177,45 @@ def test_augmented_chunk_sums_n_s_q_u_in_the_same_dsyrk():
     np.testing.assert_allclose(np.triu(acc["all"][:N, :N]), np.triu(ref.G), rtol=1e-12, atol=1e-8)
 
 
+@pytest.mark.parametrize("device", ["cpu", "torch:cpu"])
+def test_worker_task_streams_shards_and_ships_pieces_that_fold_into_the_moments(tmp_path, device):
+    """The Ray task's body, run in process: two shards in the extraction layout, chunks that
+    straddle them, a state in many pieces; the GPU code path (torch) run on the CPU too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raydund.extract.actor import vectors_column
+
+    Z = data(T=300)
+    L, off = len(WIDTHS), np.concatenate([[0], np.cumsum(WIDTHS)])
+    slices = []
+    for shard, (a, b) in enumerate(((0, 170), (170, 300))):
+        paths = {}
+        for layer in range(L):
+            vec, _ = vectors_column(Z[a:b, off[layer] : off[layer + 1]].astype(np.float32), "float32")
+            path = tmp_path / f"shard-{shard}" / f"layer-{layer}.parquet"
+            path.parent.mkdir(exist_ok=True)
+            pq.write_table(pa.table({"sentence_id": np.arange(a, b) // 5, "word_id": np.arange(a, b) % 5,
+                                     "dtype": ["float32"] * (b - a), "vector": vec,
+                                     "vector_bits": pa.nulls(b - a, pa.binary())}), path)
+            paths[layer] = f"file://{path}"
+        slices.append(paths)
+    Z32 = Z.astype(np.float32).astype(np.float64)
+    shift = stats_job.first_mean(slices[0], 64)
+    np.testing.assert_allclose(shift, Z32[:64].mean(0), rtol=1e-12)
+    ref = Moments.empty(WIDTHS, shift).update(Z32)
+    got = Moments.empty(WIDTHS, shift)
+    parts = list(stats_job.worker_task(slices, shift, list(range(L)), True, False, 64, device, 1, piece_bytes=512))
+    assert len(parts) > 3 and all(p["packed"].nbytes <= 512 for p in parts[1:])
+    for part in parts:
+        stats_job._fold(got, part, got.offsets)
+    symmetrize(got.G, "lower")
+    assert got.n == ref.n == 300
+    np.testing.assert_allclose(got.G, ref.full_G(), rtol=1e-12, atol=1e-8)
+    for name in ("s", "Q", "U"):
+        np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-12, atol=1e-8)
+
+
 def test_inplace_similarity_equals_numpy_and_the_copying_path():
     Z = data()
     m = Moments.empty(WIDTHS, Z[:50].mean(0))
