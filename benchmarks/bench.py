@@ -312,6 +312,8 @@ def _similarity_vs_floor(lake, paper_tokens: int, widths: tuple[int, ...]) -> di
     _, t_write = _timed(lambda: write_activations(lake, model="synthetic", corpus="paper", split="bench",
                                                   tokens=paper_tokens, widths=widths))
     cfg = SimilarityConfig(model="synthetic", corpus="paper", split="bench")
+    # the floor before AND after the pass: on a shared machine the load moves within minutes
+    t_floor_before = floor_syrk(paper_tokens, widths)
     load = os.getloadavg()[0]
     with PeakMemory(tree=True) as mem:
         moments, t_job = _timed(lambda: compute_moments(lake, cfg, progress=False))
@@ -321,16 +323,19 @@ def _similarity_vs_floor(lake, paper_tokens: int, widths: tuple[int, ...]) -> di
         t_stats = time.perf_counter() - start
     moments = None
     n2 = sum(widths) ** 2 * 8
-    t_floor = floor_syrk(paper_tokens, widths)
+    load_after = os.getloadavg()[0]
+    t_floor_after = floor_syrk(paper_tokens, widths)
+    t_floor = (t_floor_before + t_floor_after) / 2
     return {"tokens": n, "neurons": sum(widths), "write_s": round(t_write, 1),
             "raydund_s": round(t_job, 1), "floor_syrk_s": round(t_floor, 1),
+            "floor_before_s": round(t_floor_before, 1), "floor_after_s": round(t_floor_after, 1),
             "ratio_vs_floor": round(t_job / t_floor, 2), "r_and_cka_s": round(t_stats, 1),
             "tree_baseline_gb": round(mem.baseline / 2**30, 2),
             "added_gb": round((pass_peak - mem.baseline) / 2**30, 2),
             "added_with_r_cka_gb": round((mem.peak_work - mem.baseline) / 2**30, 2),
             "largest_process_gb": round(mem.peak_process / 2**30, 2),
             "nxn_float64_gb": round(n2 / 2**30, 2),
-            "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
+            "load_before": round(load, 2), "load_after": round(load_after, 2)}
 
 
 
