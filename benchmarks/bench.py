@@ -31,15 +31,20 @@ class PeakMemory:
     (the libraries this process has imported, idle workers), so ``peak_work - baseline``
     is what the measured work added; ``peak_process`` is the largest single process (the
     driver or one worker).
+
+    ``tree=True`` counts this process and ALL its descendants whatever their names (its
+    own local Ray: raylet and its object store pages, GCS, every worker) and nothing
+    else on the machine: ``peak_work`` is then the peak of the whole process tree.
     """
 
-    def __init__(self, interval: float = 0.5, own_only: bool = False):
+    def __init__(self, interval: float = 0.5, own_only: bool = False, tree: bool = False):
         import threading
 
         self.interval, self.peak_work, self.peak_all, self.baseline = interval, 0, 0, None
         self.peak_process = 0
         #: only this process's descendants (its own local Ray), not other users' ``ray::`` processes
-        self.own_only = own_only
+        self.own_only = own_only or tree
+        self.tree = tree
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -57,7 +62,7 @@ class PeakMemory:
                     continue
                 info = proc.info if hasattr(proc, "info") else proc.as_dict(["name", "cmdline"])
                 cmd = " ".join(info["cmdline"] or [])
-                if info["name"] and info["name"].startswith("ray::") or cmd.startswith("ray::"):
+                if self.tree or info["name"] and info["name"].startswith("ray::") or cmd.startswith("ray::"):
                     pss = proc.memory_full_info().pss
                     work += pss
                     largest = max(largest, pss)
@@ -157,7 +162,7 @@ def _similarity_vs_neurox(lake, model: str, corpus: str, split: str, threshold: 
         sim = similarity(compute_moments(lake, cfg, progress=False))
         return CorrelationClustering(thresholds=(threshold,)).fit(sim.r, layer_of(sim.widths), sim.constant), sim
 
-    with PeakMemory() as mem:
+    with PeakMemory(tree=True) as mem:
         (cc, sim), t_ours = _timed(ours)
     result = {"tokens": sim.n, "neurons": len(sim.constant), "raydund_s": round(t_ours, 1),
               "raydund_peak_gb": round(mem.peak_work / 2**30, 2),
@@ -170,7 +175,7 @@ def _similarity_vs_neurox(lake, model: str, corpus: str, split: str, threshold: 
     if create_correlation_clusters is not None:
         (X, t_load) = _timed(lambda: np.hstack([lake.layer_matrix(model, corpus, split, l)[0]
                                                 for l in range(len(sim.widths))]))
-        with PeakMemory() as mem, contextlib.redirect_stdout(io.StringIO()):
+        with PeakMemory(tree=True) as mem, contextlib.redirect_stdout(io.StringIO()):
             labels, t_nx = _timed(lambda: create_correlation_clusters(
                 X, use_abs_correlation=True, clustering_threshold=threshold, method="average"))
         result.update(neurox_s=round(t_nx, 1), neurox_load_s=round(t_load, 1),
@@ -183,24 +188,44 @@ def _similarity_vs_neurox(lake, model: str, corpus: str, split: str, threshold: 
 
 
 def _similarity_vs_floor(lake, paper_tokens: int, widths: tuple[int, ...]) -> dict:
-    """Paper scale: synthetic activations through the lake, against the float64 SYRK floor."""
+    """Paper scale: synthetic activations through the lake, against the float64 SYRK floor.
+
+    Memory is the PSS of the whole process tree (this process and all its descendants:
+    its local Ray's daemons, object store and workers; nothing else on the machine), as
+    added to the tree before the pass: for the pass, and for the pass followed by r and
+    CKA (G becomes r in place: the N x N output).
+    """
     from benchmarks.synthetic import write_activations
+    from raydund.general.similarity import similarity
     from raydund.general.stream import SimilarityConfig, compute_moments
 
     _, t_write = _timed(lambda: write_activations(lake, model="synthetic", corpus="paper", split="bench",
                                                   tokens=paper_tokens, widths=widths))
     cfg = SimilarityConfig(model="synthetic", corpus="paper", split="bench")
-    with PeakMemory() as mem:
+    # the floor before AND after the pass: on a shared machine the load moves within minutes
+    t_floor_before = floor_syrk(paper_tokens, widths)
+    load = os.getloadavg()[0]
+    with PeakMemory(tree=True) as mem:
         moments, t_job = _timed(lambda: compute_moments(lake, cfg, progress=False))
+        pass_peak = mem.peak_work
+        start = time.perf_counter()
+        n = similarity(moments, inplace=True).n  # r (in G's place) is dropped with the moments below
+        t_stats = time.perf_counter() - start
+    moments = None
     n2 = sum(widths) ** 2 * 8
-    t_floor = floor_syrk(paper_tokens, widths)
-    return {"tokens": moments.n, "neurons": sum(widths), "write_s": round(t_write, 1),
-                        "raydund_s": round(t_job, 1), "floor_syrk_s": round(t_floor, 1),
-                        "ratio_vs_floor": round(t_job / t_floor, 2),
-                        "peak_gb": round(mem.peak_work / 2**30, 2),
-                        "added_gb": round((mem.peak_work - mem.baseline) / 2**30, 2),
-                        "peak_gb_with_ray_daemons": round(mem.peak_all / 2**30, 2),
-                        "nxn_float64_gb": round(n2 / 2**30, 2)}
+    load_after = os.getloadavg()[0]
+    t_floor_after = floor_syrk(paper_tokens, widths)
+    t_floor = (t_floor_before + t_floor_after) / 2
+    return {"tokens": n, "neurons": sum(widths), "write_s": round(t_write, 1),
+            "raydund_s": round(t_job, 1), "floor_syrk_s": round(t_floor, 1),
+            "floor_before_s": round(t_floor_before, 1), "floor_after_s": round(t_floor_after, 1),
+            "ratio_vs_floor": round(t_job / t_floor, 2), "r_and_cka_s": round(t_stats, 1),
+            "tree_baseline_gb": round(mem.baseline / 2**30, 2),
+            "added_gb": round((pass_peak - mem.baseline) / 2**30, 2),
+            "added_with_r_cka_gb": round((mem.peak_work - mem.baseline) / 2**30, 2),
+            "largest_process_gb": round(mem.peak_process / 2**30, 2),
+            "nxn_float64_gb": round(n2 / 2**30, 2),
+            "load_before": round(load, 2), "load_after": round(load_after, 2)}
 
 
 

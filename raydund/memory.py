@@ -120,16 +120,25 @@ def condensed_bytes(neurons: int) -> int:
     return neurons * (neurons - 1) // 2 * F64
 
 
-def block_row_bytes(neurons: int, layers: int, groups: int) -> int:
-    """The largest share of ``G``'s block rows one task holds when ``groups`` tasks split them.
+#: Rows per Parquet read of the similarity pass (``general.stream.READ_ROWS``).
+READ_ROWS = 1024
+#: Bytes of one piece of a similarity worker's state in transit (``general.stream.PIECE_BYTES``).
+PIECE_BYTES = 64 * 2**20
+PAGE = 4096
 
-    One group holds one N x N ``dsyrk`` accumulator up to ``SYRK_MAX_NEURONS`` neurons and
-    its block rows (the upper block triangle) above.
+
+def block_row_bytes(neurons: int, layers: int, groups: int) -> int:
+    """The resident bytes of the largest share of ``G`` one task holds when ``groups`` tasks split it.
+
+    One group holds one N x N ``dsyrk`` accumulator up to ``SYRK_MAX_NEURONS`` neurons, of
+    which only the upper triangle's pages are ever written (and taken from the OS: the
+    packed triangle plus at most one page per column); above, its block rows (the upper
+    block triangle).
     """
     from raydund.general.moments import SYRK_MAX_NEURONS
 
     if groups <= 1 and neurons <= SYRK_MAX_NEURONS:
-        return neurons * neurons * F64
+        return packed_bytes(neurons) + neurons * PAGE
     width = neurons / layers
     loads = [0.0] * max(1, min(groups, layers))
     for layer in range(layers):  # the same greedy split as stats.job.balance_blocks
@@ -142,32 +151,32 @@ def similarity_plan(neurons: int, layers: int, tokens: int = 0, workers: int = 1
                     chunk_rows: int = 4096) -> StagePlan:
     """The co-moment pass and r/CKA: ``workers`` accumulators, the driver's G turned into r in place.
 
-    Phases: ``accumulate`` (every worker holds its accumulator and one chunk, float64 plus
-    the float32 batches it came from; with several workers the driver's G already fills),
-    ``transfer`` (a worker packs its upper triangle for the object store while the driver
-    unpacks another into G), ``statistics`` (G -> covariance -> r in place; r written to
+    Phases: ``accumulate`` (every worker holds its accumulator, its chunk buffer, and the
+    lockstep Parquet readers with one float32 batch per layer; the driver's G is untouched
+    zero pages), ``transfer`` (the workers' states reach the driver piece by piece: a
+    piece's pages leave the worker as it is shipped, so a draining accumulator and the rows
+    of G it filled together stay within one triangle; the other workers still hold theirs;
+    then G is made symmetric), ``statistics`` (G -> covariance -> r in place; r written to
     the lake as float32 rows, one batch at a time; row-block temporaries).
     """
     N, W = int(neurons), max(1, int(workers))
     nn = N * N * F64
     acc = block_row_bytes(N, layers, groups)
-    shipped = packed_bytes(N) if acc == N * N * F64 else acc  # one dsyrk target ships packed
-    chunk = min(chunk_rows, max(tokens, 1) if tokens else chunk_rows) * N * (F64 + 2 * F32)
+    rows = min(chunk_rows, max(tokens, 1) if tokens else chunk_rows)
+    piece = min(PIECE_BYTES, acc)
     procs = (W + 1) * PROCESS_BYTES
     phases = {
-        "accumulate": {"accumulators": W * acc, "chunk buffers": W * chunk, "driver G": nn if W > 1 else 0,
+        "accumulate": {"accumulators": W * acc, "chunk buffers (float64)": W * rows * N * F64,
+                       "Parquet readers and float32 batches": W * 4 * min(READ_ROWS, rows) * N * F32,
                        "processes": procs},
-        "transfer": {"accumulators": W * acc, "shipped to the driver": W * shipped, "driver G": nn,
-                     "processes": procs},
+        "transfer": {"accumulators not yet shipped": (W - 1) * acc, "driver G": nn,
+                     "pieces in flight (worker, object store, driver)": 4 * piece, "processes": procs},
         "statistics": {"G -> r (N x N float64)": nn, "row-block temporaries": 2 * min(1024, N) * N * F64,
                        # the object store's shared-memory pages stay resident after the transfer
-                       "object store pages (transfer)": W * shipped,
+                       "object store pages (pieces)": 2 * piece,
                        "r float32 rows being written (batch, Arrow and Parquet copies)": 4 * min(1024, N) * N * F32,
                        "processes": PROCESS_BYTES},
     }
-    if W == 1:  # the worker has finished (and freed its accumulator) before the driver fills G
-        phases["transfer"] = {"accumulator": acc, "shipped to the driver": shipped, "processes": procs}
-        phases["unpack"] = {"in the object store": shipped, "driver G": nn, "processes": procs}
     return StagePlan("similarity", phases, {"neurons": N, "layers": int(layers), "tokens": int(tokens),
                                             "workers": W, "groups": int(groups)})
 

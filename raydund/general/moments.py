@@ -22,6 +22,7 @@ loses the correlation of a neuron with a large mean.
 from __future__ import annotations
 
 import dataclasses
+import mmap
 
 import numpy as np
 
@@ -194,7 +195,7 @@ def add_block_rows(acc: dict, D: np.ndarray, off: np.ndarray, rows: list[int], n
 
     if sorted(rows) == list(range(n_layers)) and D.shape[1] <= SYRK_MAX_NEURONS:
         if "all" not in acc:
-            acc["all"] = np.zeros((D.shape[1], D.shape[1]), order="F")
+            acc["all"] = fortran_zeros((D.shape[1], D.shape[1]))  # only the upper triangle's pages are taken
         acc["all"] = dsyrk(1.0, D, beta=1.0, c=acc["all"], trans=1, lower=0, overwrite_c=1)
         return
     for l in rows:
@@ -243,6 +244,83 @@ def to_numpy(acc: dict) -> dict:
     return out
 
 
+def fortran_zeros(shape: tuple[int, int]) -> np.ndarray:
+    """A float64 zero matrix in Fortran order on its own anonymous memory map.
+
+    Its pages are taken only when first written (a ``dsyrk`` target holds just its upper
+    triangle's pages, about half), and :func:`release_columns` gives pages back to the OS
+    while the rest of the matrix stays in use.
+    """
+    count = int(shape[0]) * int(shape[1])
+    buf = mmap.mmap(-1, max(count * 8, 1), flags=mmap.MAP_PRIVATE)  # private: MADV_DONTNEED frees it
+    return np.frombuffer(buf, dtype=np.float64, count=count).reshape(shape, order="F")
+
+
+def _mapping(A: np.ndarray) -> mmap.mmap | None:
+    base = A
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    return base
+
+
+def release_columns(A: np.ndarray, a: int, b: int) -> None:
+    """Give the pages of columns ``a..b-1`` of a :func:`fortran_zeros` matrix back to the OS.
+
+    Those columns read as zeros afterwards. Only whole pages inside the columns are
+    released; for any other array this does nothing.
+    """
+    buf = _mapping(A)
+    if buf is None or not A.flags.f_contiguous or not hasattr(buf, "madvise"):
+        return
+    start = a * A.shape[0] * 8
+    stop = b * A.shape[0] * 8
+    start = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    stop = stop // mmap.PAGESIZE * mmap.PAGESIZE
+    if stop > start:
+        buf.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+
+def upper_pieces(A, piece_bytes: int = 64 * 2**20, size: int | None = None):
+    """Yield ``(a, b, packed)``: the upper triangle of ``A`` column block by column block.
+
+    ``packed`` holds ``A[:j + 1, j]`` for ``j = a .. b - 1`` (the layout of
+    :func:`pack_upper`), about ``piece_bytes`` each; the pages of those columns are
+    released (:func:`release_columns`) once packed, so shipping the triangle piece by
+    piece never holds it twice. ``A`` may be a NumPy array or a torch tensor on any
+    device (a tensor's column block is copied to the host piece by piece). ``size``:
+    only the leading ``size x size`` block (default all of ``A``).
+    """
+    N = A.shape[0] if size is None else int(size)
+    a = 0
+    while a < N:
+        b, nbytes = a, 0
+        while b < N and (nbytes == 0 or nbytes + (b + 1) * 8 <= piece_bytes):
+            nbytes += (b + 1) * 8
+            b += 1
+        block = A[:b, a:b]
+        block = block.cpu().numpy() if hasattr(block, "cpu") else block
+        packed = np.empty(nbytes // 8)
+        start = 0
+        for j in range(a, b):
+            packed[start : start + j + 1] = block[: j + 1, j - a]
+            start += j + 1
+        del block
+        if isinstance(A, np.ndarray):
+            release_columns(A, a, b)
+        yield a, b, packed
+        del packed
+        a = b
+
+
+def add_lower_piece(G: np.ndarray, a: int, packed: np.ndarray) -> None:
+    """:func:`add_packed_lower` for one piece of :func:`upper_pieces` (columns from ``a``)."""
+    start, j = 0, a
+    while start < len(packed):
+        G[j, : j + 1] += packed[start : start + j + 1]
+        start += j + 1
+        j += 1
+
+
 def pack_upper(A: np.ndarray) -> np.ndarray:
     """The upper triangle of a square matrix, diagonal included, column by column (float64).
 
@@ -264,11 +342,7 @@ def add_packed_lower(G: np.ndarray, packed: np.ndarray) -> None:
     The lower triangle of ``G`` then holds the transposed upper triangle; call
     :func:`symmetrize` with ``source="lower"`` when every part is in.
     """
-    N = G.shape[0]
-    start = 0
-    for j in range(N):
-        G[j, : j + 1] += packed[start : start + j + 1]
-        start += j + 1
+    add_lower_piece(G, 0, packed)
 
 
 def symmetrize(G: np.ndarray, source: str = "upper", block: int = 1024) -> np.ndarray:
@@ -288,6 +362,28 @@ def symmetrize(G: np.ndarray, source: str = "upper", block: int = 1024) -> np.nd
             tile[...] = np.tril(tile) + np.tril(tile, -1).T
             G[a:b, b:] = G[b:, a:b].T
     return G
+
+
+def augment_extras(D: np.ndarray, off: np.ndarray) -> None:
+    """Fill the ``L + 1`` columns after the ``N`` data columns of a chunk ``D [rows x (N + L + 1)]``
+    with ``q_t^l = ||d_t^l||^2`` and ones, so that ONE ``dsyrk`` of the chunk also sums
+    ``U`` (``q^T d``), ``s`` (``1^T d``), ``Q`` (``q^T q``) and ``n`` (``1^T 1``): the small
+    moments ride along at ``(L + 1) / N`` more products (see :func:`split_augmented`)."""
+    N, L = int(off[-1]), len(off) - 1
+    for l in range(L):
+        block = D[:, off[l] : off[l + 1]]
+        np.einsum("ij,ij->i", block, block, out=D[:, N + l])
+    D[:, N + L] = 1.0
+
+
+def split_augmented(A, N: int, L: int) -> dict:
+    """``n, s, Q, U`` from the last ``L + 1`` columns of an augmented ``dsyrk`` accumulator
+    (:func:`augment_extras`; its upper triangle holds them; a torch tensor is read on the host)."""
+    tail = A[:, N:]
+    tail = tail.cpu().numpy() if hasattr(tail, "cpu") else tail
+    Q = np.triu(tail[N : N + L, :L])
+    return {"n": int(round(tail[N + L, L])), "s": tail[:N, L].copy(), "Q": Q + np.triu(Q, 1).T,
+            "U": np.ascontiguousarray(tail[:N, :L].T)}
 
 
 def extras(acc: Moments, Ds: list[np.ndarray]) -> None:

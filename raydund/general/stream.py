@@ -1,15 +1,20 @@
 """The general-redundancy pass: activation files -> Ray tasks -> co-moments -> r and CKA.
 
 The tokens of one (model, corpus, split) are sliced the way extraction wrote them:
-one extraction shard (one file per layer, the same words in each) is one slice. For
-every slice, ``groups`` Ray tasks each compute some block rows of ``G`` (layer ``l``
-against layers ``m >= l``), one of them also the small accumulators ``n, s, Q, U``;
-every task subtracts the same shift (the first slice's mean), so the driver just adds
-what comes back. No process ever holds all tokens x all neurons.
+one extraction shard (one file per layer, the same words in each) is one slice. The
+slices are shared out among the workers, one per node by default (a task with all the
+node's CPUs as BLAS threads): each streams its slices through one preallocated chunk
+buffer into ONE accumulator (``groups`` > 1: several tasks per share, each with some
+block rows of ``G``), then ships its state to the driver piece by piece, giving each
+piece's pages back as it leaves. The driver folds every piece into its ``G`` as it
+arrives. Every task subtracts the same shift (the first slice's mean), so the driver
+just adds. No process ever holds all tokens x all neurons, and no state is ever held
+twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -22,14 +27,15 @@ import pyarrow.parquet as pq
 from raydund import memory
 from raydund.errors import UserError
 from raydund.general.moments import (
+    SYRK_MAX_NEURONS,
     Moments,
     add_block_rows,
-    add_packed_lower,
-    centred_chunk,
+    add_lower_piece,
+    augment_extras,
     extras,
-    pack_upper,
+    split_augmented,
     symmetrize,
-    to_numpy,
+    upper_pieces,
 )
 from raydund.lake import Lake, vectors_to_matrix
 
@@ -47,16 +53,16 @@ class SimilarityConfig:
     model, corpus, split, unit : str
         The activations to read (as extracted).
     groups : int, optional
-        Tasks per token slice, each with a share of the layer-pair block rows (default 1:
-        a task owns all of G and does one ``dsyrk`` per chunk, the cheapest; more groups
-        spread one slice over more workers and hold less of G per task).
+        Tasks per share of the slices, each with a share of the layer-pair block rows
+        (default 1: a task owns all of G and does one ``dsyrk`` per chunk, the cheapest;
+        more groups hold less of G per task and read the share once per group).
     skip_first : bool
         Leave out the first word of every sentence (outlier tokens; Davari et al.).
     chunk_rows : int
         Rows per product inside a task.
-    cpus_per_task : float
-        CPUs (= BLAS threads) per task. One thread per task lets one task decode Parquet
-        while another multiplies; wider tasks hold less memory per core.
+    cpus_per_task : float, optional
+        CPUs (= BLAS threads) per task; default all the CPUs of a node: one worker, and
+        one accumulator, per node.
     num_gpus : float
         GPUs per task; products run in float64 on the GPU when there is one.
     device : str, optional
@@ -71,7 +77,7 @@ class SimilarityConfig:
     groups: int | None = None
     skip_first: bool = False
     chunk_rows: int = 4096
-    cpus_per_task: float = 1
+    cpus_per_task: float | None = None
     num_gpus: float = 0
     device: str | None = None
 
@@ -101,24 +107,33 @@ def balance_blocks(n_layers: int, groups: int) -> list[list[int]]:
     return [sorted(g) for g in out if g]
 
 
-def iter_slice(paths: dict[int, str], batch_rows: int, skip_first: bool = False):
+#: Rows per Parquet read: the 13 lockstep readers of a paper-scale shard hold ~0.1 GB at 1,024
+#: rows (at 4,096 rows with pre-buffered column chunks they held 1.2 GB: the whole row group).
+READ_ROWS = 1024
+#: Bytes of one piece of a worker's state on its way to the driver (one object each).
+PIECE_BYTES = 64 * 2**20
+
+
+def iter_slice(paths: dict[int, str], batch_rows: int = READ_ROWS, skip_first: bool = False):
     """Yield, batch by batch, one float32 matrix ``[rows x width]`` per layer of one slice.
 
     The layer files of a shard hold the same words in the same row order (the extraction
     actor writes every layer from the same chunks), so they are read in lockstep; the keys
-    are checked batch by batch. Only a few batches are ever in memory.
+    are checked batch by batch. Only one batch per layer is ever in memory: the readers
+    stream pages (no pre-buffered column chunks), ``batch_rows`` rows at a time.
     """
     files = [_open(paths[layer]) for layer in sorted(paths)]
     rows = {f.metadata.num_rows for f in files}
     if len(rows) != 1:
         raise UserError(f"layer files of one shard differ in length: {sorted(paths.values())[0]} ...")
-    streams = [f.iter_batches(batch_size=batch_rows, columns=KEY_COLUMNS) for f in files]
+    streams = [f.iter_batches(batch_size=batch_rows, columns=KEY_COLUMNS, use_threads=False) for f in files]
     for batches in zip(*streams):
         sentence, word = batches[0].column("sentence_id"), batches[0].column("word_id")
         for b in batches[1:]:
             if not (b.column("sentence_id").equals(sentence) and b.column("word_id").equals(word)):
                 raise UserError(f"layer files of one shard hold different words: {sorted(paths.values())[0]} ...")
         mats = [vectors_to_matrix(pa.Table.from_batches([b])) for b in batches]
+        del batches
         if skip_first:
             keep = word.to_numpy() > 0
             mats = [m[keep] for m in mats]
@@ -129,43 +144,121 @@ def _open(uri: str) -> pq.ParquetFile:
     import pyarrow.fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(uri)
-    return pq.ParquetFile(fs.open_input_file(path))
+    return pq.ParquetFile(fs.open_input_file(path), pre_buffer=False, buffer_size=1 << 20)
 
 
-def slice_task(slices: list[dict[int, str]], shift: np.ndarray, blocks: list[int], with_extras: bool,
-               skip_first: bool, chunk_rows: int, device: str | None = None) -> dict:
-    """Ray task body: block rows ``blocks`` of ``G`` (and optionally ``n, s, Q, U``) over some
-    slices, streamed in chunks of ``chunk_rows`` tokens into one accumulator.
+def first_mean(paths: dict[int, str], rows: int, skip_first: bool = False) -> np.ndarray:
+    """Per-neuron float64 mean of (about) the first ``rows`` rows of a slice: the shift of the pass.
 
-    When the task owns all of ``G`` (and it is one ``dsyrk`` target, up to
-    ``SYRK_MAX_NEURONS``) its upper triangle comes back packed (``"packed"``, half the
-    bytes of G through the object store); otherwise the block rows (``"blocks"``, the
-    upper block triangle: also about half).
+    Any fixed shift near the mean gives the same statistics (it is subtracted before the
+    products only to keep them accurate); this reads one chunk's worth of rows.
     """
+    total, n = None, 0
+    for mats in iter_slice(paths, min(READ_ROWS, rows), skip_first):
+        sums = np.concatenate([m.sum(axis=0, dtype=np.float64) for m in mats])
+        total = sums if total is None else total + sums
+        n += len(mats[0])
+        if n >= rows:
+            break
+    if not n:
+        raise UserError(f"no rows to read in {sorted(paths.values())[0]} ...")
+    return total / n
+
+
+class ChunkBuffer:
+    """One preallocated float64 ``[rows x N]`` chunk in Fortran order, filled from float32
+    batches minus the shift, across slice boundaries; a full chunk goes to ``flush``.
+
+    Fortran order makes every layer's column block (and every block row ``D[:, off_l:]``) a
+    contiguous array that BLAS takes without a copy. The last, partial chunk is compacted in
+    place to a contiguous ``[k x N]`` array (no copy of the buffer).
+    """
+
+    def __init__(self, rows: int, shift: np.ndarray, off: np.ndarray, flush, width: int | None = None):
+        self.rows, self.shift, self.off, self.flush = rows, shift, off, flush
+        self.width = int(off[-1]) if width is None else int(width)  # columns past N: for ``flush`` to fill
+        self.flat = np.empty(rows * self.width)
+        self.D = self.flat.reshape((rows, self.width), order="F")
+        self.pos = 0
+
+    def add(self, mats: list[np.ndarray]) -> None:
+        """Append per-layer float32 rows (any number), flushing every full chunk."""
+        k, i, off = len(mats[0]), 0, self.off
+        while i < k:
+            take = min(k - i, self.rows - self.pos)
+            for layer, m in enumerate(mats):  # written as transposes: both sides walk memory in order (5x)
+                a, b = off[layer], off[layer + 1]
+                np.subtract(m[i : i + take].T, self.shift[a:b, None], out=self.D[self.pos : self.pos + take, a:b].T)
+            self.pos += take
+            i += take
+            if self.pos == self.rows:
+                self.flush(self.D)
+                self.pos = 0
+
+    def finish(self) -> None:
+        """Flush the partial chunk left, as a contiguous ``[k x N]`` Fortran array."""
+        k, C, N = self.pos, self.rows, self.width
+        if k == 0:
+            return
+        for j in range(1, N):  # column j moves from j * C to j * k (overlaps are handled by NumPy)
+            self.flat[j * k : (j + 1) * k] = self.flat[j * C : j * C + k]
+        self.flush(self.flat[: k * N].reshape((k, N), order="F"))
+        self.pos = 0
+
+
+def worker_task(slices: list[dict[int, str]], shift: np.ndarray, blocks: list[int], with_extras: bool,
+                skip_first: bool, chunk_rows: int, device: str | None = None, threads: int | None = None,
+                piece_bytes: int = PIECE_BYTES):
+    """Ray task body (a streaming generator): block rows ``blocks`` of ``G`` (and optionally
+    ``n, s, Q, U``) over some slices, streamed in chunks of ``chunk_rows`` tokens into ONE
+    accumulator, then shipped to the driver piece by piece.
+
+    Yields first ``{"n", "s", "Q", "U"}`` (empty without ``with_extras``), then the pieces:
+    ``{"columns": (a, b), "packed": ...}`` (columns ``a..b-1`` of the upper triangle, when
+    the task owns all of ``G`` as one ``dsyrk`` target; each piece's pages are given back as
+    it leaves) or ``{"row": l, "block": ...}`` (one block row; freed as it leaves).
+    ``threads``: BLAS threads (the task's CPUs).
+    """
+    from threadpoolctl import threadpool_limits
+
     device = products_device(device)
-    acc, extra, off = {}, None, None
-    chunks = (mats for paths in slices for mats in iter_slice(paths, chunk_rows, skip_first))
-    for mats in chunks:
-        if off is None:
-            widths = tuple(m.shape[1] for m in mats)
-            off = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
-            extra = Moments.empty(widths, shift) if with_extras else None
-        if not len(mats[0]):
-            continue
-        D = centred_chunk(mats, shift, off)
-        add_block_rows(acc, D, off, blocks, len(off) - 1, device)
+    widths = tuple(int(w) for w in (m.shape[1] for m in next(iter_slice(slices[0], 1))))
+    off = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+    N, L = int(off[-1]), len(widths)
+    # one dsyrk target: n, s, Q and U ride along as L + 1 more columns of the chunk
+    augment = with_extras and sorted(blocks) == list(range(L)) and N + L + 1 <= SYRK_MAX_NEURONS
+    extra = Moments.empty(widths, shift) if with_extras and not augment else None
+    acc: dict = {}
+
+    def flush(D: np.ndarray) -> None:
+        if augment:
+            augment_extras(D, off)
+        add_block_rows(acc, D, off, blocks, L, device)
         if extra is not None:
-            extras(extra, [D[:, off[l] : off[l + 1]] for l in range(len(off) - 1)])
-        del D, mats  # the next chunk's buffers replace these, never sit beside them
-    acc = to_numpy(acc)
+            extras(extra, [D[:, off[l] : off[l + 1]] for l in range(L)])
+
+    with threadpool_limits(limits=threads, user_api="blas") if threads else contextlib.nullcontext():
+        buffer = ChunkBuffer(chunk_rows, shift, off, flush, N + L + 1 if augment else N)
+        for paths in slices:
+            for mats in iter_slice(paths, READ_ROWS, skip_first):
+                buffer.add(mats)
+                del mats
+        buffer.finish()
+    del buffer
     pa.default_memory_pool().release_unused()  # the Parquet readers' pages go back to the OS
-    out = {}
+    if augment:
+        yield split_augmented(acc["all"], N, L) if "all" in acc else {}
+    else:
+        yield {} if extra is None else {"n": extra.n, "s": extra.s, "Q": extra.Q, "U": extra.U}
     if "all" in acc:
-        out["packed"] = pack_upper(acc.pop("all"))  # the N x N accumulator is freed right after
-    out["blocks"] = acc
-    if extra is not None:
-        out.update(n=extra.n, s=extra.s, Q=extra.Q, U=extra.U)
-    return out
+        for a, b, packed in upper_pieces(acc["all"], piece_bytes, N):
+            yield {"columns": (a, b), "packed": packed}
+            del packed
+        del acc["all"]
+    for l in sorted(acc):
+        rows = acc.pop(l)
+        yield {"row": l, "block": rows.cpu().numpy() if hasattr(rows, "cpu") else rows}
+        del rows
 
 
 def products_device(requested: str | None = None) -> str:
@@ -191,6 +284,14 @@ def slice_tokens(slices: list[dict[int, str]]) -> int:
     return sum(_open(paths[min(paths)]).metadata.num_rows for paths in slices)
 
 
+def node_cpus() -> float:
+    """CPUs of the largest alive Ray node (one worker per node gets all of them)."""
+    import ray
+
+    cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return max([c for c in cpus if c > 0] or [1])
+
+
 def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) -> Moments:
     """Stream every slice of the activations through Ray tasks; return the summed moments."""
     import ray
@@ -203,55 +304,49 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
     widths = tuple(m.shape[1] for m in next(iter_slice(slices[0], 1)))  # one row per layer
     N, L = sum(widths), len(widths)
     groups = cfg.groups or 1
-    cpus = min(cfg.cpus_per_task, ray.cluster_resources().get("CPU", 1))  # never more than the cluster has
+    cluster_cpus = ray.cluster_resources().get("CPU", 1)
+    cpus = min(cfg.cpus_per_task or node_cpus(), cluster_cpus)  # never more than the cluster has
     # one task per worker and block group, each streaming its share of the slices into ONE
-    # accumulator: the number of G-sized partial states is the number of workers, not of slices;
-    # and no more workers than there is memory for (BERT-large's 25,600 neurons: one)
-    wanted = max(1, min(len(slices), int(ray.cluster_resources().get("CPU", 1) // cpus)))
+    # accumulator: the number of G-sized states is the number of workers (by default one per
+    # node), not of slices; and no more workers than there is memory for
+    wanted = max(1, min(len(slices), int(cluster_cpus // cpus)))
     tokens = slice_tokens(slices)
     workers = memory.fit_workers(N, L, tokens, wanted, groups, cfg.chunk_rows)
     memory.check(memory.similarity_plan(N, L, tokens, workers, groups, cfg.chunk_rows))
     if workers < wanted:  # the fewer workers get the cores of those that do not fit (BLAS threads)
-        cpus = min(ray.cluster_resources().get("CPU", 1), cpus * wanted // workers)
+        cpus = min(cluster_cpus, cpus * wanted // workers)
         log.info("%d worker(s) of %g CPUs instead of %d: one N x N accumulator each would not fit", workers, cpus,
                  wanted)
-    first = next(iter_slice(slices[0], cfg.chunk_rows, cfg.skip_first))
-    shift = np.concatenate([m.astype(np.float64).mean(axis=0) for m in first])
-    del first
+    shift = first_mean(slices[0], cfg.chunk_rows, cfg.skip_first)
+    pa.default_memory_pool().release_unused()
     plan = balance_blocks(L, groups)
-    task = ray.remote(num_cpus=cpus, num_gpus=cfg.num_gpus)(slice_task)
+    task = ray.remote(num_cpus=cpus, num_gpus=cfg.num_gpus, num_returns="streaming",
+                      _generator_backpressure_num_objects=2)(worker_task)
     shift_ref = ray.put(shift)
     shares = [slices[w::workers] for w in range(workers)]
     jobs = [(share, blocks, g == 0) for share in shares for g, blocks in enumerate(plan)]
     total = Moments.empty(widths, shift)  # zero pages: memory is taken as parts are added
     off = total.offsets
-    pending, cursor, packed = [], 0, False
-    limit = workers  # bounded in-flight work = bounded memory
+    running, cursor, packed = [], 0, False
+    threads = max(1, int(cpus))
     with tqdm(total=len(jobs), desc=f"co-moments {cfg.corpus}/{cfg.split}", unit="task", disable=not progress) as bar:
-        while cursor < len(jobs) or pending:
-            while cursor < len(jobs) and len(pending) < limit:
+        while cursor < len(jobs) or running:
+            while cursor < len(jobs) and len(running) < workers:  # bounded in-flight work = bounded memory
                 share, blocks, with_extras = jobs[cursor]
-                pending.append(task.remote(share, shift_ref, blocks, with_extras, cfg.skip_first, cfg.chunk_rows,
-                                           cfg.device))
+                running.append(task.remote(share, shift_ref, blocks, with_extras, cfg.skip_first, cfg.chunk_rows,
+                                           cfg.device, threads, PIECE_BYTES))
                 cursor += 1
-            ready, pending = ray.wait(pending, num_returns=1)
-            part = ray.get(ready[0])
-            if "packed" in part:  # read from the object store without a copy, added row by row
-                add_packed_lower(total.G, part["packed"])
-                packed = True
-            for l, rows in part["blocks"].items():
-                if l == "all":
-                    total.G += rows
-                else:
-                    total.G[off[l] : off[l + 1], off[l] :] += rows
-            if "n" in part:
-                total.n += part["n"]
-                total.s += part["s"]
-                total.Q += part["Q"]
-                total.U += part["U"]
-            del part, ready  # release the partial state from the object store now
-            bar.update(1)
-    if packed:  # the parts filled the lower triangle; the upper one is what Moments reads
+            ready, _ = ray.wait(running, num_returns=1)
+            try:
+                ref = next(ready[0])
+            except StopIteration:
+                running.remove(ready[0])
+                bar.update(1)
+                continue
+            part = ray.get(ref)
+            packed |= _fold(total, part, off)
+            del part, ref  # the piece leaves the object store now
+    if packed:  # the pieces filled the lower triangle; the upper one is what Moments reads
         symmetrize(total.G, "lower")
     if total.n < 4:
         raise UserError(f"only {total.n} tokens: too few for correlations and debiased CKA")
@@ -259,10 +354,26 @@ def compute_moments(lake: Lake, cfg: SimilarityConfig, progress: bool = True) ->
     return total
 
 
+def _fold(total: Moments, part: dict, off: np.ndarray) -> bool:
+    """Add one piece of a worker's state into the driver's moments; True for a packed piece."""
+    if "packed" in part:  # read from the object store without a copy, added row by row
+        add_lower_piece(total.G, part["columns"][0], part["packed"])
+        return True
+    if "row" in part:
+        l = part["row"]
+        total.G[off[l] : off[l + 1], off[l] :] += part["block"]
+    if "n" in part:
+        total.n += part["n"]
+        total.s += part["s"]
+        total.Q += part["Q"]
+        total.U += part["U"]
+    return False
+
+
 def layer_of(widths: tuple[int, ...]) -> np.ndarray:
     """Layer index of every neuron on the stacked axis."""
     return np.repeat(np.arange(len(widths)), widths)
 
 
-__all__ = ["SimilarityConfig", "balance_blocks", "compute_moments", "iter_slice", "layer_of", "products_device",
-           "slice_task", "slice_tokens", "slices_of"]
+__all__ = ["ChunkBuffer", "SimilarityConfig", "balance_blocks", "compute_moments", "first_mean", "iter_slice",
+           "layer_of", "node_cpus", "products_device", "slice_tokens", "slices_of", "worker_task"]

@@ -46,14 +46,17 @@ def ref_cka(X, Y):
     return np.linalg.norm(Y.T @ X) ** 2 / (np.linalg.norm(X.T @ X) * np.linalg.norm(Y.T @ Y))
 
 
-@pytest.mark.parametrize("groups", [1, 3])
-def test_similarity_job_equals_numpy_and_is_tracked(settings, groups):
+@pytest.mark.parametrize(("groups", "cpus"), [(1, None), (3, None), (1, 1)])
+def test_similarity_job_equals_numpy_and_is_tracked(settings, monkeypatch, groups, cpus):
+    """One worker (all CPUs) with one dsyrk accumulator; block rows over 3 tasks; and two
+    one-CPU workers whose states reach the driver in many small pieces."""
     import mlflow
 
     lake = Lake(settings)
     Z = write_into_lake(lake, planted_activations())
-    out = run_similarity(SimilarityConfig(model="m", corpus="c", split="dev", groups=groups, chunk_rows=100),
-                         settings, progress=False)
+    monkeypatch.setattr(stream, "PIECE_BYTES", 256)  # a few columns per piece
+    out = run_similarity(SimilarityConfig(model="m", corpus="c", split="dev", groups=groups, chunk_rows=100,
+                                          cpus_per_task=cpus), settings, progress=False)
     sim = out["similarity"]
     live = np.ones(Z.shape[1], bool)
     live[3 * WIDTH + 1] = False
@@ -171,7 +174,8 @@ def test_similarity_job_refuses_before_any_compute(settings, monkeypatch):
         raise AssertionError("the pass started")
 
     monkeypatch.setattr(stream.Moments, "empty", computed)
-    monkeypatch.setattr(stream, "centred_chunk", computed)
+    monkeypatch.setattr(stream, "first_mean", computed)
+    monkeypatch.setattr(stream, "ChunkBuffer", computed)
     monkeypatch.setenv("RAYDUND_MEMORY_LIMIT_GB", "0.0001")
     with pytest.raises(UserError, match=r"stage similarity needs ~.*neurons=16.*tokens=200"):
         stream.compute_moments(lake, stream.SimilarityConfig("m", "c", "dev"), progress=False)

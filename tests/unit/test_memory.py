@@ -34,9 +34,11 @@ def test_plan_sizes_match_the_arrays_they_describe():
     add_block_rows(acc, D, m.offsets, list(range(L)), L)
     packed = pack_upper(acc["all"])
     plan = memory.similarity_plan(N, L, T, workers=1)
-    assert plan.phases["transfer"]["accumulator"] == acc["all"].nbytes
-    assert plan.phases["transfer"]["shipped to the driver"] == packed.nbytes
-    assert plan.phases["unpack"]["driver G"] == m.G.nbytes
+    # a dsyrk target takes only its upper triangle's pages (at most one more page per column)
+    assert packed.nbytes <= plan.phases["accumulate"]["accumulators"] <= packed.nbytes + N * 4096
+    assert plan.phases["accumulate"]["chunk buffers (float64)"] == np.empty((min(T, 4096), N)).nbytes
+    assert plan.phases["transfer"]["driver G"] == m.G.nbytes
+    assert plan.phases["transfer"]["accumulators not yet shipped"] == 0  # one worker drains into G
     assert plan.phases["statistics"]["G -> r (N x N float64)"] == m.G.nbytes
     sim = similarity(m.update(Z))
     r = sim.r.astype(np.float32)
@@ -60,10 +62,11 @@ def test_bert_large_fits_one_worker_not_two_in_20_gb():
     limit = int(20e9)
     one = memory.similarity_plan(N, L, 20_000, workers=1)
     two = memory.similarity_plan(N, L, 20_000, workers=2)
-    # one accumulator of block rows (the upper block triangle, ~half of N x N), shipped as it is
+    # one accumulator of block rows (the upper block triangle, ~half of N x N), shipped row by row
     acc = sum(1024 * (N - 1024 * l) * 8 for l in range(L))
-    assert one.phases["transfer"]["accumulator"] == one.phases["transfer"]["shipped to the driver"] == acc
-    assert one.peak < 10e9 and two.peak > one.peak + acc
+    assert one.phases["accumulate"]["accumulators"] == acc
+    assert two.phases["transfer"]["accumulators not yet shipped"] == acc
+    assert one.peak < 10e9 and two.peak >= one.peak + acc
     assert memory.fit_workers(N, L, 20_000, wanted=2, limit=limit) == 1
     assert memory.fit_workers(9984, 13, 150_000, wanted=2, limit=limit) == 2  # paper scale keeps both
     assert memory.clustering_plan(N, L).peak < 8e9  # r float32 + condensed float64 + blocks
@@ -99,6 +102,118 @@ def test_packed_transfer_and_symmetrize_rebuild_the_matrix():
     B = A.copy()
     symmetrize(B, "upper", block=5)
     np.testing.assert_array_equal(B, np.triu(A) + np.triu(A, 1).T)
+
+
+def test_pieces_of_the_upper_triangle_fold_into_g_and_leave_the_worker():
+    from raydund.general.moments import add_lower_piece, fortran_zeros, upper_pieces
+
+    rng = np.random.default_rng(3)
+    N = 1024  # a column is 8 KiB: two whole pages, released once the column is packed
+    A = fortran_zeros((N, N))
+    assert A.flags.f_contiguous and A.flags.writeable and not A.any()
+    ref = rng.standard_normal((N, N))
+    A[...] = ref
+    G = np.zeros((N, N))
+    spans = []
+    for a, b, packed in upper_pieces(A, piece_bytes=256 * 1024):
+        assert packed.nbytes <= 256 * 1024 and not A[:, a:b].any()  # the piece's columns are given back
+        add_lower_piece(G, a, packed)
+        spans.append((a, b))
+    assert spans[0][0] == 0 and spans[-1][1] == N and all(p[1] == q[0] for p, q in zip(spans, spans[1:]))
+    symmetrize(G, "lower", block=100)
+    np.testing.assert_array_equal(G, np.triu(ref) + np.triu(ref, 1).T)
+    small = np.asfortranarray(ref[:37, :37])  # any array: packed the same way, nothing released
+    G = np.zeros((37, 37))
+    for a, _, packed in upper_pieces(small, piece_bytes=100):
+        add_lower_piece(G, a, packed)
+    add_packed_lower(G, pack_upper(small))
+    np.testing.assert_array_equal(symmetrize(G, "lower"), 2 * (np.triu(small) + np.triu(small, 1).T))
+
+
+def test_chunk_buffer_fills_across_batches_and_compacts_the_last_chunk():
+    from raydund.general.stream import ChunkBuffer
+
+    rng = np.random.default_rng(4)
+    Z = [rng.standard_normal((n, sum(WIDTHS))).astype(np.float32) + 30 for n in (5, 13, 1, 9, 20)]
+    off = np.concatenate([[0], np.cumsum(WIDTHS)])
+    shift = rng.uniform(25, 35, off[-1])
+    seen = []
+
+    def flush(D):
+        assert D.flags.f_contiguous and D.dtype == np.float64
+        seen.append((len(D), D.T @ D, D.sum(axis=0)))
+
+    buffer = ChunkBuffer(8, shift, off, flush)
+    for batch in Z:
+        buffer.add([batch[:, off[l] : off[l + 1]] for l in range(len(WIDTHS))])
+    buffer.finish()
+    D = np.vstack(Z).astype(np.float64) - shift
+    assert [k for k, _, _ in seen] == [8] * 6  # 48 rows: six full chunks, whatever the batches
+    np.testing.assert_allclose(sum(p for _, p, _ in seen), D.T @ D, rtol=1e-12)
+    np.testing.assert_allclose(sum(s for _, _, s in seen), D.sum(axis=0), rtol=1e-12, atol=1e-9)
+    buffer.add([Z[0][:3, off[l] : off[l + 1]] for l in range(len(WIDTHS))])
+    buffer.finish()  # a partial chunk: compacted in place to [3 x N]
+    assert seen[-1][0] == 3
+    np.testing.assert_allclose(seen[-1][1], D[:3].T @ D[:3], rtol=1e-12)
+
+
+def test_augmented_chunk_sums_n_s_q_u_in_the_same_dsyrk():
+    from raydund.general.moments import augment_extras, split_augmented
+
+    Z = data()
+    ref = Moments.empty(WIDTHS, Z[:50].mean(0))
+    ref.update(Z)  # extras the plain way: einsum, column sums, q^T D
+    N, L, off = sum(WIDTHS), len(WIDTHS), ref.offsets
+    acc = {}
+    for s in range(0, len(Z), 128):
+        D = np.empty((len(Z[s : s + 128]), N + L + 1), order="F")
+        D[:, :N] = Z[s : s + 128] - ref.shift
+        augment_extras(D, off)
+        add_block_rows(acc, D, off, list(range(L)), L)
+    got = split_augmented(acc["all"], N, L)
+    assert got["n"] == ref.n == len(Z)
+    for name in ("s", "Q", "U"):
+        np.testing.assert_allclose(got[name], getattr(ref, name), rtol=1e-12, atol=1e-8)
+    np.testing.assert_allclose(np.triu(acc["all"][:N, :N]), np.triu(ref.G), rtol=1e-12, atol=1e-8)
+
+
+@pytest.mark.parametrize("device", ["cpu", "torch:cpu"])
+def test_worker_task_streams_shards_and_ships_pieces_that_fold_into_the_moments(tmp_path, device):
+    """The Ray task's body, run in process: two shards in the extraction layout, chunks that
+    straddle them, a state in many pieces; the GPU code path (torch) run on the CPU too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raydund.extract.actor import vectors_column
+
+    Z = data(T=300)
+    L, off = len(WIDTHS), np.concatenate([[0], np.cumsum(WIDTHS)])
+    slices = []
+    for shard, (a, b) in enumerate(((0, 170), (170, 300))):
+        paths = {}
+        for layer in range(L):
+            vec, _ = vectors_column(Z[a:b, off[layer] : off[layer + 1]].astype(np.float32), "float32")
+            path = tmp_path / f"shard-{shard}" / f"layer-{layer}.parquet"
+            path.parent.mkdir(exist_ok=True)
+            pq.write_table(pa.table({"sentence_id": np.arange(a, b) // 5, "word_id": np.arange(a, b) % 5,
+                                     "dtype": ["float32"] * (b - a), "vector": vec,
+                                     "vector_bits": pa.nulls(b - a, pa.binary())}), path)
+            paths[layer] = f"file://{path}"
+        slices.append(paths)
+    Z32 = Z.astype(np.float32).astype(np.float64)
+    shift = stats_job.first_mean(slices[0], 64)
+    np.testing.assert_allclose(shift, Z32[:64].mean(0), rtol=1e-12)
+    ref = Moments.empty(WIDTHS, shift).update(Z32)
+    got = Moments.empty(WIDTHS, shift)
+    parts = list(stats_job.worker_task(slices, shift, list(range(L)), True, False, 64, device, 1, piece_bytes=512))
+    assert len(parts) > 3 and all(p["packed"].nbytes <= 512 for p in parts[1:])
+    for part in parts:
+        stats_job._fold(got, part, got.offsets)
+    symmetrize(got.G, "lower")
+    assert got.n == ref.n == 300
+    np.testing.assert_allclose(got.G, ref.full_G(), rtol=1e-12, atol=1e-8)
+    for name in ("s", "Q", "U"):
+        np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-12, atol=1e-8)
 
 
 def test_inplace_similarity_equals_numpy_and_the_copying_path():
