@@ -62,6 +62,7 @@ class Evaluator:
         torch.set_num_threads(threads)
         self.data = data
         self.model, self.tok = (model, tokenizer) if model is not None else models.load(model_name)
+        self._calibration_inputs = None
 
     def num_blocks(self) -> int:
         from raydund.prune.surgery import num_blocks
@@ -69,13 +70,19 @@ class Evaluator:
         return num_blocks(self.model)
 
     def calibration_perplexity(self, drop: tuple[int, ...]) -> float:
-        """Perplexity of the first ``data.sleb`` calibration sentences without blocks ``drop``."""
-        from raydund.prune import evaluate
-        from raydund.prune.surgery import dropped
+        """Perplexity of the first ``data.sleb`` calibration sentences without blocks ``drop``.
 
-        with dropped(self.model, drop):
-            return evaluate.perplexity(self.model, self.tok, evaluate.join(self.data.calibration[: self.data.sleb]),
-                                       self.data.batch_size)
+        The full model's stream entering every block is computed once for these sentences
+        and the forward resumes at the first dropped block (:func:`raydund.prune.surgery.resumed`).
+        """
+        from raydund.prune import evaluate
+        from raydund.prune.surgery import resumed
+
+        texts = evaluate.join(self.data.calibration[: self.data.sleb])
+        if self._calibration_inputs is None:
+            self._calibration_inputs = evaluate.block_inputs(self.model, self.tok, texts, self.data.batch_size)
+        with resumed(self.model, drop, self._calibration_inputs):
+            return evaluate.perplexity(self.model, self.tok, texts, self.data.batch_size)
 
     def states(self, words: bool = False) -> list[np.ndarray]:
         """The full model's ``H[l]`` on the calibration text: per token, or per word (last subword)."""
