@@ -74,8 +74,9 @@ def token_logprobs(model, seqs: list[list[int]], start: list[int], batch_size: i
     """
     out: list[np.ndarray | None] = [None] * len(seqs)
     for idx, ids, mask in _batches(seqs, batch_size):
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.double()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        # log-softmax in float32 (the logits' precision), the per-token values summed in float64
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0].double()
         for r, i in enumerate(idx):
             out[i] = logp[r, start[i] - 1 : len(seqs[i]) - 1].numpy()
     return out
