@@ -74,8 +74,9 @@ def token_logprobs(model, seqs: list[list[int]], start: list[int], batch_size: i
     """
     out: list[np.ndarray | None] = [None] * len(seqs)
     for idx, ids, mask in _batches(seqs, batch_size):
-        logits = model(input_ids=ids, attention_mask=mask).logits.double()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        # log-softmax in float32 (the logits' precision), the per-token values summed in float64
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0].double()
         for r, i in enumerate(idx):
             out[i] = logp[r, start[i] - 1 : len(seqs[i]) - 1].numpy()
     return out
@@ -176,6 +177,29 @@ def hidden_states(model, tok, texts: list[str], batch_size: int = 16) -> list[np
     seqs = encode(tok, texts)
     skip = len(prefix_ids(tok))
     return _stream(model, seqs, [list(range(skip, len(s))) for s in seqs], batch_size)
+
+
+@torch.no_grad()
+def block_inputs(model, tok, texts: list[str], batch_size: int = 16) -> list[list[torch.Tensor]]:
+    """Per batch of :func:`perplexity`'s batching of ``texts``: the padded stream entering each block.
+
+    For :func:`raydund.prune.surgery.resumed` (memory: batches x blocks x padded tokens x hidden).
+    """
+    from raydund.prune.surgery import blocks
+
+    seen: list = []
+    hooks = [b.register_forward_pre_hook(lambda m, a, kw: seen.append(a[0] if a else kw["hidden_states"]),
+                                         with_kwargs=True) for b in blocks(model)]
+    out = []
+    try:
+        for _idx, ids, mask in _batches(encode(tok, texts), batch_size):
+            seen.clear()
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+            out.append(list(seen))
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
 
 
 def word_hidden_states(model, tok, sentences: list[list[str]], batch_size: int = 16) -> list[np.ndarray]:

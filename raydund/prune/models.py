@@ -69,6 +69,22 @@ def load(name: str, dtype=None):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except ValueError as exc:
         raise UserError(f"{name}: not a causal language model transformers can load ({exc})") from None
+    if gguf:
+        _plain(model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model.eval(), tok
+
+
+def _plain(model) -> None:
+    """Forget that a model came from GGUF: transformers dequantized it already, but marks it
+    quantized and refuses ``save_pretrained``; a pruned model must save as plain weights."""
+    model.hf_quantizer = None
+    for attr in ("is_quantized", "quantization_method"):
+        if hasattr(model, attr):
+            try:
+                setattr(model, attr, None if attr == "quantization_method" else False)
+            except AttributeError:  # a read-only property
+                pass
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config

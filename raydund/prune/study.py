@@ -154,13 +154,14 @@ def study_data(cfg: PruneConfig, settings: Settings) -> StudyData:
                      batch_size=cfg.batch_size)
 
 
-def choose_blocks(cfg: PruneConfig, pool, total: int) -> tuple[dict, dict]:
-    """``{(criterion, n): blocks}`` for every criterion and n, and per-criterion details (traces, seconds)."""
+def choose_blocks(cfg: PruneConfig, pool, total: int, which: tuple[str, ...] | None = None) -> tuple[dict, dict]:
+    """``{(criterion, n): blocks}`` for every criterion (of ``which``) and n, and details (traces, seconds)."""
     for n in cfg.blocks:
         if n >= total:
             raise UserError(f"cannot remove {n} of the model's {total} blocks")
     chosen, details = {}, {}
-    state_criteria = [c for c in cfg.criteria if c in crit.STATE_CRITERIA]
+    which = cfg.criteria if which is None else which
+    state_criteria = [c for c in which if c in crit.STATE_CRITERIA]
     if state_criteria:
         start = time.perf_counter()
         H = pool.one("states")
@@ -173,7 +174,7 @@ def choose_blocks(cfg: PruneConfig, pool, total: int) -> tuple[dict, dict]:
             details[c] = {"seconds": time.perf_counter() - start + seconds_states}
         details["scores"] = {"block_influence": crit.block_influence(H).tolist()}
         del H
-    if "probe" in cfg.criteria:
+    if "probe" in which:
         start = time.perf_counter()
         Hw = pool.one("states", True)
         labels = [x for sent in pool_data_labels(pool) for x in sent]
@@ -183,7 +184,7 @@ def choose_blocks(cfg: PruneConfig, pool, total: int) -> tuple[dict, dict]:
             chosen["probe", n] = sorted(order[:n])
         details["probe"] = {"order": order, "accuracy": acc, "within_threshold": within,
                             "seconds": time.perf_counter() - start}
-    if "sleb" in cfg.criteria:
+    if "sleb" in which:
         start = time.perf_counter()
 
         def mapper(_score, sets):
@@ -204,12 +205,22 @@ def pool_data_labels(pool) -> list:
     return pool.data.calibration_labels
 
 
-def evaluate_sets(cfg: PruneConfig, pool, chosen: dict) -> tuple[list[dict], float]:
-    """One row per (criterion, n) plus the full model (criterion ``none``, n 0); seconds taken."""
-    distinct = sorted({tuple(b) for b in chosen.values()} | {()})
+def evaluate_sets(cfg: PruneConfig, pool, chosen: dict, done: dict | None = None) -> tuple[list[dict], float]:
+    """One row per (criterion, n) plus the full model (criterion ``none``, n 0); seconds taken.
+
+    ``done``: block set -> results already measured (filled with the new ones).
+    """
+    done = {} if done is None else done
+    distinct = sorted(({tuple(b) for b in chosen.values()} | {()}) - set(done))
     start = time.perf_counter()
     log.info("evaluating %d distinct block sets (%s)", len(distinct), ", ".join(cfg.metrics))
-    results = dict(zip(distinct, pool.map("evaluate", [(s, cfg.metrics) for s in distinct])))
+    values = []
+    for s, v in zip(distinct, pool.imap("evaluate", [(s, cfg.metrics) for s in distinct])):
+        log.info("evaluated without blocks %s: %s (%.0f s)", list(s), {k: round(x, 4) for k, x in v.items()},
+                 time.perf_counter() - start)
+        values.append(v)
+    done.update(zip(distinct, values))
+    results = done
     seconds = time.perf_counter() - start
     log.info("evaluated in %.0f s", seconds)
     rows = [{"criterion": "none", "n": 0, "blocks": [], **results[()]}]
@@ -238,8 +249,17 @@ def run_study(cfg: PruneConfig, settings: Settings, pool_factory=None) -> dict:
     pool.data = data
     try:
         total = pool.one("num_blocks")
-        chosen, details = choose_blocks(cfg, pool, total)
-        rows, eval_seconds = evaluate_sets(cfg, pool, chosen)
+        # the cheap criteria first, evaluated, then the search (a long study shows results early)
+        first = tuple(c for c in cfg.criteria if c != "sleb")
+        chosen, details = choose_blocks(cfg, pool, total, first)
+        done: dict = {}
+        rows, eval_seconds = evaluate_sets(cfg, pool, chosen, done)
+        if "sleb" in cfg.criteria:
+            more, more_details = choose_blocks(cfg, pool, total, ("sleb",))
+            chosen.update(more)
+            details.update(more_details)
+            rows, more_seconds = evaluate_sets(cfg, pool, chosen, done)
+            eval_seconds += more_seconds
         details["evaluation"] = {"seconds": eval_seconds}
         best = best_per_n(rows)
         out = track.record(cfg, settings, rows, details, best, pool, total, lake_model_name(cfg.model))

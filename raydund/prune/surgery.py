@@ -150,3 +150,58 @@ def dropped(model, drop: Iterable[int]):
             model.config.raydund_kept_blocks = kept_before
         elif hasattr(model.config, "raydund_kept_blocks"):
             del model.config.raydund_kept_blocks
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for blocks ``0..k-1`` of the full model: returns their output, cached per batch.
+
+    ``outputs`` yields, batch after batch, the full model's residual stream entering block
+    ``k`` (:func:`raydund.prune.evaluate.block_inputs`); the input is ignored.
+    """
+
+    def __init__(self, outputs, like: torch.nn.Module):
+        super().__init__()
+        self.outputs = outputs
+        for name in ("attention_type", "layer_idx"):  # read by some model loops (Qwen2, Gemma)
+            if hasattr(like, name):
+                setattr(self, name, getattr(like, name))
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = next(self.outputs)
+        if out.shape != hidden_states.shape:
+            raise RuntimeError("replayed batch does not match: the texts or batches differ from the cached ones")
+        return out
+
+
+@contextlib.contextmanager
+def resumed(model, drop: Iterable[int], block_inputs: list[list[torch.Tensor]] | None):
+    """:func:`dropped`, but blocks before the first dropped one are not run: their output is replayed.
+
+    ``block_inputs[b][l]`` is the full model's stream entering block ``l`` for batch ``b``
+    of the texts about to be scored (same texts, same batches). Dropping blocks ``S``
+    changes nothing before ``min(S)``, so the forward resumes there: SLEB's candidates
+    late in the model cost only the blocks after them (plus embeddings and head). Without
+    a cache, or when block 0 is dropped, this is :func:`dropped`. Forward only, no KV cache.
+    """
+    total = num_blocks(model)
+    drop = check_drop(drop, total)
+    if not drop or drop[0] == 0 or block_inputs is None:
+        with dropped(model, drop) as m:
+            yield m
+        return
+    k = drop[0]
+    path = block_path(model)
+    old = list(_resolve(model, path))
+    state = _config_state(model.config)
+    after = [i for i in range(k, total) if i not in drop]
+    replay = _Replay(iter([b[k] for b in block_inputs]), old[k - 1])
+    try:
+        _set_blocks(model, path, [replay, *(old[i] for i in after)])
+        new = {"num_hidden_layers": 1 + len(after)}
+        if "layer_types" in state:
+            new["layer_types"] = [state["layer_types"][k - 1], *(state["layer_types"][i] for i in after)]
+        _set_config(model.config, new)
+        yield model
+    finally:
+        _set_blocks(model, path, old)
+        _set_config(model.config, state)

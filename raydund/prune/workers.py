@@ -62,6 +62,7 @@ class Evaluator:
         torch.set_num_threads(threads)
         self.data = data
         self.model, self.tok = (model, tokenizer) if model is not None else models.load(model_name)
+        self._block_inputs: dict = {}
 
     def num_blocks(self) -> int:
         from raydund.prune.surgery import num_blocks
@@ -69,13 +70,31 @@ class Evaluator:
         return num_blocks(self.model)
 
     def calibration_perplexity(self, drop: tuple[int, ...]) -> float:
-        """Perplexity of the first ``data.sleb`` calibration sentences without blocks ``drop``."""
-        from raydund.prune import evaluate
-        from raydund.prune.surgery import dropped
+        """Perplexity of the first ``data.sleb`` calibration sentences without blocks ``drop``.
 
-        with dropped(self.model, drop):
-            return evaluate.perplexity(self.model, self.tok, evaluate.join(self.data.calibration[: self.data.sleb]),
-                                       self.data.batch_size)
+        The full model's stream entering every block is computed once for these sentences
+        and the forward resumes at the first dropped block (:func:`raydund.prune.surgery.resumed`);
+        the held-out perplexity of :meth:`evaluate` does the same.
+        """
+        from raydund.prune import evaluate
+
+        return self._perplexity(drop, evaluate.join(self.data.calibration[: self.data.sleb]), "calibration")
+
+    def _inputs(self, key: str, texts: list[str]) -> list:
+        """The full model's block inputs for ``texts``, computed once per key."""
+        from raydund.prune import evaluate
+
+        if key not in self._block_inputs:
+            self._block_inputs[key] = evaluate.block_inputs(self.model, self.tok, texts, self.data.batch_size)
+        return self._block_inputs[key]
+
+    def _perplexity(self, drop: tuple[int, ...], texts: list[str], key: str) -> float:
+        from raydund.prune import evaluate
+        from raydund.prune.surgery import resumed
+
+        cache = self._inputs(key, texts)
+        with resumed(self.model, drop, cache):
+            return evaluate.perplexity(self.model, self.tok, texts, self.data.batch_size)
 
     def states(self, words: bool = False) -> list[np.ndarray]:
         """The full model's ``H[l]`` on the calibration text: per token, or per word (last subword)."""
@@ -92,11 +111,11 @@ class Evaluator:
         from raydund.prune.surgery import dropped
 
         d, out = self.data, {}
+        if "ppl" in metrics:
+            start = time.perf_counter()
+            out["ppl"] = self._perplexity(drop, evaluate.join(d.evaluation), "evaluation")
+            out["seconds_ppl"] = time.perf_counter() - start
         with dropped(self.model, drop):
-            if "ppl" in metrics:
-                start = time.perf_counter()
-                out["ppl"] = evaluate.perplexity(self.model, self.tok, evaluate.join(d.evaluation), d.batch_size)
-                out["seconds_ppl"] = time.perf_counter() - start
             if "sst2" in metrics:
                 start = time.perf_counter()
                 out["sst2"] = evaluate.zero_shot_accuracy(self.model, self.tok, d.sst2_texts, d.sst2_labels,
@@ -137,9 +156,13 @@ class Pool:
         self.actors = [actor.remote(model_name, data_ref, threads) for _ in range(workers)]
         self.pool = ActorPool(self.actors)
 
+    def imap(self, method: str, args: list[tuple]):
+        """``actor.method(*a)`` for every ``a`` in ``args``, spread over the actors; yields results in order."""
+        return self.pool.map(lambda a, v: getattr(a, method).remote(*v), args)
+
     def map(self, method: str, args: list[tuple]) -> list:
-        """``actor.method(*a)`` for every ``a`` in ``args``, spread over the actors; results in order."""
-        return list(self.pool.map(lambda a, v: getattr(a, method).remote(*v), args))
+        """:meth:`imap` as a list."""
+        return list(self.imap(method, args))
 
     def one(self, method: str, *args):
         """``method(*args)`` on the first actor."""
@@ -156,8 +179,11 @@ class LocalPool:
     def __init__(self, evaluator: Evaluator):
         self.evaluator = evaluator
 
+    def imap(self, method: str, args: list[tuple]):
+        return (getattr(self.evaluator, method)(*a) for a in args)
+
     def map(self, method: str, args: list[tuple]) -> list:
-        return [getattr(self.evaluator, method)(*a) for a in args]
+        return list(self.imap(method, args))
 
     def one(self, method: str, *args):
         return getattr(self.evaluator, method)(*args)

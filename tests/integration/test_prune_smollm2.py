@@ -36,3 +36,15 @@ def test_pruned_smollm2_generates_with_and_without_cache(smollm2):
     texts = ["The quick brown fox jumps over the lazy dog .", "Stocks fell sharply in heavy trading ."]
     full_ppl, small_ppl = evaluate.perplexity(model, tok, texts), evaluate.perplexity(small, tok, texts)
     assert 1 < full_ppl < small_ppl < 10 * full_ppl
+
+
+def test_pruned_gguf_model_saves_and_reloads(smollm2, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tok = smollm2
+    small = surgery.drop_blocks(model, [7, 17])
+    small.save_pretrained(tmp_path)  # a GGUF-loaded model is marked quantized; models.load clears that
+    back = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.tensor([tok("The capital of France is").input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, small(ids).logits)

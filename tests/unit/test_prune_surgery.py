@@ -87,3 +87,21 @@ def test_bad_requests():
         surgery.drop_blocks(model, range(6))
     with pytest.raises(UserError, match="does not support"):
         surgery.block_path(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "gpt_neox"])
+def test_resumed_forward_equals_dropped_model(family):
+    from raydund.prune import evaluate
+
+    tok = tiny_lm.tokenizer()
+    model = tiny_lm.model(family, vocab=len(tok))
+    texts = ["the quick brown fox", "stocks fell sharply in heavy trading", "unbelievable", "the lazy dog"]
+    cache = evaluate.block_inputs(model, tok, texts, batch_size=3)
+    for drop in [(3,), (2, 5), (0, 4), (1,), ()]:
+        ref = evaluate.perplexity(surgery.drop_blocks(model, drop), tok, texts, batch_size=3)
+        with surgery.resumed(model, drop, cache) as m:
+            got = evaluate.perplexity(m, tok, texts, batch_size=3)
+        assert got == pytest.approx(ref, rel=1e-6)
+        assert surgery.num_blocks(model) == 6 and model.config.num_hidden_layers == 6
+    with pytest.raises(RuntimeError, match="does not match"), surgery.resumed(model, (2,), cache) as m:
+        evaluate.perplexity(m, tok, texts[:2], batch_size=3)
