@@ -64,10 +64,14 @@ def bench_extract(settings: Settings, model: str = "minilm", corpus: str = "conl
            "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     for name in ("RAYDUND_CATALOG_URI", "RAYDUND_WAREHOUSE", "MLFLOW_TRACKING_URI", "RAYDUND_ARTIFACT_ROOT"):
         env.pop(name, None)
-    raydund = [sys.executable, "-c", "import sys; from raydund.cli import main; sys.exit(main())"]
+    script = Path(sys.executable).with_name("raydund")  # the console script, as a user types it
+    raydund = [str(script)] if script.is_file() else [sys.executable, "-m", "raydund.cli"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for size in parse_sizes(sizes):
+        # a size at or above the split's sentences is the whole split, measured once
+        wanted = sorted({size if size and size < table.num_rows else None for size in parse_sizes(sizes)},
+                        key=lambda size: size or table.num_rows)
+        for size in wanted:
             part = table.slice(0, size) if size else table
             words = part.column("words").to_pylist()
             text = os.path.join(tmp, f"sentences-{part.num_rows}.txt")

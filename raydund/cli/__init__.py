@@ -17,6 +17,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -105,5 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The ``raydund`` console script: :func:`main`, then an exit that skips the interpreter's teardown.
+
+    Once a command has done its work, tearing down every module torch, transformers,
+    MLflow and pyiceberg imported takes CPython ~1.7 s on 2 cores (measured after a
+    100-sentence extraction whose work took 5.7 s): a fixed cost a user pays on every
+    command. So after ``main`` returns, the exit handlers run (logging's flush, Ray's
+    shutdown of a local cluster it started) and the process ends with ``os._exit``. Every
+    stage closes its files and commits before returning; an exception still takes the
+    normal exit path, with its traceback.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,0 +1,5 @@
+"""``python -m raydund.cli``: the same as the ``raydund`` command."""
+
+from raydund.cli import entry
+
+entry()
