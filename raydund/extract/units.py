@@ -36,7 +36,8 @@ HOOK_TARGETS = {
 }
 
 
-def _get(module, dotted: str):
+def attribute(module, dotted: str):
+    """``module.a.b.c`` for ``dotted = "a.b.c"``, or None where a part is missing."""
     for part in dotted.split("."):
         module = getattr(module, part, None)
         if module is None:
@@ -55,13 +56,13 @@ def hooked_modules(model, unit: str) -> list[torch.nn.Module]:
     if unit not in HOOK_TARGETS:
         raise UserError(f"unknown hooked unit {unit!r}; use one of {', '.join(HOOK_UNITS)}")
     arch = getattr(model.config, "model_type", type(model).__name__)
-    blocks = next((b for b in (_get(model, name) for name in BLOCK_LISTS)
+    blocks = next((b for b in (attribute(model, name) for name in BLOCK_LISTS)
                    if isinstance(b, torch.nn.ModuleList)), None)
     if blocks is None:
         raise UserError(f"--unit {unit} is not supported for architecture {arch!r}: no block list "
                         f"({', '.join(BLOCK_LISTS)}) found; use --unit word")
     for target in HOOK_TARGETS[unit]:
-        found = [_get(block, target) for block in blocks]
+        found = [attribute(block, target) for block in blocks]
         if all(isinstance(m, torch.nn.Module) for m in found):
             return found
     raise UserError(f"--unit {unit} is not supported for architecture {arch!r}: its blocks have none of "

@@ -24,17 +24,10 @@ from collections.abc import Iterable
 import torch
 
 from raydund.errors import UserError
+from raydund.extract.units import attribute
 
 #: Attribute paths of the block list, tried in order.
 BLOCK_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
-
-
-def _resolve(obj, path: str):
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
 
 
 def block_path(model) -> str:
@@ -46,7 +39,7 @@ def block_path(model) -> str:
         An architecture whose blocks raydund does not know how to find.
     """
     for path in BLOCK_PATHS:
-        if isinstance(_resolve(model, path), torch.nn.ModuleList):
+        if isinstance(attribute(model, path), torch.nn.ModuleList):
             return path
     raise UserError(f"depth pruning does not support {type(model).__name__}: no decoder block list at "
                     f"{', '.join(BLOCK_PATHS)}")
@@ -54,7 +47,7 @@ def block_path(model) -> str:
 
 def blocks(model) -> torch.nn.ModuleList:
     """The decoder blocks of ``model`` (a ``ModuleList``)."""
-    return _resolve(model, block_path(model))
+    return attribute(model, block_path(model))
 
 
 def num_blocks(model) -> int:
@@ -75,7 +68,7 @@ def check_drop(drop: Iterable[int], total: int) -> tuple[int, ...]:
 
 def _set_blocks(model, path: str, kept: list) -> None:
     parent_path, _, name = path.rpartition(".")
-    setattr(_resolve(model, parent_path), name, torch.nn.ModuleList(kept))
+    setattr(attribute(model, parent_path), name, torch.nn.ModuleList(kept))
     for i, block in enumerate(kept):
         for module in block.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
@@ -116,7 +109,7 @@ def drop_blocks(model, drop: Iterable[int], inplace: bool = False):
     total = num_blocks(model)
     drop = check_drop(drop, total)
     out = model if inplace else copy.deepcopy(model)
-    old = list(_resolve(out, path))
+    old = list(attribute(out, path))
     keep = [i for i in range(total) if i not in drop]
     _set_blocks(out, path, [old[i] for i in keep])
     state = _config_state(out.config)
@@ -137,7 +130,7 @@ def dropped(model, drop: Iterable[int]):
     at a time).
     """
     path = block_path(model)
-    old = list(_resolve(model, path))
+    old = list(attribute(model, path))
     state = _config_state(model.config)
     had = hasattr(model.config, "raydund_kept_blocks")
     kept_before = getattr(model.config, "raydund_kept_blocks", None)
@@ -191,7 +184,7 @@ def resumed(model, drop: Iterable[int], block_inputs: list[list[torch.Tensor]] |
         return
     k = drop[0]
     path = block_path(model)
-    old = list(_resolve(model, path))
+    old = list(attribute(model, path))
     state = _config_state(model.config)
     after = [i for i in range(k, total) if i not in drop]
     replay = _Replay(iter([b[k] for b in block_inputs]), old[k - 1])
