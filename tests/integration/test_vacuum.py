@@ -74,7 +74,7 @@ def test_failed_fresh_rerun_leaves_the_table_whole(settings, lake, tiny_model_di
     def pool_dies(*args, **kwargs):
         raise KeyboardInterrupt  # the fresh re-run is killed before it wrote a single shard
 
-    monkeypatch.setattr(job_module, "_run_pool", pool_dies)
+    monkeypatch.setattr(job_module, "run_shards", pool_dies)  # in process or on a pool alike
     with pytest.raises(KeyboardInterrupt):
         extract(settings, model_dir, fresh=True)
     monkeypatch.undo()
