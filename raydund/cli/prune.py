@@ -18,7 +18,7 @@ OPTS = {
     "model": Opt(default="smollm2"),
     "blocks": Opt(type=str, convert=_ints, metavar="N[,N...]", help="numbers of blocks to remove (2,4,6,8)"),
     "criteria": Opt(type=str, convert=_names, metavar="NAME[,NAME...]",
-                    help="sleb shortgpt gromov last cka cka-debiased probe"),
+                    help="hybrid (default) sleb shortgpt gromov last cka cka-debiased probe"),
     "metrics": Opt(type=str, convert=_names, metavar="NAME[,NAME...]", help="ppl sst2 pos"),
 }
 

@@ -19,6 +19,9 @@ given ``n``, sorted; the score functions behind them are public for reports and 
 ``probe``          The paper's LayerSelector turned around, see :func:`probe_greedy`.
 ``sleb``           Greedy removal by calibration perplexity (Song et al. 2024, SLEB), see
                    :func:`greedy_search`: one candidate per Ray task in the study.
+``hybrid``         raydund's default, see :func:`hybrid`: every other criterion's set and the
+                   best consecutive windows, scored by calibration perplexity, the best one
+                   refined by moving single blocks, the finalists re-scored on more text.
 =================  ==========================================================================
 """
 
@@ -34,7 +37,7 @@ from raydund.general.similarity import cka, debiased_cka
 
 #: Criteria computed from the hidden states alone (``probe`` also needs word labels).
 STATE_CRITERIA = ("shortgpt", "gromov", "cka", "cka-debiased", "last")
-ALL_CRITERIA = (*STATE_CRITERIA, "probe", "sleb")
+ALL_CRITERIA = (*STATE_CRITERIA, "probe", "sleb", "hybrid")
 
 
 def _cos(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -92,6 +95,12 @@ def gromov(H: list[np.ndarray], n: int) -> list[int]:
     """The ``n`` consecutive blocks starting where the angular distance over ``n`` blocks is smallest."""
     start = int(np.argmin(angular_distance(H, n)))
     return list(range(start, start + n))
+
+
+def windows(H: list[np.ndarray], n: int, k: int) -> list[list[int]]:
+    """The ``k`` windows of ``n`` consecutive blocks of smallest angular distance, best first."""
+    d = angular_distance(H, n)
+    return [list(range(int(s), int(s) + n)) for s in np.argsort(d, kind="stable")[:k]]
 
 
 def cka_blocks(H: list[np.ndarray], n: int, debiased: bool = False) -> list[int]:
@@ -213,3 +222,71 @@ def probe_greedy(H: list[np.ndarray], labels: np.ndarray, n: int, threshold: flo
     accuracy = [-v for v in neg]
     within = next((k for k, a in enumerate(accuracy) if a < full * (1 - threshold)), len(accuracy))
     return order, accuracy, within
+
+
+Scores = Callable[[list[tuple[int, ...]]], list[float]]
+
+
+def refine(score_many: Scores, start: Iterable[int], total: int, rounds: int = 3,
+           seen: dict | None = None) -> tuple[tuple[int, ...], dict]:
+    """Local search from a block set: swap one dropped block for a kept neighbour of the set while the score falls.
+
+    Each round scores every set made by keeping one dropped block and dropping instead a
+    kept block next to the dropped ones (``b - 1`` or ``b + 1`` of some dropped ``b``: a
+    window can shift, a gap can close) in ONE call of ``score_many`` (the study: one Ray
+    task per set) and takes the best if it beats the incumbent. At most ``rounds`` rounds.
+
+    Returns
+    -------
+    best : tuple of int
+    seen : dict
+        Every set scored (including ``seen`` passed in): set -> score.
+    """
+    seen = {} if seen is None else seen
+    best = tuple(sorted(start))
+    if best not in seen:
+        seen[best] = score_many([best])[0]
+    for _ in range(rounds):
+        border = {c for b in best for c in (b - 1, b + 1) if 0 <= c < total and c not in best}
+        moves = sorted({tuple(sorted((set(best) - {b}) | {c})) for b in best for c in border})
+        new = [m for m in moves if m not in seen]
+        if new:
+            seen.update(zip(new, score_many(new)))
+        nxt = min(moves, key=lambda m: (seen[m], m), default=None)
+        if nxt is None or seen[nxt] >= seen[best]:
+            break
+        best = nxt
+    return best, seen
+
+
+def hybrid(score_many: Scores, score_final: Scores, candidates: Iterable[Iterable[int]], total: int,
+           rounds: int = 3, finalists: int = 3) -> tuple[list[int], dict]:
+    """raydund's default: the best of every criterion's choice, refined, checked on more text.
+
+    1. Every candidate set (the other criteria's choices for this ``n``, SLEB's greedy one
+       and the best consecutive windows) is scored by ``score_many`` (calibration
+       perplexity on SLEB's sentences).
+    2. The best is refined by :func:`refine`.
+    3. The ``finalists`` best sets seen are scored by ``score_final`` (perplexity on all
+       calibration sentences): a search on a few sentences overfits them (SLEB's
+       calibration and held-out perplexities part ways from 6 blocks on, BENCHMARKS.md),
+       and the lowest there is the choice.
+
+    Returns
+    -------
+    blocks : list of int
+    details : dict
+        ``search``: set -> score of every set scored; ``final``: the finalists' scores.
+    """
+    cands = sorted({tuple(sorted(c)) for c in candidates})
+    if not cands:
+        raise UserError("hybrid: no candidate block sets")
+    if len({len(c) for c in cands}) != 1:
+        raise UserError("hybrid: candidate block sets must all drop the same number of blocks")
+    seen = dict(zip(cands, score_many(cands)))
+    start = min(cands, key=lambda c: (seen[c], c))
+    refine(score_many, start, total, rounds, seen)
+    top = sorted(seen, key=lambda c: (seen[c], c))[:finalists]
+    final = dict(zip(top, score_final(top)))
+    choice = min(top, key=lambda c: (final[c], c))
+    return list(choice), {"search": seen, "final": final}

@@ -145,11 +145,14 @@ def word_token_index(tok, words: list[str]) -> tuple[list[int], list[int]]:
 
 @torch.no_grad()
 def word_vectors(model, tok, sentences: list[list[str]], batch_size: int = 16) -> np.ndarray:
-    """The last hidden state (``hidden_states[-1]``) at each word's last subword, ``[words x hidden]`` float32."""
+    """The last hidden state (``hidden_states[-1]``) at each word's last subword, ``[words x hidden]`` float32.
+
+    From the base model (no LM head: the logits are not needed).
+    """
     seqs, lasts = zip(*(word_token_index(tok, s) for s in sentences)) if sentences else ((), ())
     out: list = [None] * len(seqs)
     for idx, ids, mask in _batches(list(seqs), batch_size):
-        h = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        h = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         for r, i in enumerate(idx):
             out[i] = h[r, lasts[i]].float().numpy()
     return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), np.float32)
@@ -179,12 +182,22 @@ def hidden_states(model, tok, texts: list[str], batch_size: int = 16) -> list[np
     return _stream(model, seqs, [list(range(skip, len(s))) for s in seqs], batch_size)
 
 
-@torch.no_grad()
 def block_inputs(model, tok, texts: list[str], batch_size: int = 16) -> list[list[torch.Tensor]]:
     """Per batch of :func:`perplexity`'s batching of ``texts``: the padded stream entering each block.
 
     For :func:`raydund.prune.surgery.resumed` (memory: batches x blocks x padded tokens x hidden).
     """
+    return seq_block_inputs(model, encode(tok, texts), batch_size)
+
+
+def word_seqs(tok, sentences: list[list[str]]) -> list[list[int]]:
+    """The token ids :func:`word_vectors` runs for ``sentences`` (for :func:`seq_block_inputs`)."""
+    return [word_token_index(tok, s)[0] for s in sentences]
+
+
+@torch.no_grad()
+def seq_block_inputs(model, seqs: list[list[int]], batch_size: int = 16) -> list[list[torch.Tensor]]:
+    """:func:`block_inputs` of token id sequences, batched as every function here batches them."""
     from raydund.prune.surgery import blocks
 
     seen: list = []
@@ -192,7 +205,7 @@ def block_inputs(model, tok, texts: list[str], batch_size: int = 16) -> list[lis
                                          with_kwargs=True) for b in blocks(model)]
     out = []
     try:
-        for _idx, ids, mask in _batches(encode(tok, texts), batch_size):
+        for _idx, ids, mask in _batches(seqs, batch_size):
             seen.clear()
             model(input_ids=ids, attention_mask=mask, use_cache=False)
             out.append(list(seen))

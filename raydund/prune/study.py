@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import tempfile
 import time
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 PRUNE_RESULTS = "prune_results"
 #: The criterion raydund recommends (BENCHMARKS.md, "Depth pruning (issue 18)").
-DEFAULT_CRITERION = "sleb"
+DEFAULT_CRITERION = "hybrid"
 METRICS = ("ppl", "sst2", "pos")
 
 
@@ -51,7 +52,7 @@ class PruneConfig:
     blocks : tuple of int
         Numbers of blocks to remove (``2,4,6,8``).
     criteria : tuple of str
-        Among ``sleb shortgpt gromov last cka cka-debiased probe`` (see :mod:`raydund.prune.criteria`).
+        Among ``hybrid sleb shortgpt gromov last cka cka-debiased probe`` (see :mod:`raydund.prune.criteria`).
     metrics : tuple of str
         Among ``ppl sst2 pos``.
     label : str
@@ -70,6 +71,16 @@ class PruneConfig:
         SST-2 dev sentences for zero-shot accuracy (0: all 872).
     probe_threshold : float
         Relative accuracy loss the probe criterion reports as "within".
+    states : {"lake", "model"}
+        Where the residual-stream and probe criteria read ``H[l]``: ``lake``, the per-word
+        activations of the calibration split (extracted once if missing,
+        :mod:`raydund.prune.states`); ``model``, a forward pass over every calibration token.
+    hybrid_windows : int
+        Consecutive windows (of smallest angular distance) among ``hybrid``'s candidates.
+    hybrid_rounds : int
+        Rounds of ``hybrid``'s refinement (moving one block per round).
+    hybrid_finalists : int
+        ``hybrid``'s best sets re-scored on all calibration sentences (:func:`raydund.prune.criteria.hybrid`).
     batch_size : int
     workers : int
         Ray actors, each holding the model.
@@ -82,7 +93,7 @@ class PruneConfig:
     model: str
     corpus: str = "ud_english_ewt"
     blocks: tuple[int, ...] = (2, 4, 6, 8)
-    criteria: tuple[str, ...] = ("sleb", "shortgpt", "gromov", "last", "cka", "cka-debiased", "probe")
+    criteria: tuple[str, ...] = ("hybrid", "sleb", "shortgpt", "gromov", "last", "cka", "cka-debiased", "probe")
     metrics: tuple[str, ...] = METRICS
     label: str = "upos"
     calibration_split: str = "train"
@@ -93,6 +104,10 @@ class PruneConfig:
     probe_train_sentences: int = 400
     sst2_sentences: int = 200
     probe_threshold: float = 0.01
+    states: str = "lake"
+    hybrid_windows: int = 3
+    hybrid_rounds: int = 3
+    hybrid_finalists: int = 3
     batch_size: int = 8
     workers: int = 2
     threads: int = 1
@@ -107,6 +122,8 @@ class PruneConfig:
             raise UserError(f"unknown metrics {bad}; known: {', '.join(METRICS)}")
         if not self.blocks or min(self.blocks) < 1:
             raise UserError("--blocks: give numbers of blocks to remove, each >= 1")
+        if self.states not in ("lake", "model"):
+            raise UserError(f"states must be 'lake' or 'model', not {self.states!r}")
         if self.sleb_sentences > self.calibration_sentences:
             raise UserError("sleb_sentences must not exceed calibration_sentences")
         for name in ("calibration_sentences", "eval_sentences", "workers", "threads", "batch_size"):
@@ -154,55 +171,103 @@ def study_data(cfg: PruneConfig, settings: Settings) -> StudyData:
                      batch_size=cfg.batch_size)
 
 
-def choose_blocks(cfg: PruneConfig, pool, total: int, which: tuple[str, ...] | None = None) -> tuple[dict, dict]:
-    """``{(criterion, n): blocks}`` for every criterion (of ``which``) and n, and details (traces, seconds)."""
-    for n in cfg.blocks:
-        if n >= total:
-            raise UserError(f"cannot remove {n} of the model's {total} blocks")
+class CalibrationScores:
+    """Calibration perplexity of block sets, one actor task per set not scored before (memoised).
+
+    ``sentences``: the first calibration sentences scored (``None``: SLEB's ``sleb_sentences``).
+    """
+
+    def __init__(self, pool, sentences: int | None = None):
+        self.pool, self.sentences, self.cache = pool, sentences, {}
+
+    def __call__(self, sets: list[tuple[int, ...]]) -> list[float]:
+        new = [s for s in dict.fromkeys(tuple(sorted(x)) for x in sets) if s not in self.cache]
+        if new:
+            self.cache.update(zip(new, self.pool.map("calibration_perplexity", [(s, self.sentences) for s in new])))
+        return [self.cache[tuple(sorted(x))] for x in sets]
+
+
+def cheap_choices(cfg: PruneConfig, pool, states, candidates: dict) -> tuple[dict, dict]:
+    """``{(criterion, n): blocks}`` of the residual-stream criteria and ``probe`` (those asked for), and details.
+
+    ``states(words)`` returns the criteria's ``H[l]`` and, per row, the word labels
+    (``words``: per word, as the probe needs; see :mod:`raydund.prune.states`). ``candidates``
+    (n -> block sets) collects what ``hybrid`` starts from: with ``hybrid`` asked for, every
+    residual-stream criterion's choice and the :data:`PruneConfig.hybrid_windows` best
+    consecutive windows, and the probe's choice when it runs.
+    """
     chosen, details = {}, {}
-    which = cfg.criteria if which is None else which
-    state_criteria = [c for c in which if c in crit.STATE_CRITERIA]
-    if state_criteria:
+    hybrid = "hybrid" in cfg.criteria
+    wanted = [c for c in crit.STATE_CRITERIA if c in cfg.criteria or hybrid]
+    if not wanted and "probe" not in cfg.criteria:
+        return chosen, details
+    start = time.perf_counter()
+    H, _ = states()
+    details["hidden_states"] = {"seconds": time.perf_counter() - start, "rows": int(len(H[0])), "source": cfg.states}
+    for c in wanted:
         start = time.perf_counter()
-        H = pool.one("states")
-        seconds_states = time.perf_counter() - start
-        details["hidden_states"] = {"seconds": seconds_states, "tokens": int(len(H[0]))}
-        for c in state_criteria:
-            start = time.perf_counter()
-            for n in cfg.blocks:
-                chosen[c, n] = crit.by_states(c, H, n)
-            details[c] = {"seconds": time.perf_counter() - start + seconds_states}
-        details["scores"] = {"block_influence": crit.block_influence(H).tolist()}
-        del H
-    if "probe" in which:
+        for n in cfg.blocks:
+            blocks = crit.by_states(c, H, n)
+            candidates.setdefault(n, []).append(blocks)
+            if c in cfg.criteria:
+                chosen[c, n] = blocks
+        details[c] = {"seconds": time.perf_counter() - start}
+    if hybrid:
+        for n in cfg.blocks:
+            candidates[n].extend(crit.windows(H, n, cfg.hybrid_windows))
+    details["scores"] = {"block_influence": crit.block_influence(H).tolist()}
+    if "probe" in cfg.criteria:
         start = time.perf_counter()
-        Hw = pool.one("states", True)
-        labels = [x for sent in pool_data_labels(pool) for x in sent]
-        order, acc, within = crit.probe_greedy(Hw, labels, max(cfg.blocks), cfg.probe_threshold)
-        del Hw
+        order, acc, within = crit.probe_greedy(*states(words=True), max(cfg.blocks), cfg.probe_threshold)
         for n in cfg.blocks:
             chosen["probe", n] = sorted(order[:n])
+            candidates.setdefault(n, []).append(chosen["probe", n])
         details["probe"] = {"order": order, "accuracy": acc, "within_threshold": within,
                             "seconds": time.perf_counter() - start}
-    if "sleb" in which:
+    return chosen, details
+
+
+def search_choices(cfg: PruneConfig, pool, total: int, candidates: dict) -> tuple[dict, dict]:
+    """``{(criterion, n): blocks}`` of ``sleb`` and ``hybrid`` (those asked for), and details.
+
+    SLEB's greedy search also runs for ``hybrid`` alone (its choice is a candidate). Both
+    score sets through one memoised :class:`CalibrationScores`: a set SLEB scored is not
+    scored again.
+    """
+    chosen, details = {}, {}
+    scores = CalibrationScores(pool)
+    if "sleb" in cfg.criteria or "hybrid" in cfg.criteria:
         start = time.perf_counter()
 
         def mapper(_score, sets):
-            values = pool.map("calibration_perplexity", [(s,) for s in sets])
+            values = scores(sets)
             log.info("sleb: step %d, %d candidates, best calibration ppl %.2f (%.0f s)", len(sets[0]), len(sets),
                      min(values), time.perf_counter() - start)
             return values
 
         order, trace = crit.greedy_search(None, total, max(cfg.blocks), mapper=mapper)
         for n in cfg.blocks:
-            chosen["sleb", n] = sorted(order[:n])
+            candidates.setdefault(n, []).append(sorted(order[:n]))
+            if "sleb" in cfg.criteria:
+                chosen["sleb", n] = sorted(order[:n])
         details["sleb"] = {"order": order, "calibration_ppl": trace, "seconds": time.perf_counter() - start}
+    if "hybrid" in cfg.criteria:
+        start = time.perf_counter()
+        final = CalibrationScores(pool, cfg.calibration_sentences)
+        details["hybrid"] = {"n": {}}
+        for n in cfg.blocks:
+            chosen["hybrid", n], d = crit.hybrid(scores, final, candidates[n], total, cfg.hybrid_rounds,
+                                                 cfg.hybrid_finalists)
+            finalists = {",".join(map(str, k)): v for k, v in d["final"].items()}
+            details["hybrid"]["n"][n] = {"scored": len(d["search"]), "finalists": finalists}
+            log.info("hybrid: n=%d, %d sets scored, finalists %s -> %s (%.0f s)", n, len(d["search"]), finalists,
+                     chosen["hybrid", n], time.perf_counter() - start)
+        details["hybrid"]["seconds"] = time.perf_counter() - start
     return chosen, details
 
 
-def pool_data_labels(pool) -> list:
-    """The calibration labels the pool's actors hold (the driver keeps its own copy in ``pool.data``)."""
-    return pool.data.calibration_labels
+def _flat(labels: list[list]) -> list:
+    return [x for sent in labels for x in sent]
 
 
 def evaluate_sets(cfg: PruneConfig, pool, chosen: dict, done: dict | None = None) -> tuple[list[dict], float]:
@@ -245,17 +310,31 @@ def run_study(cfg: PruneConfig, settings: Settings, pool_factory=None) -> dict:
         def pool_factory(data):
             return Pool(ensure_ray(), cfg.model, data, cfg.workers, cfg.threads)
 
+    if cfg.states == "lake":
+        @functools.cache
+        def states(words: bool = False):
+            from raydund.prune.states import lake_states
+
+            return lake_states(cfg.model, cfg.corpus, cfg.calibration_split, data.calibration, settings,
+                               data.calibration_labels)
+    else:
+        def states(words: bool = False):
+            return pool.one("states", words), _flat(data.calibration_labels) if words else None
+
     pool = pool_factory(data)
     pool.data = data
     try:
         total = pool.one("num_blocks")
-        # the cheap criteria first, evaluated, then the search (a long study shows results early)
-        first = tuple(c for c in cfg.criteria if c != "sleb")
-        chosen, details = choose_blocks(cfg, pool, total, first)
+        for n in cfg.blocks:
+            if n >= total:
+                raise UserError(f"cannot remove {n} of the model's {total} blocks")
+        # the cheap criteria first, evaluated, then the searches (a long study shows results early)
+        candidates: dict = {}
+        chosen, details = cheap_choices(cfg, pool, states, candidates)
         done: dict = {}
         rows, eval_seconds = evaluate_sets(cfg, pool, chosen, done)
-        if "sleb" in cfg.criteria:
-            more, more_details = choose_blocks(cfg, pool, total, ("sleb",))
+        more, more_details = search_choices(cfg, pool, total, candidates)
+        if more:
             chosen.update(more)
             details.update(more_details)
             rows, more_seconds = evaluate_sets(cfg, pool, chosen, done)

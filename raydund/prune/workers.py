@@ -69,8 +69,8 @@ class Evaluator:
 
         return num_blocks(self.model)
 
-    def calibration_perplexity(self, drop: tuple[int, ...]) -> float:
-        """Perplexity of the first ``data.sleb`` calibration sentences without blocks ``drop``.
+    def calibration_perplexity(self, drop: tuple[int, ...], sentences: int | None = None) -> float:
+        """Perplexity of the first ``sentences`` (default ``data.sleb``) calibration sentences without blocks ``drop``.
 
         The full model's stream entering every block is computed once for these sentences
         and the forward resumes at the first dropped block (:func:`raydund.prune.surgery.resumed`);
@@ -78,23 +78,31 @@ class Evaluator:
         """
         from raydund.prune import evaluate
 
-        return self._perplexity(drop, evaluate.join(self.data.calibration[: self.data.sleb]), "calibration")
+        k = self.data.sleb if sentences is None else sentences
+        return self._perplexity(drop, evaluate.join(self.data.calibration[:k]))
 
-    def _inputs(self, key: str, texts: list[str]) -> list:
-        """The full model's block inputs for ``texts``, computed once per key."""
+    def _inputs(self, seqs: list[list[int]]) -> list:
+        """The full model's block inputs for token id sequences, computed once per distinct text."""
         from raydund.prune import evaluate
 
+        key = tuple(map(tuple, seqs))
         if key not in self._block_inputs:
-            self._block_inputs[key] = evaluate.block_inputs(self.model, self.tok, texts, self.data.batch_size)
+            self._block_inputs[key] = evaluate.seq_block_inputs(self.model, seqs, self.data.batch_size)
         return self._block_inputs[key]
 
-    def _perplexity(self, drop: tuple[int, ...], texts: list[str], key: str) -> float:
+    def _perplexity(self, drop: tuple[int, ...], texts: list[str]) -> float:
         from raydund.prune import evaluate
         from raydund.prune.surgery import resumed
 
-        cache = self._inputs(key, texts)
-        with resumed(self.model, drop, cache):
+        with resumed(self.model, drop, self._inputs(evaluate.encode(self.tok, texts))):
             return evaluate.perplexity(self.model, self.tok, texts, self.data.batch_size)
+
+    def _word_vectors(self, drop: tuple[int, ...], sentences: list[list[str]]) -> np.ndarray:
+        from raydund.prune import evaluate
+        from raydund.prune.surgery import resumed
+
+        with resumed(self.model, drop, self._inputs(evaluate.word_seqs(self.tok, sentences))):
+            return evaluate.word_vectors(self.model, self.tok, sentences, self.data.batch_size)
 
     def states(self, words: bool = False) -> list[np.ndarray]:
         """The full model's ``H[l]`` on the calibration text: per token, or per word (last subword)."""
@@ -113,21 +121,20 @@ class Evaluator:
         d, out = self.data, {}
         if "ppl" in metrics:
             start = time.perf_counter()
-            out["ppl"] = self._perplexity(drop, evaluate.join(d.evaluation), "evaluation")
+            out["ppl"] = self._perplexity(drop, evaluate.join(d.evaluation))
             out["seconds_ppl"] = time.perf_counter() - start
-        with dropped(self.model, drop):
-            if "sst2" in metrics:
-                start = time.perf_counter()
+        if "pos" in metrics:
+            start = time.perf_counter()
+            train = self._word_vectors(drop, d.probe_train)
+            test = self._word_vectors(drop, d.evaluation)
+            out["pos"] = evaluate.probe_accuracy(train, _flat(d.probe_train_labels), test, _flat(d.evaluation_labels))
+            out["seconds_pos"] = time.perf_counter() - start
+        if "sst2" in metrics:
+            start = time.perf_counter()
+            with dropped(self.model, drop):
                 out["sst2"] = evaluate.zero_shot_accuracy(self.model, self.tok, d.sst2_texts, d.sst2_labels,
                                                           batch_size=d.batch_size)
-                out["seconds_sst2"] = time.perf_counter() - start
-            if "pos" in metrics:
-                start = time.perf_counter()
-                train = evaluate.word_vectors(self.model, self.tok, d.probe_train, d.batch_size)
-                test = evaluate.word_vectors(self.model, self.tok, d.evaluation, d.batch_size)
-                out["pos"] = evaluate.probe_accuracy(train, _flat(d.probe_train_labels), test,
-                                                     _flat(d.evaluation_labels))
-                out["seconds_pos"] = time.perf_counter() - start
+            out["seconds_sst2"] = time.perf_counter() - start
         return out
 
     def save(self, drop: tuple[int, ...], folder: str) -> str:

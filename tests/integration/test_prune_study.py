@@ -34,9 +34,10 @@ def test_study_end_to_end(tmp_path, mirrored):
     cfg = _cfg(folder)
     out = run_study(cfg, mirrored, pool_factory=lambda data: LocalPool(Evaluator(cfg.model, data)))
     rows = out["rows"]
-    assert len(rows) == 1 + 7 * 2 and {r["criterion"] for r in rows} >= {"none", "sleb", "gromov", "probe"}
+    assert len(rows) == 1 + 8 * 2 and {r["criterion"] for r in rows} >= {"none", "hybrid", "sleb", "gromov", "probe"}
     by = {(r["criterion"], r["n"]): r for r in rows}
     assert by["last", 2]["blocks"] == [3, 4]
+    assert out["details"]["hidden_states"]["source"] == "lake"
     # SLEB's first choice is the single block whose removal gives the lowest calibration perplexity
     model, tok = models.load(str(folder))
     data = study_data(cfg, mirrored)
@@ -44,11 +45,26 @@ def test_study_end_to_end(tmp_path, mirrored):
     single = [evaluate.perplexity(surgery.drop_blocks(model, [b]), tok, cal, 4) for b in range(5)]
     assert out["details"]["sleb"]["order"][0] == int(np.argmin(single))
     assert out["details"]["sleb"]["calibration_ppl"][0] == pytest.approx(min(single), rel=1e-6)
+    # hybrid: its choice has the lowest perplexity on all calibration sentences among its finalists,
+    # every other criterion's choice was among the sets it scored, and it is no worse than any of them there
+    full_cal = evaluate.join(data.calibration)
+    finalists = out["details"]["hybrid"]["n"][2]["finalists"]
+    hyb = by["hybrid", 2]["blocks"]
+    assert min(finalists, key=finalists.get) == ",".join(map(str, hyb))
+    direct = evaluate.perplexity(surgery.drop_blocks(model, hyb), tok, full_cal, 4)
+    assert finalists[",".join(map(str, hyb))] == pytest.approx(direct, rel=1e-6)
+    assert out["details"]["hybrid"]["n"][2]["scored"] >= len({tuple(by[c, 2]["blocks"]) for c in
+                                                              ("sleb", "shortgpt", "gromov", "cka")})
     # the evaluation of a row is the model without its blocks, measured directly
     r = by["gromov", 2]
     small = surgery.drop_blocks(model, r["blocks"])
     assert r["ppl"] == pytest.approx(evaluate.perplexity(small, tok, evaluate.join(data.evaluation), 4), rel=1e-6)
-    assert 0 <= r["sst2"] <= 1 and 0 <= r["pos"] <= 1
+    assert 0 <= r["sst2"] <= 1
+    # the POS probe (word vectors from the resumed forward) as on the pruned model itself
+    flat = [[x for s in lab for x in s] for lab in (data.probe_train_labels, data.evaluation_labels)]
+    pos = evaluate.probe_accuracy(evaluate.word_vectors(small, tok, data.probe_train, 4), flat[0],
+                                  evaluate.word_vectors(small, tok, data.evaluation, 4), flat[1])
+    assert r["pos"] == pytest.approx(pos, abs=1e-12)
     # lake table and MLflow runs
     from raydund.lake import Lake
 
@@ -84,3 +100,29 @@ def test_study_on_ray_actors(tmp_path, mirrored, ray_local):
     out = run_study(_cfg(folder, criteria=("sleb", "shortgpt", "last"), metrics=("ppl",), register=False), mirrored)
     by = {(r["criterion"], r["n"]): r for r in out["rows"]}
     assert by["last", 1]["blocks"] == [3] and len(out["details"]["sleb"]["order"]) == 2
+
+
+def test_criteria_read_the_lake_and_extract_only_once(tmp_path, mirrored):
+    from raydund.lake import Lake
+    from raydund.prune.states import lake_states
+
+    folder = tiny_lm.save("llama", tmp_path / "tiny-llama", layers=3)
+    data = study_data(_cfg(folder, metrics=("ppl",)), mirrored)
+    H, labels = lake_states(str(folder), "ud_english_ewt", "train", data.calibration, mirrored,
+                            data.calibration_labels)
+    lake = Lake(mirrored)
+    snapshot = lake.activations().current_snapshot().snapshot_id
+    H2, _ = lake_states(str(folder), "ud_english_ewt", "train", data.calibration[:5], mirrored)
+    assert lake.activations().current_snapshot().snapshot_id == snapshot  # reused, not re-extracted
+    # every layer, first words left out; labels line up with the rows
+    assert len(H) == 4 and all(h.shape == (sum(len(s) - 1 for s in data.calibration), 16) for h in H)
+    assert labels == [x for s in data.calibration_labels for x in s[1:]]
+    np.testing.assert_array_equal(H2[2], H[2][: sum(len(s) - 1 for s in data.calibration[:5])])
+    # layer 0 is the embedding of each word's last subword (an independent reference)
+    model, tok = models.load(str(folder))
+    E = model.get_input_embeddings().weight.detach().numpy()
+    ref = []
+    for words in data.calibration:
+        seq, last = evaluate.word_token_index(tok, words)
+        ref += [E[seq[i]] for i in last[1:]]
+    np.testing.assert_allclose(H[0], np.array(ref), atol=1e-6)

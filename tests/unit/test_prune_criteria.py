@@ -112,3 +112,67 @@ def test_probe_greedy_drops_blocks_the_readout_ignores():
     assert set(order[:4]) == {0, 2, 3, 5} and within == 4
     assert acc[0] > 0.9
     np.testing.assert_allclose(criteria.skip_block(H, [2, 3]), H[6] - (H[3] - H[2]) - (H[4] - H[3]))
+
+
+def test_windows_are_the_consecutive_runs_of_smallest_angular_distance():
+    H = _stream(L=9, identical=(5, 6))
+    d = criteria.angular_distance(H, 2)
+    wins = criteria.windows(H, 2, 3)
+    assert wins[0] == [5, 6] == criteria.gromov(H, 2)
+    assert [w[0] for w in wins] == list(np.argsort(d, kind="stable")[:3])
+    assert all(w == list(range(w[0], w[0] + 2)) for w in wins)
+
+
+def _counted(f):
+    calls = []
+
+    def score_many(sets):
+        calls.append(list(sets))
+        return [f(tuple(s)) for s in sets]
+
+    return score_many, calls
+
+
+def test_refine_walks_to_a_planted_optimum_one_move_at_a_time():
+    target = {10, 11, 12}  # score: distance of the set from the target window
+
+    def f(s):
+        return sum(min(abs(b - t) for t in target) for b in s) + 0.001 * sum(s)
+
+    score_many, calls = _counted(f)
+    best, seen = criteria.refine(score_many, (6, 7, 8), 20, rounds=20)
+    assert best == (10, 11, 12)
+    assert seen[best] == pytest.approx(f(best))
+    # every round scores all single-block moves of the incumbent at once, never a set twice
+    flat = [s for c in calls for s in c]
+    assert len(flat) == len(set(flat))
+    # a round budget stops the walk early
+    best2, _ = criteria.refine(_counted(f)[0], (6, 7, 8), 20, rounds=1)
+    assert best2 != best and f(best2) < f((6, 7, 8))
+
+
+def test_hybrid_picks_by_the_final_score_among_the_search_finalists():
+    search = {(1, 2): 5.0, (2, 3): 4.0, (7, 8): 4.5, (0, 9): 9.0}
+
+    def f(s):
+        return search.get(s, 6.0 + 0.01 * sum(s))
+
+    score_many, _ = _counted(f)
+    final_calls = []
+
+    def score_final(sets):
+        final_calls.append(list(sets))
+        return [1.0 if s == (7, 8) else 2.0 for s in sets]
+
+    blocks, d = criteria.hybrid(score_many, score_final, [[1, 2], [2, 3], [8, 7], [0, 9], [3, 2]], 10,
+                                rounds=2, finalists=3)
+    # the search's three best sets go to the final scoring; its best there wins even if not the search's best
+    assert sorted(final_calls[0]) == [(1, 2), (2, 3), (7, 8)]
+    assert blocks == [7, 8]
+    assert d["search"][(2, 3)] == 4.0 and set(d["final"]) == {(1, 2), (2, 3), (7, 8)}
+    # the search's best started a refinement (its moves were scored)
+    assert (1, 3) in d["search"] and (2, 4) in d["search"]
+    with pytest.raises(UserError, match="same number"):
+        criteria.hybrid(score_many, score_final, [[1], [1, 2]], 10)
+    with pytest.raises(UserError, match="no candidate"):
+        criteria.hybrid(score_many, score_final, [], 10)
