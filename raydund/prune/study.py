@@ -75,6 +75,9 @@ class PruneConfig:
         Where the residual-stream and probe criteria read ``H[l]``: ``lake``, the per-word
         activations of the calibration split (extracted once if missing,
         :mod:`raydund.prune.states`); ``model``, a forward pass over every calibration token.
+    device : {"auto", "cpu", "cuda"}
+        Where the actors run the model: ``auto`` shares the Ray cluster's GPUs among them
+        when it has any (the model in its saved dtype, e.g. bfloat16), else the CPU (float32).
     hybrid_windows : int
         Consecutive windows (of smallest angular distance) among ``hybrid``'s candidates.
     hybrid_rounds : int
@@ -105,6 +108,7 @@ class PruneConfig:
     sst2_sentences: int = 200
     probe_threshold: float = 0.01
     states: str = "lake"
+    device: str = "auto"
     hybrid_windows: int = 3
     hybrid_rounds: int = 3
     hybrid_finalists: int = 3
@@ -308,7 +312,7 @@ def run_study(cfg: PruneConfig, settings: Settings, pool_factory=None) -> dict:
         from raydund.extract.job import ensure_ray
 
         def pool_factory(data):
-            return Pool(ensure_ray(), cfg.model, data, cfg.workers, cfg.threads)
+            return Pool(ensure_ray(), cfg.model, data, cfg.workers, cfg.threads, cfg.device)
 
     if cfg.states == "lake":
         @functools.cache

@@ -54,14 +54,15 @@ class StudyData:
 class Evaluator:
     """One loaded model answering questions about block sets dropped from it (the body of a Ray actor)."""
 
-    def __init__(self, model_name: str, data: StudyData, threads: int = 1, model=None, tokenizer=None):
+    def __init__(self, model_name: str, data: StudyData, threads: int = 1, model=None, tokenizer=None,
+                 device: str = "cpu"):
         import torch
 
         from raydund.prune import models
 
         torch.set_num_threads(threads)
         self.data = data
-        self.model, self.tok = (model, tokenizer) if model is not None else models.load(model_name)
+        self.model, self.tok = (model, tokenizer) if model is not None else models.load(model_name, device=device)
         self._block_inputs: dict = {}
 
     def num_blocks(self) -> int:
@@ -154,13 +155,15 @@ def _flat(labels: list[list]) -> list:
 class Pool:
     """``workers`` :class:`Evaluator` actors; ``map`` sends one question per actor task, in order."""
 
-    def __init__(self, ray, model_name: str, data: StudyData, workers: int, threads: int):
+    def __init__(self, ray, model_name: str, data: StudyData, workers: int, threads: int, device: str = "auto"):
         from ray.util import ActorPool
 
-        actor = ray.remote(num_cpus=threads)(Evaluator)
+        gpus = gpu_share(ray, workers, device)
+        actor = ray.remote(num_cpus=threads, num_gpus=gpus)(Evaluator)
         data_ref = ray.put(data)
         self.ray = ray
-        self.actors = [actor.remote(model_name, data_ref, threads) for _ in range(workers)]
+        where = "cuda" if gpus else "cpu"
+        self.actors = [actor.remote(model_name, data_ref, threads, device=where) for _ in range(workers)]
         self.pool = ActorPool(self.actors)
 
     def imap(self, method: str, args: list[tuple]):
@@ -178,6 +181,21 @@ class Pool:
     def close(self) -> None:
         for a in self.actors:
             self.ray.kill(a)
+
+
+def gpu_share(ray, workers: int, device: str) -> float:
+    """GPUs per actor: ``auto`` shares the cluster's GPUs among the actors (at most one each), ``cpu`` none.
+
+    ``cuda`` on a cluster without GPUs is a :class:`~raydund.errors.UserError`.
+    """
+    from raydund.errors import UserError
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device must be auto, cpu or cuda, not {device!r}")
+    gpus = 0.0 if device == "cpu" else float(ray.cluster_resources().get("GPU", 0))
+    if device == "cuda" and not gpus:
+        raise UserError("--device cuda: the Ray cluster has no GPU")
+    return min(1.0, gpus / workers) if gpus else 0.0
 
 
 class LocalPool:

