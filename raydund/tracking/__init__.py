@@ -147,12 +147,16 @@ def job_run(settings: Settings, experiment: str, run_name: str, params: dict, ta
         yield run
         status = "FINISHED"
     finally:
-        try:
-            mlflow.end_run(status)
-        except Exception as exc:  # noqa: BLE001  (tracking must not turn a finished job into a failure)
-            log.warning("MLflow: could not mark run %s %s (%s); the job's results are unaffected",
-                        run.info.run_id, status, exc)
-            _spool(settings, run.info.run_id, {"kind": "status", "status": status})
+        _end_run(settings, run.info.run_id, status, lambda: mlflow.end_run(status))
+
+
+def _end_run(settings: Settings, run_id: str, status: str, end) -> None:
+    """``end()`` marks the run ``status``; if that fails (the server went away) warn and spool it."""
+    try:
+        end()
+    except Exception as exc:  # noqa: BLE001  (tracking must not turn a finished job into a failure)
+        log.warning("MLflow: could not mark run %s %s (%s); the job's results are unaffected", run_id, status, exc)
+        _spool(settings, run_id, {"kind": "status", "status": status})
 
 
 class _RunBeside:
@@ -219,13 +223,9 @@ def job_run_beside(settings: Settings, experiment: str, run_name: str, params: d
             if status == "FINISHED":
                 raise
             run = None  # the job failed anyway: its own error is the one to see
-        try:
-            if run is not None:
-                configure(settings).MlflowClient().set_terminated(run.info.run_id, status)
-        except Exception as exc:  # noqa: BLE001  (tracking must not turn a finished job into a failure)
-            log.warning("MLflow: could not mark run %s %s (%s); the job's results are unaffected",
-                        run.info.run_id, status, exc)
-            _spool(settings, run.info.run_id, {"kind": "status", "status": status})
+        if run is not None:
+            _end_run(settings, run.info.run_id, status,
+                     lambda: configure(settings).MlflowClient().set_terminated(run.info.run_id, status))
 
 
 #: Registry tag of a version raydund registered: ``pending`` (its job has not committed),
