@@ -316,11 +316,14 @@ def run_study(cfg: PruneConfig, settings: Settings, pool_factory=None) -> dict:
 
     if cfg.states == "lake":
         @functools.cache
-        def states(words: bool = False):
+        def from_lake():
             from raydund.prune.states import lake_states
 
             return lake_states(cfg.model, cfg.corpus, cfg.calibration_split, data.calibration, settings,
                                data.calibration_labels)
+
+        def states(words: bool = False):  # per word either way
+            return from_lake()
     else:
         def states(words: bool = False):
             return pool.one("states", words), _flat(data.calibration_labels) if words else None
