@@ -66,36 +66,89 @@ def _batches(seqs: list[list[int]], batch_size: int, device="cpu"):
         yield idx, ids.to(device), mask.to(device)
 
 
-@torch.no_grad()
 def token_logprobs(model, seqs: list[list[int]], start: list[int], batch_size: int = 16) -> list[np.ndarray]:
     """Log-probability (float64) of tokens ``seq[start:]`` of each sequence, given the tokens before.
 
     ``start[i] >= 1``: token ``j`` is predicted from positions ``< j``.
     """
+    return _logprobs(model, seqs, start, batch_size)[0]
+
+
+@torch.no_grad()
+def _logprobs(model, seqs: list[list[int]], start: list[int], batch_size: int,
+              rows: list[list[int]] | None = None) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """:func:`token_logprobs`, and with ``rows`` (positions per sequence) the last hidden state there.
+
+    The last hidden state is the LM head's input (``hidden_states[-1]``), caught by a hook
+    in the same forward pass.
+    """
     out: list[np.ndarray | None] = [None] * len(seqs)
-    for idx, ids, mask in _batches(seqs, batch_size, model.device):
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-        # log-softmax in float32 (the logits' precision), the per-token values summed in float64
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0].double().cpu()
-        for r, i in enumerate(idx):
-            out[i] = logp[r, start[i] - 1 : len(seqs[i]) - 1].numpy()
-    return out
+    vecs: list = [None] * len(seqs)
+    seen: list = []
+    hook = None if rows is None else model.get_output_embeddings().register_forward_pre_hook(
+        lambda m, args: seen.append(args[0]))
+    try:
+        for idx, ids, mask in _batches(seqs, batch_size, model.device):
+            seen.clear()
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+            # log-softmax in float32 (the logits' precision), the per-token values summed in float64
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0].double().cpu()
+            for r, i in enumerate(idx):
+                out[i] = logp[r, start[i] - 1 : len(seqs[i]) - 1].numpy()
+            if rows is not None:
+                h = seen[-1].float().cpu()
+                for r, i in enumerate(idx):
+                    vecs[i] = h[r, rows[i]].numpy()
+    finally:
+        if hook is not None:
+            hook.remove()
+    return out, (None if rows is None else np.concatenate(vecs))
 
 
 def nll(model, tok, texts: list[str], batch_size: int = 16) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) of every text's tokens, and how many tokens were scored."""
     seqs = encode(tok, texts)
-    start = [len(prefix_ids(tok)) or 1 for _ in seqs]
-    lp = token_logprobs(model, seqs, start, batch_size)
+    return _nll(token_logprobs(model, seqs, _starts(tok, seqs), batch_size))
+
+
+def _starts(tok, seqs: list[list[int]]) -> list[int]:
+    return [len(prefix_ids(tok)) or 1 for _ in seqs]
+
+
+def _nll(lp: list[np.ndarray]) -> tuple[float, int]:
     return float(-sum(x.sum() for x in lp)), int(sum(len(x) for x in lp))
+
+
+def _ppl(total: float, count: int) -> float:
+    if count == 0:
+        raise UserError("no tokens to score")
+    return float(np.exp(total / count))
 
 
 def perplexity(model, tok, texts: list[str], batch_size: int = 16) -> float:
     """Token-level perplexity of ``texts`` (see the module docstring)."""
-    total, count = nll(model, tok, texts, batch_size)
-    if count == 0:
-        raise UserError("no tokens to score")
-    return float(np.exp(total / count))
+    return _ppl(*nll(model, tok, texts, batch_size))
+
+
+def same_ids(tok, sentences: list[list[str]]) -> bool:
+    """Whether :func:`perplexity` and :func:`word_vectors` run the same token ids for ``sentences``.
+
+    They do unless the tokenizer adds special tokens itself (e.g. Llama 2's BOS).
+    """
+    return word_seqs(tok, sentences) == encode(tok, join(sentences))
+
+
+def perplexity_and_word_vectors(model, tok, sentences: list[list[str]],
+                                batch_size: int = 16) -> tuple[float, np.ndarray]:
+    """:func:`perplexity` of the joined ``sentences`` and their :func:`word_vectors`, from one forward pass.
+
+    Needs :func:`same_ids` (a :class:`ValueError` otherwise).
+    """
+    if not same_ids(tok, sentences):
+        raise ValueError("the tokenizer adds special tokens: perplexity and word vectors need separate passes")
+    seqs, lasts = zip(*(word_token_index(tok, s) for s in sentences))
+    lp, vecs = _logprobs(model, list(seqs), _starts(tok, seqs), batch_size, list(lasts))
+    return _ppl(*_nll(lp)), vecs
 
 
 #: The zero-shot SST-2 prompt (``{}``: the sentence) and its label words (class 0, class 1).
@@ -103,12 +156,36 @@ SST2_PROMPT = "Review: {}\nSentiment:"
 SST2_WORDS = (" negative", " positive")
 
 
+@torch.no_grad()
+def next_token_logprobs(model, seqs: list[list[int]], tokens: list[int], batch_size: int = 16) -> np.ndarray:
+    """``[seqs x tokens]`` log-probability (float64) of each of ``tokens`` coming next after each sequence.
+
+    One forward per batch; the LM head runs at each row's last position only
+    (``logits_to_keep``), not at every position.
+    """
+    out = np.zeros((len(seqs), len(tokens)))
+    cols = torch.tensor(tokens)
+    for idx, ids, mask in _batches(seqs, batch_size, model.device):
+        last = torch.tensor([len(seqs[i]) - 1 for i in idx], device=ids.device)
+        keep = torch.unique(last)  # sorted
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+        rows = logits[torch.arange(len(idx), device=ids.device), torch.searchsorted(keep, last)].float()
+        out[idx] = torch.log_softmax(rows, dim=-1)[:, cols.to(rows.device)].double().cpu().numpy()
+    return out
+
+
 def label_scores(model, tok, texts: list[str], prompt: str = SST2_PROMPT, words=SST2_WORDS,
                  batch_size: int = 16) -> np.ndarray:
-    """``[texts x labels]`` summed log-probability of each label word's tokens after the prompt."""
+    """``[texts x labels]`` summed log-probability of each label word's tokens after the prompt.
+
+    When every label word is one token (SmolLM2's " negative"/" positive"), one forward per
+    text scores them all (:func:`next_token_logprobs`); otherwise one per (text, label word).
+    """
     pre = prefix_ids(tok)
     ctx = [pre + tok(prompt.format(t)).input_ids for t in texts]
     conts = [tok(w, add_special_tokens=False).input_ids for w in words]
+    if all(len(c) == 1 for c in conts):
+        return next_token_logprobs(model, ctx, [c[0] for c in conts], batch_size)
     seqs = [c + w for c in ctx for w in conts]
     start = [len(c) for c in ctx for _ in conts]
     lp = token_logprobs(model, seqs, start, batch_size)

@@ -117,17 +117,22 @@ class Evaluator:
     def evaluate(self, drop: tuple[int, ...], metrics: tuple[str, ...]) -> dict:
         """``{"ppl", "sst2", "pos"}`` (those asked for) and the seconds each took, without blocks ``drop``."""
         from raydund.prune import evaluate
-        from raydund.prune.surgery import dropped
+        from raydund.prune.surgery import dropped, resumed
 
-        d, out = self.data, {}
+        d, out, test = self.data, {}, None
         if "ppl" in metrics:
             start = time.perf_counter()
-            out["ppl"] = self._perplexity(drop, evaluate.join(d.evaluation))
+            with resumed(self.model, drop, self._inputs(evaluate.encode(self.tok, evaluate.join(d.evaluation)))):
+                if "pos" in metrics and evaluate.same_ids(self.tok, d.evaluation):  # POS test words: same forward
+                    out["ppl"], test = evaluate.perplexity_and_word_vectors(self.model, self.tok, d.evaluation,
+                                                                             d.batch_size)
+                else:
+                    out["ppl"] = evaluate.perplexity(self.model, self.tok, evaluate.join(d.evaluation), d.batch_size)
             out["seconds_ppl"] = time.perf_counter() - start
         if "pos" in metrics:
             start = time.perf_counter()
             train = self._word_vectors(drop, d.probe_train)
-            test = self._word_vectors(drop, d.evaluation)
+            test = self._word_vectors(drop, d.evaluation) if test is None else test
             out["pos"] = evaluate.probe_accuracy(train, _flat(d.probe_train_labels), test, _flat(d.evaluation_labels))
             out["seconds_pos"] = time.perf_counter() - start
         if "sst2" in metrics:

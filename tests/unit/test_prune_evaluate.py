@@ -109,3 +109,27 @@ def test_word_hidden_states_pick_last_subwords(tok):
     for level in range(6):
         np.testing.assert_allclose(Hw[level][row : row + len(sents[1])], hs[level][0, last].numpy(),
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "gpt_neox"])
+def test_one_token_label_words_take_one_forward_per_text(family, tok):
+    model = tiny_lm.model(family, vocab=len(tok))
+    words = ("a", "b", ".")  # single tokens of the tiny tokenizer
+    assert all(len(tok(w, add_special_tokens=False).input_ids) == 1 for w in words)
+    got = evaluate.label_scores(model, tok, TEXTS, words=words, batch_size=3)  # rows of different lengths
+    pre = evaluate.prefix_ids(tok)
+    for i, t in enumerate(TEXTS):
+        ctx = pre + tok(evaluate.SST2_PROMPT.format(t)).input_ids
+        for j, w in enumerate(words):
+            full = ctx + tok(w, add_special_tokens=False).input_ids
+            assert got[i, j] == pytest.approx(_seq_logprob(model, full) - _seq_logprob(model, ctx), abs=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_perplexity_and_word_vectors_from_one_pass_equal_the_two_passes(family, tok):
+    model = tiny_lm.model(family, vocab=len(tok))
+    sents = [t.split() for t in TEXTS]
+    assert evaluate.same_ids(tok, sents)
+    ppl, vecs = evaluate.perplexity_and_word_vectors(model, tok, sents, batch_size=3)
+    assert ppl == pytest.approx(evaluate.perplexity(model, tok, evaluate.join(sents), batch_size=2), rel=1e-6)
+    np.testing.assert_allclose(vecs, evaluate.word_vectors(model, tok, sents, batch_size=2), atol=1e-5)
