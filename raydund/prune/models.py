@@ -69,9 +69,13 @@ def load(name: str, dtype=None, device: str = "cpu"):
     try:
         if dtype is None and str(device).startswith("cuda"):
             dtype = "auto"
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, output_loading_info=True, **kwargs)
     except ValueError as exc:
         raise UserError(f"{name}: not a causal language model transformers can load ({exc})") from None
+    if info.get("missing_keys"):  # e.g. BERT: transformers builds a BertLMHeadModel with a random head
+        missing = sorted(info["missing_keys"])
+        raise UserError(f"{name} is not a causal language model: its checkpoint lacks {len(missing)} weights of "
+                        f"{type(model).__name__} ({missing[0]}, ...); depth pruning needs a decoder LLM")
     if gguf:
         _plain(model)
     if tok.pad_token_id is None:

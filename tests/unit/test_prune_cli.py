@@ -57,3 +57,11 @@ def test_gpu_share_spreads_the_cluster_gpus_over_the_actors():
         gpu_share(_Cluster(0), 2, "cuda")
     with pytest.raises(UserError, match="auto, cpu or cuda"):
         gpu_share(_Cluster(1), 2, "tpu")
+
+
+def test_an_encoder_is_refused_with_one_line(tmp_path):
+    from tests.support.tiny_models import build
+
+    folder = build("bert", tmp_path / "tiny-bert")
+    with pytest.raises(UserError, match="not a causal language model"):
+        models.load(str(folder))
