@@ -7,7 +7,7 @@ import torch
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.prune import evaluate, models, surgery
-from raydund.prune.study import PruneConfig, run_study, study_data
+from raydund.prune.study import PruneConfig, lake_model_name, run_study, study_data
 from raydund.prune.workers import Evaluator, LocalPool
 from tests.conftest import SHARED_DATA
 from tests.support import tiny_lm
@@ -118,6 +118,11 @@ def test_criteria_read_the_lake_and_extract_only_once(tmp_path, mirrored):
     assert len(H) == 4 and all(h.shape == (sum(len(s) - 1 for s in data.calibration), 16) for h in H)
     assert labels == [x for s in data.calibration_labels for x in s[1:]]
     np.testing.assert_array_equal(H2[2], H[2][: sum(len(s) - 1 for s in data.calibration[:5])])
+    # a sample of sentences, consecutive (a range filter) or not (a set filter), reads exactly their rows
+    for ids in (range(2, 6), [0, 3, 7]):
+        X, keys = lake.layer_matrix(lake_model_name(str(folder)), "ud_english_ewt", "train", 1, sentences=ids)
+        assert sorted(set(keys.column("sentence_id").to_pylist())) == list(ids)
+        assert len(X) == sum(len(data.calibration[i]) for i in ids)
     # layer 0 is the embedding of each word's last subword (an independent reference)
     model, tok = models.load(str(folder))
     E = model.get_input_embeddings().weight.detach().numpy()
