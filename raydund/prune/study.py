@@ -81,7 +81,7 @@ class PruneConfig:
     hybrid_windows : int
         Consecutive windows (of smallest angular distance) among ``hybrid``'s candidates.
     hybrid_rounds : int
-        Rounds of ``hybrid``'s refinement (moving one block per round).
+        Rounds of ``hybrid``'s refinement (one block swapped per round).
     hybrid_finalists : int
         ``hybrid``'s best sets re-scored on all calibration sentences (:func:`raydund.prune.criteria.hybrid`).
     batch_size : int
