@@ -140,9 +140,11 @@ def llm_demo(settings: Settings, model: str = LLM_MODEL, baseline: str = "minilm
         summaries, ``page``: the comparison page}; ``seconds``.
     """
     from raydund.corpora.job import ingest
+    from raydund.extract.models import resolve_model
     from raydund.report.compare import build_comparison
 
     start = time.perf_counter()
+    base_name = resolve_model(baseline, settings).name
     tasks = dict(LLM_TASKS if tasks is None else tasks)
     sentences = dict(LLM_SENTENCES if sentences is None else sentences)
     if limit is not None:
@@ -154,14 +156,14 @@ def llm_demo(settings: Settings, model: str = LLM_MODEL, baseline: str = "minilm
             ingest(corpus, settings)
         llm = analyse(settings, model, corpus, labels, sentences, train_limit, robust_tokens, name=name)
         base = None
-        if not _has_results(lake, baseline, corpus, labels, "dev"):
+        if not _has_results(lake, base_name, corpus, labels, "dev"):
             base = analyse(settings, baseline, corpus, labels, sentences, train_limit, robust_tokens)
-        elif robust_latest_missing(settings, baseline, corpus):
+        elif robust_latest_missing(settings, base_name, corpus):
             from raydund.general.robust_job import RobustConfig, run_robust_similarity
 
-            run_robust_similarity(RobustConfig(model=baseline, corpus=corpus, split="dev", tokens=robust_tokens),
+            run_robust_similarity(RobustConfig(model=base_name, corpus=corpus, split="dev", tokens=robust_tokens),
                                   settings)
-        page = build_comparison(settings, corpus, [base["model"] if base else baseline, llm["model"]], labels)
+        page = build_comparison(settings, corpus, [base_name, llm["model"]], labels)
         out[corpus] = {"llm": llm, "baseline": base, "page": str(page)}
     return {"corpora": out, "seconds": time.perf_counter() - start}
 
