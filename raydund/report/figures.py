@@ -19,7 +19,7 @@ ANNOTATE_LAYERS = 14
 def cka_heatmap(matrix: np.ndarray, title: str):
     """Figure 1: layer x layer CKA, layer 0 = embeddings (values written in the cells of shallow models)."""
     L = matrix.shape[0]
-    side = 0.5 * min(L, ANNOTATE_LAYERS)
+    side = 0.5 * L if L <= ANNOTATE_LAYERS else 4.5
     fig, ax = plt.subplots(figsize=(1.0 + side, 0.6 + side))
     im = ax.imshow(matrix, cmap="viridis", vmin=min(0.0, float(np.nanmin(matrix))), vmax=1.0, origin="lower")
     if L <= ANNOTATE_LAYERS:
@@ -32,7 +32,7 @@ def cka_heatmap(matrix: np.ndarray, title: str):
     ax.set_yticks(ticks)
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("layer")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10 if len(title) <= 40 else 8)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
@@ -87,7 +87,8 @@ def layerwise(rows: list[dict], key: str, title: str):
     ax.axhline(100 * oracle, color="black", linestyle="--", linewidth=1, label="oracle (all layers)")
     ax.axhline(99 * oracle, color="grey", linestyle=":", linewidth=1, label="99% of oracle")
     low = min(100 * r["dev"][key] for r in layers)
-    ax.set_ylim(max(0, low - 5), 100 * oracle + 2)
+    high = max([100 * oracle] + [100 * r["dev"][key] for r in layers + prefixes])
+    ax.set_ylim(max(0, low - 5), high + 2)
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel(f"dev {key} (%)")
     ax.legend(fontsize=7, loc="lower right")

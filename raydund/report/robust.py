@@ -107,8 +107,11 @@ def section(rep: Report, found: dict[str, dict]) -> None:
     for model, f in found.items():
         s, res = massive_summary(f), f["result"]
         dims = ", ".join(map(str, s["dimensions"][:12])) + (" ..." if len(s["dimensions"]) > 12 else "")
-        adjacent = [float(np.mean(np.diagonal(np.asarray(res[v], dtype=float), 1))) for v in TITLES if v in res]
+        adjacent = {v: np.diagonal(np.asarray(res[v], dtype=float), 1) for v in TITLES if v in res}
+        saturated = [f"{int((adjacent[v] >= 0.99).sum())} of {len(adjacent[v])}" if v in adjacent else None
+                     for v in HEATMAPS]
         body.append([model, res["tokens"], f"{len(s['layers_with'])} of {len(res['layers'])}", s["most"],
-                     dims or "-", s["tokens"], *adjacent])
+                     dims or "-", s["tokens"], *saturated, *(float(np.mean(a)) for a in adjacent.values())])
     rep.raw(table(["model", "tokens", "layers with massive dims", "most in a layer", "dimensions",
-                   "tokens they fire on (most)", *(f"mean adjacent {v}" for v in TITLES)], body))
+                   "tokens they fire on (most)", *(f"adjacent pairs >= 0.99: {v}" for v in HEATMAPS),
+                   *(f"mean adjacent {v}" for v in TITLES)], body))
