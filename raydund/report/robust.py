@@ -40,14 +40,12 @@ def latest(client, model: str, corpus: str, split: str | None = None, unit: str 
     """
     try:
         exp = client.get_experiment_by_name(tracking.experiment_name(model, corpus))
-    except Exception:  # noqa: BLE001  (an unreachable store or a bad name: no section)
-        log.warning("no MLflow experiment for %s on %s", model, corpus)
+        found = [] if exp is None else client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`raydund.stage` = '{STAGE}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=50)
+    except Exception:  # noqa: BLE001  (an unreachable store or a bad name: the page goes without the section)
+        log.warning("robust-CKA runs of %s on %s could not be read from MLflow", model, corpus)
         return None
-    if exp is None:
-        return None
-    found = client.search_runs([exp.experiment_id],
-                               filter_string=f"tags.`raydund.stage` = '{STAGE}' and attributes.status = 'FINISHED'",
-                               order_by=["attributes.start_time DESC"], max_results=50)
     for run in found:
         params = dict(run.data.params)
         if params.get("unit", "word") != unit or (split is not None and params.get("split") != split):
