@@ -159,6 +159,21 @@ def test_side_by_side_without_prune_or_robust_results(lake_two, drawn):
         build_comparison(settings, "toy", ["nobody"])
 
 
+
+@pytest.mark.slow
+def test_compare_command(lake_two, monkeypatch, capsys):
+    from raydund.cli import main
+
+    settings, _ = lake_two
+    monkeypatch.setenv("RAYDUND_HOME", str(settings.home))
+    assert main(["compare", "--corpus", "toy", "--model", "enc", "--model", "dec", "--label", "pos", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["report"] == str(settings.report_dir("enc+dec", "toy") / "index.html")
+    assert main(["compare", "--corpus", "toy", "--model", "../x"]) == 2
+    assert main(["compare", "--corpus", "toy", "--model", "nobody"]) == 2
+    assert "no results for nobody on toy" in capsys.readouterr().err
+
+
 def test_prune_rows_from_the_latest_study_only():
     old = results_table("dec", "toy", [FULL, {"criterion": "shortgpt", "n": 1, "blocks": [3], "ppl": 11.0}])
     new = results_table("dec", "toy", STUDY)
