@@ -139,10 +139,8 @@ def print_llm(summary: dict) -> None:
     print(f"LLM part: {summary['seconds'] / 60:.1f} min")
 
 
-def run_demo(settings: Settings, limit: int | None = None, train_limit: int = DEMO_TRAIN_TOKENS,
-             llm: bool = True) -> None:
-    """The paper's analyses on MiniLM: CoNLL-2000 (POS, chunking), PMB semantic tags and SST-2, end to end;
-    then (``llm``) SmolLM2 beside MiniLM on UD-EWT and CoNLL-2000."""
+def paper_demo(settings: Settings, limit: int | None, train_limit: int) -> list[str]:
+    """MiniLM on CoNLL-2000, PMB semantic tags and SST-2 (prints as it goes); returns the reports' paths."""
     reports = []
     for corpus, labels in DEMO_TASKS.items():
         prepare_corpus(settings, corpus, limit)
@@ -156,6 +154,16 @@ def run_demo(settings: Settings, limit: int | None = None, train_limit: int = DE
     print("  [CLS] probes per layer (test %):")
     print("  " + ", ".join(f"{name}: {100 * v['test']:.1f}" for name, v in sst["probe_layers"].items()))
     print("  clustering sweep, neurons kept: " + ", ".join(f"{t:.1f}: {n}" for t, n in sst["clusters"].items()))
+    return reports
+
+
+def run_demo(settings: Settings, limit: int | None = None, train_limit: int = DEMO_TRAIN_TOKENS,
+             llm: bool = True, paper: bool = True) -> None:
+    """The paper's analyses on MiniLM: CoNLL-2000 (POS, chunking), PMB semantic tags and SST-2, end to end
+    (``paper``); then (``llm``) SmolLM2 beside MiniLM on UD-EWT and CoNLL-2000."""
+    reports = []
+    if paper:
+        reports = paper_demo(settings, limit, train_limit)
     if llm:
         print(f"\nthe LLM part: {LLM_MODEL} (first {', '.join(f'{n} {s}' for s, n in LLM_SENTENCES.items())} "
               "sentences) beside MiniLM")
