@@ -165,7 +165,8 @@ def run_demo(settings: Settings, limit: int | None = None, train_limit: int = DE
     if paper:
         reports = paper_demo(settings, limit, train_limit)
     if llm:
-        print(f"\nthe LLM part: {LLM_MODEL} (first {', '.join(f'{n} {s}' for s, n in LLM_SENTENCES.items())} "
+        first = {s: n if limit is None else min(n, limit) for s, n in LLM_SENTENCES.items()}
+        print(f"\nthe LLM part: {LLM_MODEL} (first {', '.join(f'{n} {s}' for s, n in first.items())} "
               "sentences) beside MiniLM")
         summary = llm_demo(settings, limit=limit, train_limit=train_limit)
         print_llm(summary)
