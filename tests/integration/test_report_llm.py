@@ -22,7 +22,7 @@ from raydund import tracking
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.lake import Lake, runs
-from raydund.prune.study import results_table
+from raydund.prune.study import DEFAULT_CRITERION, results_table
 from raydund.report import figures, pruning
 from raydund.report.compare import build_comparison
 
@@ -208,7 +208,7 @@ def test_side_by_side_with_a_pruning_study_and_robust_cka(lake_two, drawn):
             pts = [FULL] + [r for r in STUDY if r["criterion"] == criterion]
             assert x.tolist() == [r["n"] for r in pts]
             np.testing.assert_allclose(y, [scale * r[metric] for r in pts])
-    assert "sleb (default)" in by_metric["ppl"]  # raydund.prune.study.DEFAULT_CRITERION
+    assert DEFAULT_CRITERION in ("sleb", "hybrid") and f"{DEFAULT_CRITERION} (default)" in by_metric["ppl"]
     assert "<td>2,3</td><td>14.00</td><td>72.00</td><td>86.00</td>" in text
     assert "<td>3,4</td><td>400.00</td>" in text and "shortgpt" not in text
     # robust CKA: the adjacent-layer curves are the logged matrices' first superdiagonals
