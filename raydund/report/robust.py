@@ -88,7 +88,8 @@ def section(rep: Report, found: dict[str, dict]) -> None:
     rep.text("Decoder LLMs carry a few dimensions of huge magnitude on a few tokens; they dominate linear CKA, so "
              "adjacent layers can score ~1.00 whatever they compute. Each variant is computed on the same token "
              "sample (raydund robust-cka); a dimension is massive when its largest |x| is at least `ratio` x the "
-             "layer's median |x|.", "note")
+             "layer's median |x|. The table counts adjacent layer pairs at or above 0.99 and gives each variant's "
+             "mean over adjacent pairs.", "note")
     curves, maps = {}, {}
     for model, f in found.items():
         res = f["result"]
@@ -111,5 +112,5 @@ def section(rep: Report, found: dict[str, dict]) -> None:
         body.append([model, res["tokens"], f"{len(s['layers_with'])} of {len(res['layers'])}", s["most"],
                      dims or "-", s["tokens"], *saturated, *(float(np.mean(a)) for a in adjacent.values())])
     rep.raw(table(["model", "tokens", "layers with massive dims", "most in a layer", "dimensions",
-                   "tokens they fire on (most)", *(f"adjacent pairs >= 0.99: {v}" for v in HEATMAPS),
-                   *(f"mean adjacent {v}" for v in TITLES)], body))
+                   "tokens they fire on (most)", *(f"pairs >= 0.99: {v}" for v in HEATMAPS),
+                   *(f"mean {v}" for v in TITLES)], body))
