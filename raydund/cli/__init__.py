@@ -2,7 +2,7 @@
 
 One module per area adds its subcommands (``register``) and runs them (``cmd_*``):
 ``corpora`` (ingest, catalog), ``extract``, ``general`` (similarity, cluster),
-``probes`` (probe), ``transfer`` (transfer, report), ``prune``, ``finetune``, ``explore``, ``lake``
+``probes`` (probe), ``transfer`` (transfer, report, compare), ``prune``, ``finetune``, ``explore``, ``lake``
 (tables, runs, tracking, vacuum) and ``workflows`` (demo, submit, bench). Stage options
 come from the config dataclasses (:mod:`raydund.cli.options`), added when a subcommand
 is used, so start-up imports no stage.

@@ -1,4 +1,4 @@
-"""``raydund transfer`` (LayerSelector + CCFS, reduced models registered) and ``raydund report``."""
+"""``raydund transfer`` (LS + CCFS, reduced models registered), ``raydund report`` and ``raydund compare``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ def register(sub) -> None:
     p = command(sub, "report", "one self-contained HTML page with the paper's figures and tables for a run",
                 cmd_report)
     p.add_argument("run", help="MLflow run id (or raydund run id) of a completed `raydund transfer` job")
+    p = command(sub, "compare", "several models on one corpus side by side: CKA, clustering, layer-wise probes, "
+                "robust CKA and depth pruning where present (one HTML page)", cmd_compare)
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--model", action="append", required=True, help="a model's lake name (repeat: minilm, smollm2)")
+    p.add_argument("--label", action="append", default=None, help="a task whose probes are shown (default: all)")
+    p.add_argument("--split", default="dev", help="split of the general analyses (default: %(default)s)")
+    p.add_argument("--unit", default="word")
 
 
 def _options(p) -> None:
@@ -50,4 +57,17 @@ def cmd_report(args) -> None:
 
     found, _ = read_lake()
     page = build_report(found, args.run)
+    emit(args, {"report": page}, str(page))
+
+
+def cmd_compare(args) -> None:
+    from raydund.lake import check_name
+    from raydund.report.compare import build_comparison
+
+    for model in args.model:
+        check_name("model", model)
+    check_name("corpus", args.corpus)
+    found, _ = read_lake()
+    page = build_comparison(found, args.corpus, args.model, tuple(args.label) if args.label else None,
+                            split=args.split, unit=args.unit)
     emit(args, {"report": page}, str(page))

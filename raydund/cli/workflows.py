@@ -11,9 +11,13 @@ from raydund.errors import UserError
 
 
 def register(sub) -> None:
-    p = command(sub, "demo", "the whole analysis on MiniLM x CoNLL-2000 (POS, chunking) and PMB semantic tags",
-                cmd_demo, json_output=False)
+    p = command(sub, "demo", "the whole analysis on MiniLM x CoNLL-2000 (POS, chunking), PMB semantic tags and "
+                "SST-2, then SmolLM2 beside MiniLM on UD-EWT and CoNLL-2000", cmd_demo, json_output=False)
     p.add_argument("--limit", type=int, default=None, help="only the first N sentences of each split")
+    p.add_argument("--no-llm", dest="llm", action="store_false",
+                   help="leave out the LLM part (SmolLM2 beside MiniLM on UD-EWT and CoNLL-2000)")
+    p.add_argument("--llm-only", action="store_true",
+                   help="only the LLM part (MiniLM is analysed where the lake has no results of it)")
 
     p = command(sub, "submit", "run a jobs/*.py script on a Ray cluster (ray job submit) and stream its logs",
                 cmd_submit)
@@ -78,7 +82,9 @@ def _register_bench(bench) -> None:
 def cmd_demo(args) -> None:
     from raydund.workflows.demo import run_demo
 
-    run_demo(settings(), limit=args.limit)
+    if args.llm_only and not args.llm:
+        raise UserError("--llm-only and --no-llm exclude each other")
+    run_demo(settings(), limit=args.limit, llm=args.llm, paper=not args.llm_only)
 
 
 def cmd_submit(args) -> None:

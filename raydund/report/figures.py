@@ -12,21 +12,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+#: Up to this many layers a heatmap writes each cell's value; deeper models (SmolLM2: 31) get a colour bar only.
+ANNOTATE_LAYERS = 14
+
 
 def cka_heatmap(matrix: np.ndarray, title: str):
-    """Figure 1: layer x layer CKA, layer 0 = embeddings."""
+    """Figure 1: layer x layer CKA, layer 0 = embeddings (values written in the cells of shallow models)."""
     L = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * L, 0.6 + 0.5 * L))
+    side = 0.5 * L if L <= ANNOTATE_LAYERS else 4.5
+    fig, ax = plt.subplots(figsize=(1.0 + side, 0.6 + side))
     im = ax.imshow(matrix, cmap="viridis", vmin=min(0.0, float(np.nanmin(matrix))), vmax=1.0, origin="lower")
-    for i in range(L):
-        for j in range(L):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] < 0.6 else "black")
-    ax.set_xticks(range(L))
-    ax.set_yticks(range(L))
+    if L <= ANNOTATE_LAYERS:
+        for i in range(L):
+            for j in range(L):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] < 0.6 else "black")
+    ticks = range(0, L, 1 if L <= ANNOTATE_LAYERS else 5)
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("layer")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10 if len(title) <= 40 else 8)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
@@ -81,7 +87,8 @@ def layerwise(rows: list[dict], key: str, title: str):
     ax.axhline(100 * oracle, color="black", linestyle="--", linewidth=1, label="oracle (all layers)")
     ax.axhline(99 * oracle, color="grey", linestyle=":", linewidth=1, label="99% of oracle")
     low = min(100 * r["dev"][key] for r in layers)
-    ax.set_ylim(max(0, low - 5), 100 * oracle + 2)
+    high = max([100 * oracle] + [100 * r["dev"][key] for r in layers + prefixes])
+    ax.set_ylim(max(0, low - 5), high + 2)
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel(f"dev {key} (%)")
     ax.legend(fontsize=7, loc="lower right")
@@ -176,3 +183,94 @@ def timing_figures(timing: dict, title: str) -> dict:
     fig.tight_layout()
     out["timing_stages_by_tokens"] = fig
     return out
+
+
+def threshold_curves(summaries: dict[str, list[dict]], title: str):
+    """Figure 2 for several models in one plot: % of neurons kept against the clustering threshold."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, summary in summaries.items():
+        total = summary[0]["neurons_total"] if summary else 0
+        ax.plot([r["threshold"] for r in summary], [100.0 * r["neurons_kept"] / r["neurons_total"] for r in summary],
+                marker="o", label=f"{name} ({total:,} neurons)")
+    ax.set_xlabel("clustering threshold (distance 1 - |r|)")
+    ax.set_ylabel("% of neurons kept")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def layerwise_depth(rows: dict[str, list[dict]], key: str, title: str):
+    """Figure 4 for several models of different depth: each layer's probe on relative depth (layer / last layer).
+
+    One line per model: the dev score of each layer's own probe; a dashed line of the
+    model's colour is its oracle (all layers).
+    """
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, model_rows in rows.items():
+        layers = sorted((r for r in model_rows if r["probe"].startswith("layer ")), key=lambda r: int(r["probe"][6:]))
+        depth = np.array([int(r["probe"][6:]) for r in layers], dtype=float)
+        line, = ax.plot(depth / max(depth.max(), 1.0), [100 * r["dev"][key] for r in layers], marker=".",
+                        label=f"{name} ({len(layers)} layers)")
+        oracle = next((r for r in model_rows if r["probe"] == "oracle"), None)
+        if oracle is not None:
+            ax.axhline(100 * oracle["dev"][key], color=line.get_color(), linestyle="--", linewidth=1)
+    ax.set_xlabel("relative depth (0 = embeddings, 1 = last layer)")
+    ax.set_ylabel(f"dev {key} (%), one layer")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def adjacent_similarity(matrices: dict[str, np.ndarray], title: str):
+    """Similarity of each layer with the next (``M[l, l + 1]``), one line per variant (robust CKA)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, M in matrices.items():
+        M = np.asarray(M, dtype=float)
+        ax.plot(np.arange(len(M) - 1), np.diagonal(M, 1), marker=".", label=name)
+    ax.set_xlabel("layer l (similarity of l and l + 1)")
+    ax.set_ylabel("similarity")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+#: Axis labels of the pruning metrics (``raydund.prune``'s ``prune_results.metric``).
+PRUNE_METRICS = {"ppl": "held-out perplexity", "sst2": "SST-2 zero-shot accuracy (%)",
+                 "pos": "POS probe accuracy (%)"}
+
+
+def prune_curves(rows: list[dict], title: str, default: str | None = None):
+    """Blocks removed against each metric (a panel per metric), one line per criterion from the full model (n = 0).
+
+    ``rows``: ``{criterion, n, blocks, <metric>: value}``; the full model is criterion
+    ``none`` at n = 0. Accuracies are drawn in %, perplexity on a log scale.
+    """
+    full = next((r for r in rows if r["criterion"] == "none"), {})
+    metrics = [m for m in PRUNE_METRICS if any(m in r for r in rows)]
+    criteria = sorted({r["criterion"] for r in rows} - {"none"})
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.2 * max(len(metrics), 1), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        scale = 1.0 if m == "ppl" else 100.0
+        for c in criteria:
+            pts = sorted((r["n"], r[m]) for r in rows if r["criterion"] == c and m in r)
+            if m in full:
+                pts = [(0, full[m])] + pts
+            ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], marker="o",
+                    linewidth=2.5 if c == default else 1.2, label=c + (" (default)" if c == default else ""))
+        ax.set_xlabel("blocks removed")
+        ax.set_ylabel(PRUNE_METRICS[m])
+        if m == "ppl":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

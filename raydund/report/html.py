@@ -7,10 +7,8 @@ page opens anywhere with no server and no network, and the same PNGs go to MLflo
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
-import io
 import json
 import logging
 from pathlib import Path
@@ -23,75 +21,15 @@ from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.general.clustering import SPANS, composition
 from raydund.lake import Lake, runs, table_identifier
-from raydund.report import figures, sources
+from raydund.report import figures, pruning, robust, sources
+from raydund.report.page import Report
+from raydund.report.page import table as _table
 from raydund.report.paper import PAPER
 
 log = logging.getLogger(__name__)
 
 LAYER_SIMILARITY, CLUSTERS = "layer_similarity", "clusters"
 PROBE_RESULTS, TRANSFER_RESULTS = "probe_results", "transfer_results"
-
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
-td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td.l,th.l{text-align:left}.figs{display:flex;flex-wrap:wrap;gap:1em}
-.figs img{max-width:520px;border:1px solid #eee}.note{color:#666;font-size:.85em}
-"""
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    figures.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _table(header: list[str], rows: list[list], left: int = 1) -> str:
-    def cell(i, v, tag):
-        cls = ' class="l"' if i < left else ""
-        text = "" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
-        return f"<{tag}{cls}>{html.escape(text)}</{tag}>"
-
-    head = "".join(cell(i, h, "th") for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(cell(i, v, "td") for i, v in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-class Report:
-    """Collects sections and figures; writes the HTML page and the PNGs."""
-
-    def __init__(self, title: str):
-        self.title, self.parts, self.images = title, [], {}
-
-    def section(self, title: str) -> None:
-        self.parts.append(f"<h2>{html.escape(title)}</h2>")
-
-    def text(self, text: str, cls: str = "") -> None:
-        self.parts.append(f'<p class="{cls}">{html.escape(text)}</p>')
-
-    def raw(self, markup: str) -> None:
-        self.parts.append(markup)
-
-    def figures(self, named: dict) -> None:
-        tags = []
-        for name, fig in named.items():
-            data = _png(fig)
-            self.images[name] = data
-            tags.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
-        self.parts.append('<div class="figs">' + "".join(tags) + "</div>")
-
-    def write(self, folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in self.images.items():
-            (folder / f"{name}.png").write_bytes(base64.b64decode(data))
-        page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(self.title)}</title>"
-                f"<style>{STYLE}</style></head><body><h1>{html.escape(self.title)}</h1>"
-                + "\n".join(self.parts) + "</body></html>")
-        path = folder / "index.html"
-        path.write_text(page, encoding="utf-8")
-        return path
 
 
 @dataclasses.dataclass
@@ -109,6 +47,9 @@ class Sources:
         Task -> the latest probe run of that task and the transfer run's unit.
     notes : list of str
         What could not be matched exactly (shown on the page).
+    extra : list of dict
+        Records of further sources (a pruning study, a robust-CKA MLflow run), in
+        :func:`raydund.report.sources.describe`'s form.
     """
 
     transfer: runs.Run
@@ -116,6 +57,7 @@ class Sources:
     cluster: runs.Run | None = None
     probes: dict = dataclasses.field(default_factory=dict)
     notes: list = dataclasses.field(default_factory=list)
+    extra: list = dataclasses.field(default_factory=list)
 
     def records(self) -> list[dict]:
         """:func:`raydund.report.sources.describe` of every run the page reads, each once."""
@@ -127,7 +69,7 @@ class Sources:
             if run is not None and run.run_id not in seen:
                 seen.add(run.run_id)
                 out.append(sources.describe(run, tables))
-        return out
+        return out + self.extra
 
 
 def _tasks(run: runs.Run) -> list[str]:
@@ -215,14 +157,8 @@ def general_section(rep: Report, lake: Lake, sim: runs.Run | None, cluster: runs
     if frame.height:
         split = sim.scope.get("split")
         named = {}
-        for measure in ("cka", "cka_debiased"):
-            part = frame.filter(pl.col("measure") == measure)
-            if part.height:
-                L = int(part["layer_a"].max()) + 1
-                M = np.full((L, L), np.nan)
-                M[part["layer_a"].to_numpy(), part["layer_b"].to_numpy()] = part["value"].to_numpy()
-                M = np.where(np.isnan(M), M.T, M)
-                named[f"{measure}_heatmap"] = figures.cka_heatmap(M, f"{measure.replace('_', ' ')} ({split})")
+        for measure, M in cka_matrices(frame).items():
+            named[f"{measure}_heatmap"] = figures.cka_heatmap(M, f"{measure.replace('_', ' ')} ({split})")
         rep.figures(named)
     clusters = sources.read(lake, cluster, CLUSTERS) if cluster is not None else pl.DataFrame()
     if clusters.height:
@@ -234,6 +170,19 @@ def general_section(rep: Report, lake: Lake, sim: runs.Run | None, cluster: runs
                          100 * (1 - r["neurons_kept"] / r["neurons_total"])] for r in summary], left=0))
     if not frame.height and not clusters.height:
         rep.text("No general-redundancy results: run `raydund similarity` and `raydund cluster`.", "note")
+
+
+def cka_matrices(frame: pl.DataFrame) -> dict[str, np.ndarray]:
+    """``layer_similarity`` rows of one run -> {measure: symmetric L x L matrix} (``cka``, ``cka_debiased``)."""
+    out = {}
+    for measure in ("cka", "cka_debiased"):
+        part = frame.filter(pl.col("measure") == measure)
+        if part.height:
+            L = int(max(part["layer_a"].max(), part["layer_b"].max())) + 1
+            M = np.full((L, L), np.nan)
+            M[part["layer_a"].to_numpy(), part["layer_b"].to_numpy()] = part["value"].to_numpy()
+            out[measure] = np.where(np.isnan(M), M.T, M)
+    return out
 
 
 def cluster_summary(clusters: pl.DataFrame) -> list[dict]:
@@ -365,6 +314,10 @@ def build_report(settings: Settings, run_id: str) -> Path:
     params = _mlflow_params(client, mlflow_id)
     used = resolve_sources(lake, transfer, params.get("stats_split"))
     model, corpus = transfer.model, transfer.corpus
+    prune_run, prune_rows = pruning.latest(lake, model, corpus)
+    found = robust.latest(client, model, corpus)
+    used.extra += ([sources.describe(prune_run, [pruning.PRUNE_RESULTS])] if prune_run else []) + (
+        [robust.record(found)] if found else [])
     rep = Report(f"raydund: {model} on {corpus}")
     scope = transfer.scope
     rep.text(f"Transfer run {transfer.run_id} (MLflow run {mlflow_id}); tasks {', '.join(_tasks(transfer))}; "
@@ -384,6 +337,8 @@ def build_report(settings: Settings, run_id: str) -> Path:
     except Exception:  # noqa: BLE001  (no timing logged for this run)
         log.info("run %s has no timing artefact", mlflow_id)
     timing_section(rep, timing)
+    pruning.section(rep, {model: prune_rows} if prune_rows else {}, corpus)
+    robust.section(rep, {model: found} if found else {})
     path = rep.write(settings.report_dir(model, corpus))
     (path.parent / "sources.json").write_text(json.dumps(used.records(), indent=1), encoding="utf-8")
     if mlflow_id:

@@ -6,7 +6,9 @@ redundancy per task (layer-wise probes, control task, minimal neuron set, the cl
 sweep per task), LayerSelector + CCFS with a registered reduced model and timing, the
 neuron browser, and one HTML report per corpus. Then a sentence-level task: MiniLM
 fine-tuned on SST-2 (a subsample) with Ray Train, registered, its [CLS] extracted,
-layer-wise probes and the clustering sweep on it.
+layer-wise probes and the clustering sweep on it. Last, the LLM part
+(:mod:`raydund.workflows.llm_demo`): SmolLM2 beside MiniLM on UD-EWT (UPOS) and
+CoNLL-2000 (POS), one comparison page per corpus.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from raydund.lake import Lake, partition_counts
 from raydund.probes.job import ProbeConfig, run_probes
 from raydund.report.html import build_report
 from raydund.transfer.job import TransferConfig, format_table, run_transfer
+from raydund.workflows.llm_demo import LLM_MODEL, LLM_SENTENCES, llm_demo
 from raydund.workflows.sentence_demo import DEMO_EPOCHS, DEMO_LR, sentence_demo
 
 log = logging.getLogger(__name__)
@@ -112,8 +115,32 @@ def analyse_tasks(settings: Settings, corpus: str, labels: tuple[str, ...], trai
     return str(build_report(settings, transfer["run_id"]))
 
 
-def run_demo(settings: Settings, limit: int | None = None, train_limit: int = DEMO_TRAIN_TOKENS) -> None:
-    """The paper's analyses on MiniLM: CoNLL-2000 (POS, chunking), PMB semantic tags and SST-2, end to end."""
+def print_llm(summary: dict) -> None:
+    """What the LLM part found, per corpus: the LLM beside the baseline."""
+    for corpus, part in summary["corpora"].items():
+        print(f"\nLLM part on {corpus}:")
+        for role in ("baseline", "llm"):
+            s = part[role]
+            if s is None:
+                print("  baseline: the analyses above")
+                continue
+            adjacent = s["adjacent_cka"]
+            print(f"  {s['model']}: {s['words']['train']:,} train words ({s['words_per_second']:,.0f} words/s), "
+                  f"{s['neurons']:,} neurons; adjacent-layer linear CKA >= 0.99 for {sum(v >= 0.99 for v in adjacent)} "
+                  f"of {len(adjacent)} pairs, without massive-activation tokens for "
+                  f"{sum(v >= 0.99 for v in s['adjacent_robust'])} (at most {s['massive_dimensions']} massive "
+                  f"dimensions in a layer)")
+            print("    clustering, neurons kept: " + ", ".join(f"{t:.1f}: {n}" for t, n in s["kept"].items()
+                                                               if round(10 * t) % 3 == 0))
+            for label, p in s["probes"].items():
+                print(f"    {label}: oracle test {100 * p['oracle']:.1f}%, best single {p['best']} "
+                      f"({100 * p['best_test']:.1f}%), minimal neuron set {p['minimal']}")
+        print(f"  side by side: {part['page']}")
+    print(f"LLM part: {summary['seconds'] / 60:.1f} min")
+
+
+def paper_demo(settings: Settings, limit: int | None, train_limit: int) -> list[str]:
+    """MiniLM on CoNLL-2000, PMB semantic tags and SST-2 (prints as it goes); returns the reports' paths."""
     reports = []
     for corpus, labels in DEMO_TASKS.items():
         prepare_corpus(settings, corpus, limit)
@@ -127,6 +154,23 @@ def run_demo(settings: Settings, limit: int | None = None, train_limit: int = DE
     print("  [CLS] probes per layer (test %):")
     print("  " + ", ".join(f"{name}: {100 * v['test']:.1f}" for name, v in sst["probe_layers"].items()))
     print("  clustering sweep, neurons kept: " + ", ".join(f"{t:.1f}: {n}" for t, n in sst["clusters"].items()))
+    return reports
+
+
+def run_demo(settings: Settings, limit: int | None = None, train_limit: int = DEMO_TRAIN_TOKENS,
+             llm: bool = True, paper: bool = True) -> None:
+    """The paper's analyses on MiniLM: CoNLL-2000 (POS, chunking), PMB semantic tags and SST-2, end to end
+    (``paper``); then (``llm``) SmolLM2 beside MiniLM on UD-EWT and CoNLL-2000."""
+    reports = []
+    if paper:
+        reports = paper_demo(settings, limit, train_limit)
+    if llm:
+        first = {s: n if limit is None else min(n, limit) for s, n in LLM_SENTENCES.items()}
+        print(f"\nthe LLM part: {LLM_MODEL} (first {', '.join(f'{n} {s}' for s, n in first.items())} "
+              "sentences) beside MiniLM")
+        summary = llm_demo(settings, limit=limit, train_limit=train_limit)
+        print_llm(summary)
+        reports += [part["page"] for part in summary["corpora"].values()]
     lake = Lake(settings)
     print("\nlake tables:")
     print(lake.summary())

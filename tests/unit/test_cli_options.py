@@ -158,3 +158,18 @@ def test_catalog_json(capsys):
     for entries in data.values():
         for entry in entries:
             assert f"  {entry['name']:<20} {entry['description']}" in text
+
+
+def test_demo_parts(monkeypatch, capsys):
+    """``demo --no-llm`` and ``--llm-only`` choose the parts; together they are one clear error, before any work."""
+    from raydund.workflows import demo
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda settings, **kw: calls.append(kw))
+    monkeypatch.setenv("RAYDUND_HOME", "/nonexistent/raydund-home")
+    assert main(["demo", "--no-llm", "--llm-only"]) == 2
+    assert "exclude each other" in capsys.readouterr().err and calls == []
+    monkeypatch.setattr("raydund.cli.workflows.settings", lambda: None)
+    assert main(["demo", "--llm-only", "--limit", "5"]) == 0
+    assert main(["demo", "--no-llm"]) == 0
+    assert calls == [{"limit": 5, "llm": True, "paper": False}, {"limit": None, "llm": False, "paper": True}]
