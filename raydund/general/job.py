@@ -97,6 +97,10 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
     if snapshot is None:
         raise UserError("the lake holds no activations yet; run `raydund extract` first")
     lake.activation_files(cfg.model, cfg.corpus, cfg.split, cfg.unit)  # a split without rows: no run, no write
+    if use_tiles(lake, cfg):
+        from raydund.general.tiles_job import run_tiled_similarity
+
+        return run_tiled_similarity(cfg, settings, progress)
     params = {**dataclasses.asdict(cfg), "activations_snapshot_id": snapshot.snapshot_id}
     experiment = tracking.experiment_name(cfg.model, cfg.corpus)
     start = time.perf_counter()
@@ -137,9 +141,24 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
     return {"run_id": run.info.run_id, "raydund_run_id": stage.run_id, "similarity": sim, **metrics}
 
 
+def use_tiles(lake: Lake, cfg: SimilarityConfig) -> bool:
+    """Whether the pass runs in tiles: ``cfg.tiles`` on, or auto and N x N does not fit the memory plan."""
+    if cfg.tiles not in ("auto", "on", "off"):
+        raise UserError(f"--tiles must be auto, on or off, not {cfg.tiles!r}")
+    if cfg.tiles != "auto":
+        return cfg.tiles == "on"
+    tokens, widths = memory.activation_shape(lake, cfg.model, cfg.corpus, cfg.split, cfg.unit)
+    return not memory.similarity_fits(sum(widths), len(widths), tokens)
+
+
 def correlation_run(lake: Lake, model: str, corpus: str, split: str, unit: str = "word", variant: str = "all"):
-    """The latest completed similarity run of (model, corpus, split, unit, variant); a clear error if none."""
-    run = runs.latest(lake, "similarity", model, corpus, NEURON_CORRELATION, split=split, unit=unit, variant=variant)
+    """The latest completed similarity run of (model, corpus, split, unit, variant), in memory or in
+    tiles (:func:`raydund.general.tile_reads.is_tiled`); a clear error if none."""
+    want = {"split": split, "unit": unit, "variant": variant}
+    found = [runs.latest(lake, "similarity", model, corpus, table, **want)
+             for table in (NEURON_CORRELATION, "neuron_correlation_tiles")]  # in memory, or in tiles
+    found = [r for r in found if r is not None]
+    run = max(found, key=lambda r: r.finished_ms) if found else None
     if run is None:
         raise UserError(f"no correlations for {model} {corpus}/{split} ({unit}, {variant}); "
                         "run `raydund similarity` first")
