@@ -216,7 +216,17 @@ def _correlation_meta(lake: Lake, run: runs.Run) -> pl.DataFrame:
 
 @dataclasses.dataclass
 class ClusterConfig:
-    """The clustering sweep."""
+    """The clustering sweep.
+
+    Attributes
+    ----------
+    out_of_core : {"auto", "on", "off"}
+        For a tiled similarity run: ``auto`` clusters in memory (exact) when the memory plan
+        says the condensed matrix fits, else out of core (:mod:`raydund.general.sparse_cluster`).
+    max_exact : int, optional
+        Out of core: the most neurons (or clusters) linked exactly at once (default from the
+        memory plan).
+    """
 
     model: str
     corpus: str
@@ -226,6 +236,8 @@ class ClusterConfig:
     representative: str = "random"
     seed: int = 0
     variant: str = "all"
+    out_of_core: str = "auto"
+    max_exact: int | None = None
 
 
 def run_clustering(cfg: ClusterConfig, settings: Settings) -> CorrelationClustering:
@@ -236,15 +248,25 @@ def run_clustering(cfg: ClusterConfig, settings: Settings) -> CorrelationCluster
     """
     lake = Lake(settings)
     source = correlation_run(lake, cfg.model, cfg.corpus, cfg.split, cfg.unit, cfg.variant)
-    meta = _correlation_meta(lake, source)
-    memory.check(memory.clustering_plan(meta.height, int(meta["layer"].max()) + 1, len(cfg.thresholds)))
-    # float32 as stored: the distances are built from it in float64, block by block
-    r, layers, constant, snap = read_correlations(lake, source, meta, dtype=np.float32)
+    from raydund.general.tile_reads import is_tiled
+
+    if is_tiled(source):  # in tiles: exact in memory when it fits, else out of core (general.sparse_cluster)
+        from raydund.general.tiles_job import tiled_clustering
+
+        fit, layers, snap = tiled_clustering(lake, source, cfg)
+    else:
+        meta = _correlation_meta(lake, source)
+        memory.check(memory.clustering_plan(meta.height, int(meta["layer"].max()) + 1, len(cfg.thresholds)))
+        # float32 as stored: the distances are built from it in float64, block by block
+        r, layers, constant, snap = read_correlations(lake, source, meta, dtype=np.float32)
+
+        def fit():
+            return CorrelationClustering(tuple(cfg.thresholds), cfg.representative, cfg.seed).fit(r, layers, constant)
     params = {**dataclasses.asdict(cfg), "thresholds": ",".join(map(str, cfg.thresholds)),
               "neuron_correlation_snapshot_id": snap, "similarity_run_id": source.run_id}
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus), f"cluster sweep {cfg.split}",
                           params, tags={"raydund.stage": "cluster"}) as parent:
-        cc = CorrelationClustering(tuple(cfg.thresholds), cfg.representative, cfg.seed).fit(r, layers, constant)
+        cc = fit()
         stage = StageRun(lake, "cluster", cfg.model, cfg.corpus,
                          {"split": cfg.split, "unit": cfg.unit, "variant": cfg.variant,
                           "representative": cfg.representative, "seed": cfg.seed},

@@ -112,7 +112,7 @@ class TileSource:
             D = 1.0 - np.abs(read_tile(row["path"])[np.ix_(R, C)].astype(np.float64))
             MR = sp.csr_matrix((np.ones(len(R)), (np.arange(len(R)), where[a:b][R])), shape=(len(R), K))
             MC = sp.csr_matrix((np.ones(len(C)), (np.arange(len(C)), where[c:d][C])), shape=(len(C), K))
-            part = np.asarray((MR.T @ (MC.T @ D.T).T))
+            part = np.asarray(MR.T @ (MC.T @ D.T).T)
             S += part
             if row["row_block"] != row["col_block"]:
                 S += part.T

@@ -183,4 +183,43 @@ def run_tiled_similarity(cfg: SimilarityConfig, settings: Settings, progress: bo
     return {"run_id": run.info.run_id, "raydund_run_id": stage.run_id, "similarity": sim, "tiles": res, **metrics}
 
 
-__all__ = ["NEURON_CORRELATION_TILES", "NEURON_STATISTICS", "TileResult", "compute_tiles", "run_tiled_similarity"]
+def tiled_clustering(lake: Lake, run, cfg):
+    """The clustering of a tiled similarity run: ``(fit, layers, snapshot)``; ``fit()`` returns the result.
+
+    Exact in memory (r assembled from the tiles, the in-memory class: the same result as an
+    untiled run) when the memory plan says the condensed matrix fits or ``cfg.out_of_core``
+    is ``off``; otherwise :class:`~raydund.general.sparse_cluster.OutOfCoreClustering`.
+    """
+    from raydund.general import tile_reads
+    from raydund.general.clustering import CorrelationClustering
+    from raydund.general.sparse_cluster import OutOfCoreClustering, TileSource
+
+    if cfg.out_of_core not in ("auto", "on", "off"):
+        raise UserError(f"--out-of-core must be auto, on or off, not {cfg.out_of_core!r}")
+    index = tile_reads.tile_index(lake, run)
+    stats = tile_reads.neuron_statistics(lake, run)
+    layers, constant = stats["layer"].to_numpy(), stats["constant"].to_numpy()
+    N, L = len(layers), int(layers.max()) + 1
+    snap = run.snapshot(NEURON_CORRELATION_TILES)
+    in_memory = cfg.out_of_core == "off" or (cfg.out_of_core == "auto"
+                                             and memory.clustering_fits(N, L, len(cfg.thresholds)))
+    if in_memory:
+        memory.check(memory.clustering_plan(N, L, len(cfg.thresholds)))
+
+        def fit():
+            r = tile_reads.assemble(index)
+            return CorrelationClustering(tuple(cfg.thresholds), cfg.representative, cfg.seed).fit(r, layers, constant)
+        return fit, layers, snap
+    if cfg.representative != "random":
+        raise UserError("out-of-core clustering keeps a random representative per cluster; use --representative "
+                        "random (or --out-of-core off where r fits)")
+    limit = int(cfg.max_exact or memory.exact_component_limit())
+
+    def fit_out_of_core():
+        return OutOfCoreClustering(tuple(cfg.thresholds), cfg.representative, cfg.seed, limit).fit(
+            TileSource(index, constant), layers)
+    return fit_out_of_core, layers, snap
+
+
+__all__ = ["NEURON_CORRELATION_TILES", "NEURON_STATISTICS", "TileResult", "compute_tiles", "run_tiled_similarity",
+           "tiled_clustering"]

@@ -82,3 +82,25 @@ def test_killed_generation_redoes_only_missing_tiles(settings):
         assert (a["row"], a["col"]) == (b["row"], b["col"])
         np.testing.assert_allclose(a["hsic"], b["hsic"], rtol=1e-12)
     assert LAYERS * WIDTH == 24
+
+
+def test_clustering_from_tiles_in_memory_and_out_of_core(settings):
+    """A tiled run clusters exactly like an in-memory run, and out of core (forced) with the same clusters."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from raydund.general.job import ClusterConfig, run_clustering
+
+    lake = Lake(settings)
+    write_into_lake(lake, planted_activations())
+    run_similarity(_cfg(tiles="off"), settings, progress=False)
+    ref = run_clustering(ClusterConfig(model="m", corpus="c", split="dev"), settings)
+    run_similarity(_cfg(tiles="on", tile_neurons=5), settings, progress=False)
+    same = run_clustering(ClusterConfig(model="m", corpus="c", split="dev", out_of_core="off"), settings)
+    for a, b in zip(ref.labels_, same.labels_):
+        np.testing.assert_array_equal(a, b)
+    ooc = run_clustering(ClusterConfig(model="m", corpus="c", split="dev", out_of_core="on", max_exact=3), settings)
+    np.testing.assert_array_equal(ooc.neurons_, ref.neurons_)
+    for a, b in zip(ref.labels_, ooc.labels_):
+        assert adjusted_rand_score(a, b) == 1.0
+    rows = lake.scan("clusters").collect()
+    assert rows.height == len(ooc.neurons_) * len(ooc.thresholds)
