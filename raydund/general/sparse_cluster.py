@@ -57,10 +57,16 @@ class DenseSource:
         self.N = len(r)
 
     def edges(self, bound: float):
-        iu = np.triu_indices(self.N, 1)  # fine at test sizes
-        a = np.abs(self.r[iu])
-        keep = a >= bound
-        return iu[0][keep].astype(np.int64), iu[1][keep].astype(np.int64), a[keep].astype(np.float32)
+        parts = []
+        for s in range(0, self.N, 1024):  # row blocks of the upper triangle
+            a = np.abs(self.r[s : s + 1024])
+            hit = a >= bound
+            hit &= np.triu(np.ones(hit.shape, bool), s + 1)
+            x, y = np.nonzero(hit)
+            parts.append((x + s, y, a[x, y]))
+        return (np.concatenate([p[0] for p in parts]).astype(np.int64),
+                np.concatenate([p[1] for p in parts]).astype(np.int64),
+                np.concatenate([p[2] for p in parts]).astype(np.float32))
 
     def abs_sum(self) -> tuple[float, int]:
         live = ~self.constant
