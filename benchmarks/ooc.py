@@ -93,9 +93,83 @@ def ari_bench(n_layers: int, width: int, tokens: int, fractions: list[float], se
     return out
 
 
+def gemm_rate(rows: int, block: int, threads: int = 2) -> float:
+    """Measured float64 GEMM rate (FLOP/s) of one tile product ``[rows x block]^T [rows x block]``."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    X, Y = (np.asfortranarray(rng.standard_normal((rows, block))) for _ in range(2))
+    with threadpool_limits(limits=threads, user_api="blas"):
+        X.T @ Y
+        start = time.perf_counter()
+        X.T @ Y
+        took = time.perf_counter() - start
+    return 2 * rows * block * block / took
+
+
+def tiles_bench(n_layers: int, width: int, tokens: int, block: int, home: str, cluster: bool,
+                max_exact: int | None) -> dict:
+    """The tiled pass (and optionally the out-of-core clustering) on synthetic layered activations
+    through a real lake, local Ray on 2 CPUs; peak PSS of the whole process tree."""
+    import os
+
+    import ray
+
+    from benchmarks.bench import PeakMemory
+    from benchmarks.synthetic import write_activations
+    from raydund.config import Settings
+    from raydund.general.job import ClusterConfig, run_clustering, run_similarity
+    from raydund.general.stream import SimilarityConfig
+    from raydund.lake import Lake
+
+    settings = Settings.from_env({**os.environ, "RAYDUND_HOME": home}).prepare()
+    lake = Lake(settings)
+    widths = (width,) * n_layers
+    out = {"neurons": sum(widths), "layers": n_layers, "tokens": tokens, "block": block,
+           "load_before": os.getloadavg()[0]}
+    t0 = time.perf_counter()
+    X = layered_activations(tokens, widths)
+    write_activations(lake, [X[:, l * width : (l + 1) * width] for l in range(n_layers)], model="synthetic",
+                      corpus="ooc", split="bench", shard_tokens=max(1000, tokens // 4))
+    del X
+    out["write_s"] = time.perf_counter() - t0
+    out["gemm_gflops_2threads"] = gemm_rate(min(tokens, 4096), block) / 1e9
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    cfg = SimilarityConfig(model="synthetic", corpus="ooc", split="bench", tiles="on", tile_neurons=block)
+    with PeakMemory(tree=True) as mem:
+        t0 = time.perf_counter()
+        res = run_similarity(cfg, settings, progress=False)
+        out["similarity_s"] = time.perf_counter() - t0
+    tiles = res["tile_result"]
+    secs = [r["seconds"] for r in tiles.records]
+    out.update(tiles=len(secs), tile_s_mean=float(np.mean(secs)), tile_s_max=float(np.max(secs)),
+               extras_s=tiles.seconds["extras"], tiles_wall_s=tiles.seconds["tiles"],
+               similarity_peak_gb=mem.peak_work / 2**30, similarity_added_gb=(mem.peak_work - mem.baseline) / 2**30,
+               similarity_peak_process_gb=mem.peak_process / 2**30, load_after_similarity=os.getloadavg()[0])
+    diag = [r["seconds"] for r in tiles.records if r["row"] == r["col"]]
+    out["diagonal_tile_s_mean"] = float(np.mean(diag))
+    N = sum(widths)
+    out["floor_s_at_measured_rate"] = tokens * N * N / (out["gemm_gflops_2threads"] * 1e9)  # upper triangle
+    print(json.dumps(out), flush=True)
+    if cluster:
+        with PeakMemory(tree=True) as mem:
+            t0 = time.perf_counter()
+            cc = run_clustering(ClusterConfig(model="synthetic", corpus="ooc", split="bench", thresholds=THRESHOLDS,
+                                              out_of_core="on", max_exact=max_exact), settings)
+            out["cluster_s"] = time.perf_counter() - t0
+        out.update(cluster_peak_gb=mem.peak_work / 2**30, cluster_added_gb=(mem.peak_work - mem.baseline) / 2**30,
+                   clusters=[int(x.max()) for x in cc.labels_], exact_share=[round(e, 3) for e in cc.exact_])
+    ray.shutdown()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=("ari",))
+    p.add_argument("what", choices=("ari", "tiles"))
+    p.add_argument("--block", type=int, default=2048)
+    p.add_argument("--home", default="/tmp/ooc-home")
+    p.add_argument("--cluster", action="store_true")
+    p.add_argument("--max-exact", type=int)
     p.add_argument("--layers", type=int, default=7)
     p.add_argument("--width", type=int, default=384)
     p.add_argument("--tokens", type=int, default=4000)
@@ -103,7 +177,10 @@ def main() -> None:
     p.add_argument("--kind", choices=("layered", "residual"), default="layered")
     p.add_argument("--out")
     a = p.parse_args()
-    res = ari_bench(a.layers, a.width, a.tokens, a.fractions, kind=a.kind)
+    if a.what == "ari":
+        res = ari_bench(a.layers, a.width, a.tokens, a.fractions, kind=a.kind)
+    else:
+        res = tiles_bench(a.layers, a.width, a.tokens, a.block, a.home, a.cluster, a.max_exact)
     text = json.dumps(res, indent=1)
     print(text)
     if a.out:

@@ -236,9 +236,10 @@ def clustering_fits(neurons: int, layers: int = 1, thresholds: int = 10, limit: 
     return clustering_plan(neurons, layers, thresholds).peak <= limit
 
 
-def exact_component_limit(limit: int | None = None, share: float = 0.5) -> int:
-    """The most neurons one component may have to be linked exactly out of core (its dense r
-    float32 and condensed float64 distances, ~ 8 bytes per neuron pair, in ``share`` of the limit)."""
+def exact_component_limit(limit: int | None = None, share: float = 0.25) -> int:
+    """The most neurons (or clusters) linked exactly at once out of core: a component's dense r
+    (float32) and condensed float64 distances, or a continuation's K x K float64 mean distances,
+    ~ 8 bytes per pair, in ``share`` of the limit."""
     limit = memory_limit() if limit is None else limit
     return max(2, int(np.sqrt(share * limit / 8)))
 

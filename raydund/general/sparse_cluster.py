@@ -128,14 +128,16 @@ class TileSource:
 def weighted_average_linkage(S: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Average linkage of K starting clusters (NN-chain); ``S`` holds sums of member-pair distances.
 
-    Returns the merges ``[(a, b, height)]`` (K - 1 rows; cluster ids are the starting
+    ``S`` is overwritten. Returns the merges ``[(a, b, height)]`` (K - 1 rows; cluster ids are the starting
     rows, a merged cluster keeps the id ``a``), in the order NN-chain found them; average
     linkage is reducible, so cutting them at a height gives the same clusters as the
     greedy algorithm.
     """
     K = len(sizes)
     size = sizes.astype(np.float64).copy()
-    D = S / np.outer(size, size)
+    D = S  # the sums become the mean distances in place: one K x K array in all
+    D /= size[:, None]
+    D /= size[None, :]
     np.fill_diagonal(D, np.inf)
     alive = np.ones(K, bool)
     merges, chain = [], []

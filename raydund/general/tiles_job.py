@@ -180,7 +180,7 @@ def run_tiled_similarity(cfg: SimilarityConfig, settings: Settings, progress: bo
                    "tiles": len(res.records), "tiles_computed": res.computed, "tile_neurons": res.block,
                    "seconds": time.perf_counter() - start}
         tracking.Tracker(settings, run.info.run_id).metrics(metrics)
-    return {"run_id": run.info.run_id, "raydund_run_id": stage.run_id, "similarity": sim, "tiles": res, **metrics}
+    return {"run_id": run.info.run_id, "raydund_run_id": stage.run_id, "similarity": sim, "tile_result": res, **metrics}
 
 
 def tiled_clustering(lake: Lake, run, cfg):
