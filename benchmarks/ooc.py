@@ -148,6 +148,7 @@ def tiles_bench(n_layers: int, width: int, tokens: int, block: int, home: str, c
                similarity_peak_process_gb=mem.peak_process / 2**30, load_after_similarity=os.getloadavg()[0])
     diag = [r["seconds"] for r in tiles.records if r["row"] == r["col"]]
     out["diagonal_tile_s_mean"] = float(np.mean(diag))
+    out["tile_product_s_mean"] = float(np.mean([r.get("product_seconds", np.nan) for r in tiles.records]))
     N = sum(widths)
     out["floor_s_at_measured_rate"] = tokens * N * N / (out["gemm_gflops_2threads"] * 1e9)  # upper triangle
     print(json.dumps(out), flush=True)
