@@ -108,7 +108,7 @@ def gemm_rate(rows: int, block: int, threads: int = 2) -> float:
 
 
 def tiles_bench(n_layers: int, width: int, tokens: int, block: int, home: str, cluster: bool,
-                max_exact: int | None) -> dict:
+                max_exact: int | None, cluster_only: bool = False) -> dict:
     """The tiled pass (and optionally the out-of-core clustering) on synthetic layered activations
     through a real lake, local Ray on 2 CPUs; peak PSS of the whole process tree."""
     import os
@@ -118,7 +118,7 @@ def tiles_bench(n_layers: int, width: int, tokens: int, block: int, home: str, c
     from benchmarks.bench import PeakMemory
     from benchmarks.synthetic import write_activations
     from raydund.config import Settings
-    from raydund.general.job import ClusterConfig, run_clustering, run_similarity
+    from raydund.general.job import run_similarity
     from raydund.general.stream import SimilarityConfig
     from raydund.lake import Lake
 
@@ -127,6 +127,9 @@ def tiles_bench(n_layers: int, width: int, tokens: int, block: int, home: str, c
     widths = (width,) * n_layers
     out = {"neurons": sum(widths), "layers": n_layers, "tokens": tokens, "block": block,
            "load_before": os.getloadavg()[0]}
+    if cluster_only:  # the similarity run of an earlier call is in the lake
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        return _cluster(out, settings, max_exact)
     t0 = time.perf_counter()
     X = layered_activations(tokens, widths)
     write_activations(lake, [X[:, l * width : (l + 1) * width] for l in range(n_layers)], model="synthetic",
@@ -153,14 +156,22 @@ def tiles_bench(n_layers: int, width: int, tokens: int, block: int, home: str, c
     out["floor_s_at_measured_rate"] = tokens * N * N / (out["gemm_gflops_2threads"] * 1e9)  # upper triangle
     print(json.dumps(out), flush=True)
     if cluster:
-        with PeakMemory(tree=True) as mem:
-            t0 = time.perf_counter()
-            cc = run_clustering(ClusterConfig(model="synthetic", corpus="ooc", split="bench", thresholds=THRESHOLDS,
-                                              out_of_core="on", max_exact=max_exact), settings)
-            out["cluster_s"] = time.perf_counter() - t0
-        out.update(cluster_peak_gb=mem.peak_work / 2**30, cluster_added_gb=(mem.peak_work - mem.baseline) / 2**30,
-                   clusters=[int(x.max()) for x in cc.labels_], exact_share=[round(e, 3) for e in cc.exact_])
+        _cluster(out, settings, max_exact)
     ray.shutdown()
+    return out
+
+
+def _cluster(out: dict, settings, max_exact: int | None) -> dict:
+    from benchmarks.bench import PeakMemory
+    from raydund.general.job import ClusterConfig, run_clustering
+
+    with PeakMemory(tree=True) as mem:
+        t0 = time.perf_counter()
+        cc = run_clustering(ClusterConfig(model="synthetic", corpus="ooc", split="bench", thresholds=THRESHOLDS,
+                                          out_of_core="on", max_exact=max_exact), settings)
+        out["cluster_s"] = time.perf_counter() - t0
+    out.update(cluster_peak_gb=mem.peak_work / 2**30, cluster_added_gb=(mem.peak_work - mem.baseline) / 2**30,
+               clusters=[int(x.max()) for x in cc.labels_], exact_share=[round(e, 3) for e in cc.exact_])
     return out
 
 
@@ -171,6 +182,7 @@ def main() -> None:
     p.add_argument("--home", default="/tmp/ooc-home")
     p.add_argument("--cluster", action="store_true")
     p.add_argument("--max-exact", type=int)
+    p.add_argument("--cluster-only", action="store_true")
     p.add_argument("--layers", type=int, default=7)
     p.add_argument("--width", type=int, default=384)
     p.add_argument("--tokens", type=int, default=4000)
@@ -181,7 +193,7 @@ def main() -> None:
     if a.what == "ari":
         res = ari_bench(a.layers, a.width, a.tokens, a.fractions, kind=a.kind)
     else:
-        res = tiles_bench(a.layers, a.width, a.tokens, a.block, a.home, a.cluster, a.max_exact)
+        res = tiles_bench(a.layers, a.width, a.tokens, a.block, a.home, a.cluster, a.max_exact, a.cluster_only)
     text = json.dumps(res, indent=1)
     print(text)
     if a.out:

@@ -76,6 +76,9 @@ class DenseSource:
     def dense(self, members: np.ndarray) -> np.ndarray:
         return self.r[np.ix_(members, members)]
 
+    def dense_many(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.dense(m) for m in blocks]
+
     def group_sums(self, members: np.ndarray, groups: np.ndarray, K: int) -> np.ndarray:
         M = sp.csr_matrix((np.ones(len(members)), (np.arange(len(members)), groups)), shape=(len(members), K))
         D = 1.0 - np.abs(self.r[np.ix_(members, members)].astype(np.float64))
@@ -99,9 +102,30 @@ class TileSource:
         return float(self.index["sum_abs_r"].sum()), int(self.index["pairs"].sum())
 
     def dense(self, members: np.ndarray) -> np.ndarray:
-        from raydund.general.tile_reads import submatrix
+        return self.dense_many([members])[0]
 
-        return submatrix(self.index, members, members)
+    def dense_many(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
+        """r among the members of each block (float32 each), every tile read at most once."""
+        from raydund.general.tiles import read_tile
+
+        gid, loc = np.full(self.N, -1), np.zeros(self.N, np.int64)
+        for g, members in enumerate(blocks):
+            gid[members], loc[members] = g, np.arange(len(members))
+        out = [np.full((len(m), len(m)), np.nan, np.float32) for m in blocks]
+        for row in self.index.iter_rows(named=True):
+            a, b, c, d = row["row_start"], row["row_stop"], row["col_start"], row["col_stop"]
+            R, C = np.flatnonzero(gid[a:b] >= 0) + a, np.flatnonzero(gid[c:d] >= 0) + c
+            common = np.intersect1d(gid[R], gid[C])
+            if not len(common):
+                continue
+            t = read_tile(row["path"])
+            for g in common:
+                Rg, Cg = R[gid[R] == g], C[gid[C] == g]
+                part = t[np.ix_(Rg - a, Cg - c)]
+                out[g][np.ix_(loc[Rg], loc[Cg])] = part
+                out[g][np.ix_(loc[Cg], loc[Rg])] = part.T
+            del t
+        return out
 
     def group_sums(self, members: np.ndarray, groups: np.ndarray, K: int) -> np.ndarray:
         """``S[g, h]`` = sum of ``1 - |r|`` over member pairs of groups g x h, one pass over the tiles."""
@@ -277,12 +301,20 @@ class OutOfCoreClustering:
         labels = {t: np.full(N, -1, np.int64) for t in ts}
         exact = {t: np.zeros(N, bool) for t in ts}
         next_id = 0
-        for part, level in blocks:  # one linkage per block, cut at every threshold up to its level
-            if len(part) == 1:
-                tree = None
-            else:
-                tree = fastcluster.linkage(condensed_distance(source.dense(part)), method="average",
-                                           preserve_input=False)
+        batches, load = [[]], 0  # blocks of more than one neuron, read together up to ~1 GB of r
+        for k, (part, _) in enumerate(blocks):
+            if len(part) > 1:
+                if load + 4 * len(part) ** 2 > 2**30 and batches[-1]:
+                    batches.append([])
+                    load = 0
+                batches[-1].append(k)
+                load += 4 * len(part) ** 2
+        trees: dict[int, np.ndarray] = {}
+        for batch in batches:  # one linkage per block
+            for k, r_block in zip(batch, source.dense_many([blocks[k][0] for k in batch])):
+                trees[k] = fastcluster.linkage(condensed_distance(r_block), method="average", preserve_input=False)
+        for k, (part, level) in enumerate(blocks):  # cut at every threshold up to the block's level
+            tree = trees.pop(k, None)
             for t in ts:
                 if t > level:
                     break
