@@ -205,7 +205,8 @@ def tiled_similarity_plan(neurons: int, layers: int, tokens: int, block: int, ta
     vectors = (6 * N + 2 * L * N) * F64
     procs = (tasks + 1) * PROCESS_BYTES
     phases = {
-        "extras": {"chunk of all layers (float32 + float64)": READ_ROWS * N * (F32 * 3 + F64 * 2),
+        "extras": {"a batch of all layers (float32, decoded copies)": READ_ROWS * N * F32 * 3,
+                   "one layer in float64": 2 * READ_ROWS * (widest or N // max(L, 1)) * F64,
                    "per-neuron vectors and U": vectors, "processes": 2 * PROCESS_BYTES},
         "tiles": {"tile tasks": tasks * tile_task_bytes(block, widest or N // max(L, 1), chunk_rows),
                   "per-neuron vectors and U (driver and object store)": 2 * vectors, "processes": procs},
@@ -219,7 +220,8 @@ def choose_tile_block(neurons: int, layers: int, tokens: int, tasks: int = 1, wi
     """The widest block (a multiple of 256, at most ``largest``) whose tiled plan fits half the limit."""
     limit = memory_limit() if limit is None else limit
     block = min(largest, max(256, -(-int(neurons) // 256) * 256))
-    while block > 256 and tiled_similarity_plan(neurons, layers, tokens, block, tasks, widest).peak > limit // 2:
+    while block > 256 and sum(tiled_similarity_plan(neurons, layers, tokens, block, tasks, widest)
+                              .phases["tiles"].values()) > limit // 2:
         block -= 256
     return block
 

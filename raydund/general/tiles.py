@@ -84,20 +84,22 @@ def extras_task(slices: list[dict[int, str]], shift: np.ndarray, skip_first: boo
     n, s, ss, Q, U = 0, None, None, None, None
     for paths in slices:
         for mats in iter_slice(paths, READ_ROWS, skip_first):
-            D = np.concatenate(mats, axis=1).astype(np.float64) - shift
             widths = [m.shape[1] for m in mats]
             off = np.concatenate([[0], np.cumsum(widths)])
-            q = np.stack([np.einsum("ij,ij->i", D[:, off[l] : off[l + 1]], D[:, off[l] : off[l + 1]])
-                          for l in range(len(widths))], axis=1)
             if s is None:
-                s, ss = np.zeros(D.shape[1]), np.zeros(D.shape[1])
-                Q, U = np.zeros((len(widths), len(widths))), np.zeros((len(widths), D.shape[1]))
-            n += len(D)
-            s += D.sum(axis=0)
-            ss += np.einsum("ij,ij->j", D, D)
+                s, ss = np.zeros(off[-1]), np.zeros(off[-1])
+                Q, U = np.zeros((len(widths), len(widths))), np.zeros((len(widths), off[-1]))
+            q = np.empty((len(mats[0]), len(widths)))
+            for l, m in enumerate(mats):  # one layer in float64 at a time
+                D = m.astype(np.float64) - shift[off[l] : off[l + 1]]
+                q[:, l] = np.einsum("ij,ij->i", D, D)
+                s[off[l] : off[l + 1]] += D.sum(axis=0)
+                ss[off[l] : off[l + 1]] += np.einsum("ij,ij->j", D, D)
+            for l, m in enumerate(mats):  # U needs every layer's q first
+                U[:, off[l] : off[l + 1]] += q.T @ (m.astype(np.float64) - shift[off[l] : off[l + 1]])
+            n += len(q)
             Q += q.T @ q
-            U += q.T @ D
-            del D, mats
+            del mats
     return {"n": n, "s": s, "ss": ss, "Q": Q, "U": U}
 
 
