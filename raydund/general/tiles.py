@@ -34,8 +34,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raydund.errors import UserError
+from raydund.general.moments import torch_device
 from raydund.general.similarity import _debiased, constant_neurons
-from raydund.general.stream import READ_ROWS, iter_slice, layer_of
+from raydund.general.stream import READ_ROWS, iter_slice, layer_of, products_device
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class TileInputs:
     sd: np.ndarray  # sqrt of the centred co-moment diagonal; NaN for constant neurons
     skip_first: bool
     chunk_rows: int = 4096
+    device: str | None = None  # the products' device (:func:`raydund.general.stream.products_device`)
 
 
 def tile_task(slices: list[dict[int, str]], inp: TileInputs, i: int, j: int, rows: tuple[int, int],
@@ -137,15 +139,25 @@ def tile_task(slices: list[dict[int, str]], inp: TileInputs, i: int, j: int, row
     DI = np.empty((cap, b - a), order="F")
     DJ = DI if diagonal else np.empty((cap, d - c), order="F")
     pos, products = 0, 0.0
+    device = products_device(inp.device)
+    if device != "cpu":  # float64 torch products on the task's GPU (TF32 never applies to float64)
+        import torch
+
+        G = torch.zeros((b - a, d - c), dtype=torch.float64, device=torch_device(device))
 
     def flush(k: int) -> None:
         nonlocal G, products
         from scipy.linalg.blas import dgemm, dsyrk
 
         began = time.perf_counter()
-
         X = DI[:k] if k < cap else DI
-        if diagonal:
+        if device != "cpu":
+            import torch
+
+            Xt = torch.from_numpy(np.ascontiguousarray(X)).to(G.device)
+            Yt = Xt if diagonal else torch.from_numpy(np.ascontiguousarray(DJ[:k] if k < cap else DJ)).to(G.device)
+            G.addmm_(Xt.T, Yt)
+        elif diagonal:
             G = dsyrk(1.0, np.asfortranarray(X), beta=1.0, c=G, trans=1, lower=0, overwrite_c=1)
         else:
             Y = DJ[:k] if k < cap else DJ
@@ -172,7 +184,9 @@ def tile_task(slices: list[dict[int, str]], inp: TileInputs, i: int, j: int, row
         if pos:
             flush(pos)
     DI = DJ = None  # the chunk buffers go before the tile statistics
-    if diagonal:
+    if device != "cpu":
+        G = np.asfortranarray(G.cpu().numpy())  # the full product: already symmetric on the diagonal
+    elif diagonal:
         G = np.triu(G) + np.triu(G, 1).T
     record = tile_statistics(G, inp, off, i, j, rows, cols)
     record["seconds"] = time.perf_counter() - start

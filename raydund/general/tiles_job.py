@@ -85,7 +85,8 @@ def compute_tiles(lake: Lake, cfg: SimilarityConfig, settings: Settings, snapsho
         raise UserError(f"only {ex['n']} tokens: too few for correlations and debiased CKA")
     seconds["extras"] = time.perf_counter() - start
     stats = T.global_statistics(ex, widths)
-    inp = T.TileInputs(root, widths, ex["shift"], ex["n"], ex["s"], stats["sd"], cfg.skip_first, cfg.chunk_rows)
+    inp = T.TileInputs(root, widths, ex["shift"], ex["n"], ex["s"], stats["sd"], cfg.skip_first, cfg.chunk_rows,
+                       cfg.device)
     blocks = T.blocks_of(N, block)
     pairs = T.tile_pairs(len(blocks))
     done = T.finished_tiles(root)
