@@ -181,8 +181,17 @@ def read_correlations(lake: Lake, run: runs.Run, meta: pl.DataFrame | None = Non
 
     The rows are streamed from the table straight into one preallocated ``[N x N]`` array
     of ``dtype`` (float32, as stored, takes half the memory of float64 and loses nothing).
-    ``meta`` (:func:`_correlation_meta` of the same run) saves reading it again.
+    ``meta`` (:func:`_correlation_meta` of the same run) saves reading it again. A tiled run's
+    r is assembled from its tiles (when the memory plan says it fits).
     """
+    from raydund.general import tile_reads
+
+    if tile_reads.is_tiled(run):  # a tiled run: r assembled from its tiles (only where N x N fits)
+        stats = tile_reads.neuron_statistics(lake, run)
+        memory.check(memory.clustering_plan(stats.height, int(stats["layer"].max()) + 1, 0))
+        r = tile_reads.assemble(tile_reads.tile_index(lake, run), dtype=dtype)
+        return (r, stats["layer"].to_numpy(), stats["constant"].to_numpy(),
+                run.snapshot(tile_reads.NEURON_CORRELATION_TILES))
     meta = _correlation_meta(lake, run) if meta is None else meta
     where = f"{run.model} {run.corpus}/{run.scope.get('split')}"
     N = meta.height

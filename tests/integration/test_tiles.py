@@ -45,6 +45,9 @@ def test_tiled_pass_equals_in_memory_pass_and_numpy(settings):
     np.testing.assert_allclose(r[np.ix_(live, live)], ref[np.ix_(live, live)], atol=1e-6)
     np.testing.assert_allclose(r[np.ix_(live, live)], full.r[np.ix_(live, live)], atol=1e-6)
     assert np.isnan(r[~live]).all()
+    from raydund.general.job import load_correlations
+
+    np.testing.assert_array_equal(load_correlations(lake, "m", "c", "dev", dtype=np.float32)[0], r)  # the old reader
     # reads by neuron and by layer block open only the tiles they need, and agree with r
     np.testing.assert_array_equal(tile_reads.neuron_row(index, 7), r[7])
     stats = tile_reads.neuron_statistics(lake, run)
