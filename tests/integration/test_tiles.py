@@ -25,6 +25,7 @@ def _cfg(**kw):
     return SimilarityConfig(model="m", corpus="c", split="dev", chunk_rows=64, **kw)
 
 
+@pytest.mark.slow
 def test_tiled_pass_equals_in_memory_pass_and_numpy(settings):
     lake = Lake(settings)
     Z = write_into_lake(lake, planted_activations())
@@ -92,6 +93,7 @@ def test_killed_generation_redoes_only_missing_tiles(settings):
     assert LAYERS * WIDTH == 24
 
 
+@pytest.mark.slow
 def test_clustering_from_tiles_in_memory_and_out_of_core(settings):
     """A tiled run clusters exactly like an in-memory run, and out of core (forced) with the same clusters."""
     from sklearn.metrics import adjusted_rand_score
