@@ -233,9 +233,16 @@ def tile_statistics(G: np.ndarray, inp: TileInputs, off: np.ndarray, i: int, j: 
     del absr, live
     fs, root = pafs.FileSystem.from_uri(inp.root)
     write_tile(fs, f"{root}/{tile_name(i, j)}.parquet", r, a)
-    with fs.open_output_stream(f"{root}/{DONE}/{tile_name(i, j)}.json") as fh:  # last: the tile is complete
-        fh.write(json.dumps(record).encode())
+    write_whole(fs, f"{root}/{DONE}/{tile_name(i, j)}.json", json.dumps(record).encode())  # last: tile complete
     return record
+
+
+def write_whole(fs, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    tmp = f"{path}.tmp"
+    with fs.open_output_stream(tmp) as fh:
+        fh.write(data)
+    fs.move(tmp, path)
 
 
 def write_tile(fs, path: str, r: np.ndarray, first: int) -> None:
@@ -303,8 +310,7 @@ def save_extras(root: str, ex: dict) -> None:
     fs, path = pafs.FileSystem.from_uri(root)
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in ex.items()})
-    with fs.open_output_stream(f"{path}/{EXTRAS}") as fh:
-        fh.write(buf.getvalue())
+    write_whole(fs, f"{path}/{EXTRAS}", buf.getvalue())
 
 
 def load_extras(root: str) -> dict | None:
