@@ -81,8 +81,11 @@ class DenseSource:
 
     def group_sums(self, members: np.ndarray, groups: np.ndarray, K: int) -> np.ndarray:
         M = sp.csr_matrix((np.ones(len(members)), (np.arange(len(members)), groups)), shape=(len(members), K))
-        D = 1.0 - np.abs(self.r[np.ix_(members, members)].astype(np.float64))
-        return np.asarray((M.T @ (M.T @ D).T).T)
+        S = np.zeros((K, K))
+        for a in range(0, len(members), 1024):  # row blocks: never m x m in float64
+            D = 1.0 - np.abs(self.r[np.ix_(members[a : a + 1024], members)].astype(np.float64))
+            S += M[a : a + 1024].T @ np.asarray((M.T @ D.T).T)
+        return S
 
 
 class TileSource:
