@@ -19,6 +19,8 @@ import dataclasses
 import logging
 import os
 
+import numpy as np
+
 from raydund.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,69 @@ def similarity_plan(neurons: int, layers: int, tokens: int = 0, workers: int = 1
                                             "workers": W, "groups": int(groups)})
 
 
+#: Bytes of one tile task per ``block**2``: G (float64, and its mirrored copy on the diagonal),
+#: C -> r in place, r and |r| as float32, the Parquet copies of r.
+TILE_BYTES_PER_PAIR = 40
+
+
+def tile_task_bytes(block: int, widest: int, chunk_rows: int = 4096) -> int:
+    """Peak bytes of one tile task: its tile arrays, its two chunk buffers and its layer readers."""
+    readers = 2 * 4 * READ_ROWS * max(widest, block) * F32 * 2  # up to two layers per block side, decoded copies
+    return TILE_BYTES_PER_PAIR * block * block + 2 * chunk_rows * block * F64 + readers
+
+
+def tiled_similarity_plan(neurons: int, layers: int, tokens: int, block: int, tasks: int = 1, widest: int = 0,
+                          chunk_rows: int = 4096) -> StagePlan:
+    """The tiled pass (:mod:`raydund.general.tiles`): ``tasks`` tiles at once, never N x N.
+
+    Phases: ``extras`` (one task streams all layers: ``n, s, ss`` and the L x N ``U``),
+    ``tiles`` (every running task holds one tile; the driver holds the per-neuron vectors).
+    """
+    N, L = int(neurons), int(layers)
+    vectors = (6 * N + 2 * L * N) * F64
+    procs = (tasks + 1) * PROCESS_BYTES
+    phases = {
+        "extras": {"a batch of all layers (float32, decoded copies)": READ_ROWS * N * F32 * 3,
+                   "one layer in float64": 2 * READ_ROWS * (widest or N // max(L, 1)) * F64,
+                   "per-neuron vectors and U": vectors, "processes": 2 * PROCESS_BYTES},
+        "tiles": {"tile tasks": tasks * tile_task_bytes(block, widest or N // max(L, 1), chunk_rows),
+                  "per-neuron vectors and U (driver and object store)": 2 * vectors, "processes": procs},
+    }
+    return StagePlan("similarity (tiled)", phases, {"neurons": N, "layers": L, "tokens": int(tokens),
+                                                    "block": int(block), "tasks": int(tasks)})
+
+
+def choose_tile_block(neurons: int, layers: int, tokens: int, tasks: int = 1, widest: int = 0,
+                      limit: int | None = None, largest: int = 8192) -> int:
+    """The widest block (a multiple of 256, at most ``largest``) whose tiled plan fits half the limit."""
+    limit = memory_limit() if limit is None else limit
+    block = min(largest, max(256, -(-int(neurons) // 256) * 256))
+    while block > 256 and sum(tiled_similarity_plan(neurons, layers, tokens, block, tasks, widest)
+                              .phases["tiles"].values()) > limit // 2:
+        block -= 256
+    return block
+
+
+def similarity_fits(neurons: int, layers: int, tokens: int, limit: int | None = None) -> bool:
+    """Whether the in-memory pass (one N x N G on the driver) fits: else the tiled pass is used."""
+    limit = memory_limit() if limit is None else limit
+    return similarity_plan(neurons, layers, tokens).peak <= limit
+
+
+def clustering_fits(neurons: int, layers: int = 1, thresholds: int = 10, limit: int | None = None) -> bool:
+    """Whether exact average linkage on all neurons fits (r float32 + condensed float64 distances)."""
+    limit = memory_limit() if limit is None else limit
+    return clustering_plan(neurons, layers, thresholds).peak <= limit
+
+
+def exact_component_limit(limit: int | None = None, share: float = 0.25) -> int:
+    """The most neurons (or clusters) linked exactly at once out of core: a component's dense r
+    (float32) and condensed float64 distances, or a continuation's K x K float64 mean distances,
+    ~ 8 bytes per pair, in ``share`` of the limit."""
+    limit = memory_limit() if limit is None else limit
+    return max(2, int(np.sqrt(share * limit / 8)))
+
+
 def fit_workers(neurons: int, layers: int, tokens: int, wanted: int, groups: int = 1, chunk_rows: int = 4096,
                 limit: int | None = None) -> int:
     """The most workers (at most ``wanted``, at least 1) whose similarity plan fits the limit
@@ -264,5 +329,6 @@ def activation_shape(lake, model: str, corpus: str, split: str, unit: str = "wor
     return tokens, tuple(widths[k] for k in sorted(widths))
 
 
-__all__ = ["GB", "StagePlan", "activation_shape", "check", "clustering_plan", "condensed_bytes", "fit_workers",
-           "memory_limit", "packed_bytes", "probe_plan", "similarity_plan"]
+__all__ = ["GB", "StagePlan", "activation_shape", "check", "choose_tile_block", "clustering_fits", "clustering_plan",
+           "condensed_bytes", "exact_component_limit", "fit_workers", "memory_limit", "packed_bytes", "probe_plan",
+           "similarity_fits", "similarity_plan", "tiled_similarity_plan"]

@@ -97,6 +97,10 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
     if snapshot is None:
         raise UserError("the lake holds no activations yet; run `raydund extract` first")
     lake.activation_files(cfg.model, cfg.corpus, cfg.split, cfg.unit)  # a split without rows: no run, no write
+    if use_tiles(lake, cfg):
+        from raydund.general.tiles_job import run_tiled_similarity
+
+        return run_tiled_similarity(cfg, settings, progress)
     params = {**dataclasses.asdict(cfg), "activations_snapshot_id": snapshot.snapshot_id}
     experiment = tracking.experiment_name(cfg.model, cfg.corpus)
     start = time.perf_counter()
@@ -137,9 +141,24 @@ def run_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = T
     return {"run_id": run.info.run_id, "raydund_run_id": stage.run_id, "similarity": sim, **metrics}
 
 
+def use_tiles(lake: Lake, cfg: SimilarityConfig) -> bool:
+    """Whether the pass runs in tiles: ``cfg.tiles`` on, or auto and N x N does not fit the memory plan."""
+    if cfg.tiles not in ("auto", "on", "off"):
+        raise UserError(f"--tiles must be auto, on or off, not {cfg.tiles!r}")
+    if cfg.tiles != "auto":
+        return cfg.tiles == "on"
+    tokens, widths = memory.activation_shape(lake, cfg.model, cfg.corpus, cfg.split, cfg.unit)
+    return not memory.similarity_fits(sum(widths), len(widths), tokens)
+
+
 def correlation_run(lake: Lake, model: str, corpus: str, split: str, unit: str = "word", variant: str = "all"):
-    """The latest completed similarity run of (model, corpus, split, unit, variant); a clear error if none."""
-    run = runs.latest(lake, "similarity", model, corpus, NEURON_CORRELATION, split=split, unit=unit, variant=variant)
+    """The latest completed similarity run of (model, corpus, split, unit, variant), in memory or in
+    tiles (:func:`raydund.general.tile_reads.is_tiled`); a clear error if none."""
+    want = {"split": split, "unit": unit, "variant": variant}
+    found = [runs.latest(lake, "similarity", model, corpus, table, **want)
+             for table in (NEURON_CORRELATION, "neuron_correlation_tiles")]  # in memory, or in tiles
+    found = [r for r in found if r is not None]
+    run = max(found, key=lambda r: r.finished_ms) if found else None
     if run is None:
         raise UserError(f"no correlations for {model} {corpus}/{split} ({unit}, {variant}); "
                         "run `raydund similarity` first")
@@ -162,8 +181,17 @@ def read_correlations(lake: Lake, run: runs.Run, meta: pl.DataFrame | None = Non
 
     The rows are streamed from the table straight into one preallocated ``[N x N]`` array
     of ``dtype`` (float32, as stored, takes half the memory of float64 and loses nothing).
-    ``meta`` (:func:`_correlation_meta` of the same run) saves reading it again.
+    ``meta`` (:func:`_correlation_meta` of the same run) saves reading it again. A tiled run's
+    r is assembled from its tiles (when the memory plan says it fits).
     """
+    from raydund.general import tile_reads
+
+    if tile_reads.is_tiled(run):  # a tiled run: r assembled from its tiles (only where N x N fits)
+        stats = tile_reads.neuron_statistics(lake, run)
+        memory.check(memory.clustering_plan(stats.height, int(stats["layer"].max()) + 1, 0))
+        r = tile_reads.assemble(tile_reads.tile_index(lake, run), dtype=dtype)
+        return (r, stats["layer"].to_numpy(), stats["constant"].to_numpy(),
+                run.snapshot(tile_reads.NEURON_CORRELATION_TILES))
     meta = _correlation_meta(lake, run) if meta is None else meta
     where = f"{run.model} {run.corpus}/{run.scope.get('split')}"
     N = meta.height
@@ -197,7 +225,17 @@ def _correlation_meta(lake: Lake, run: runs.Run) -> pl.DataFrame:
 
 @dataclasses.dataclass
 class ClusterConfig:
-    """The clustering sweep."""
+    """The clustering sweep.
+
+    Attributes
+    ----------
+    out_of_core : {"auto", "on", "off"}
+        For a tiled similarity run: ``auto`` clusters in memory (exact) when the memory plan
+        says the condensed matrix fits, else out of core (:mod:`raydund.general.sparse_cluster`).
+    max_exact : int, optional
+        Out of core: the most neurons (or clusters) linked exactly at once (default from the
+        memory plan).
+    """
 
     model: str
     corpus: str
@@ -207,6 +245,8 @@ class ClusterConfig:
     representative: str = "random"
     seed: int = 0
     variant: str = "all"
+    out_of_core: str = "auto"
+    max_exact: int | None = None
 
 
 def run_clustering(cfg: ClusterConfig, settings: Settings) -> CorrelationClustering:
@@ -217,15 +257,25 @@ def run_clustering(cfg: ClusterConfig, settings: Settings) -> CorrelationCluster
     """
     lake = Lake(settings)
     source = correlation_run(lake, cfg.model, cfg.corpus, cfg.split, cfg.unit, cfg.variant)
-    meta = _correlation_meta(lake, source)
-    memory.check(memory.clustering_plan(meta.height, int(meta["layer"].max()) + 1, len(cfg.thresholds)))
-    # float32 as stored: the distances are built from it in float64, block by block
-    r, layers, constant, snap = read_correlations(lake, source, meta, dtype=np.float32)
+    from raydund.general.tile_reads import is_tiled
+
+    if is_tiled(source):  # in tiles: exact in memory when it fits, else out of core (general.sparse_cluster)
+        from raydund.general.tiles_job import tiled_clustering
+
+        fit, layers, snap = tiled_clustering(lake, source, cfg)
+    else:
+        meta = _correlation_meta(lake, source)
+        memory.check(memory.clustering_plan(meta.height, int(meta["layer"].max()) + 1, len(cfg.thresholds)))
+        # float32 as stored: the distances are built from it in float64, block by block
+        r, layers, constant, snap = read_correlations(lake, source, meta, dtype=np.float32)
+
+        def fit():
+            return CorrelationClustering(tuple(cfg.thresholds), cfg.representative, cfg.seed).fit(r, layers, constant)
     params = {**dataclasses.asdict(cfg), "thresholds": ",".join(map(str, cfg.thresholds)),
               "neuron_correlation_snapshot_id": snap, "similarity_run_id": source.run_id}
     with tracking.job_run(settings, tracking.experiment_name(cfg.model, cfg.corpus), f"cluster sweep {cfg.split}",
                           params, tags={"raydund.stage": "cluster"}) as parent:
-        cc = CorrelationClustering(tuple(cfg.thresholds), cfg.representative, cfg.seed).fit(r, layers, constant)
+        cc = fit()
         stage = StageRun(lake, "cluster", cfg.model, cfg.corpus,
                          {"split": cfg.split, "unit": cfg.unit, "variant": cfg.variant,
                           "representative": cfg.representative, "seed": cfg.seed},

@@ -68,6 +68,11 @@ class SimilarityConfig:
     device : str, optional
         Force the products' device: ``"cpu"`` (NumPy BLAS), ``"cuda"``; default: a GPU when
         the task sees one (``RAYDUND_DEVICE`` overrides), see :func:`products_device`.
+    tiles : {"auto", "on", "off"}
+        ``on``: the out-of-core pass in tiles (:mod:`raydund.general.tiles`); ``auto``: tiles
+        when the memory plan says N x N does not fit.
+    tile_neurons : int, optional
+        Neurons per tile side (default from the memory plan).
     """
 
     model: str
@@ -80,6 +85,8 @@ class SimilarityConfig:
     cpus_per_task: float | None = None
     num_gpus: float = 0
     device: str | None = None
+    tiles: str = "auto"
+    tile_neurons: int | None = None
 
 
 def slices_of(files: list[tuple[int, str]]) -> list[dict[int, str]]:

@@ -310,3 +310,20 @@ def test_block_rows_above_the_syrk_limit_equal_the_dsyrk_path(monkeypatch):
     a, b = similarity(m), similarity(ref)
     np.testing.assert_allclose(a.r, b.r, atol=1e-9)
     np.testing.assert_allclose(a.cka_debiased, b.cka_debiased, atol=1e-9)
+
+
+def test_tiled_plan_stays_small_where_the_in_memory_pass_does_not_fit():
+    """SmolLM2 MLP (46,080 neurons): N x N does not fit 12 GB, a tile block does, and it grows with the limit."""
+    from raydund import memory as m
+
+    limit = int(12e9)
+    N, L, T = 46_080, 30, 100_000
+    assert not m.similarity_fits(N, L, T, limit)
+    block = m.choose_tile_block(N, L, T, tasks=2, widest=1536, limit=limit)
+    plan = m.tiled_similarity_plan(N, L, T, block, 2, 1536)
+    assert plan.peak <= limit // 2 and block % 256 == 0 and block >= 2048
+    assert m.choose_tile_block(N, L, T, tasks=2, widest=1536, limit=limit // 8) < block
+    assert m.similarity_fits(2_688, 7, 200_000, limit)
+    k = m.exact_component_limit(limit)
+    assert 8 * k * k <= 0.25 * limit < 8 * (k + 1) ** 2
+    assert not m.clustering_fits(N, L, 10, limit) and m.clustering_fits(9_984, 13, 10, limit)

@@ -1,0 +1,378 @@
+"""Correlation clustering beyond RAM: average linkage on ``1 - |r|`` from a sparse graph and tiles.
+
+Exact average linkage needs every pair's distance at once (the condensed matrix). Three
+facts about average linkage (no inversions, reducible) let most of it run piece by piece:
+
+1. **Components.** A cluster formed at height ``h <= t`` has average distance ``<= t``
+   between its two halves, so at least one pair across them has ``d <= t``: every
+   cluster of the cut at ``t`` is connected in the graph ``G_t`` of pairs with
+   ``d <= t`` (``|r| >= 1 - t``), and the cut at ``t`` of the whole tree equals the cut
+   at ``t`` of the trees of ``G_t``'s components linked apart. Components nest as ``t``
+   grows. Components of at most ``max_exact`` neurons are linked exactly (fastcluster on
+   their dense distances, read from the tiles): one tree per component, cut at every
+   threshold at or below the largest one where it is still a component.
+2. **Continuation.** The cut at ``t`` is the cut at the previous threshold ``t'`` with
+   average linkage continued from those clusters (Lance-Williams with sizes; the
+   distance of two clusters is the mean of their members' pairwise distances). For a
+   component of ``G_t`` too big for (1) whose ``K`` clusters at ``t'`` number at most
+   ``max_exact``, the K x K mean distances are summed from the tiles in one pass and
+   average linkage continues exactly (:func:`weighted_average_linkage`, NN-chain).
+3. **Approximation** (only where ``K > max_exact``): average linkage continued on the
+   sparse graph of pairs with ``|r| >= 1 - max(thresholds)``, every pair NOT in the graph
+   taken at the mean distance of all such pairs (``d_fill``, exact from the tiles'
+   ``sum |r|``). This is exact average linkage on a distance matrix whose sub-bound
+   entries (all ``> max(thresholds)``) are replaced by their mean: the treatment of
+   missing edges in sparse UPGMA (Loewenstein, Portugaly, Fromer, Linial, "Efficient
+   algorithms for accurate hierarchical clustering of huge datasets: tackling the entire
+   protein space", Bioinformatics 24(13):i41, 2008, where missing distances are bounded
+   by the cutoff; here they take the measured mean instead of a bound).
+
+Whenever the condensed matrix of all neurons fits, the job uses the in-memory
+:class:`~raydund.general.clustering.CorrelationClustering` instead (the exact result).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+
+import fastcluster
+import numpy as np
+import scipy.sparse as sp
+from scipy.cluster.hierarchy import fcluster
+from scipy.sparse.csgraph import connected_components
+
+from raydund.general.clustering import DEFAULT_THRESHOLDS, composition, condensed_distance, pick_representatives
+
+log = logging.getLogger(__name__)
+
+
+class DenseSource:
+    """A correlation source over an in-memory r (tests, benchmarks): the interface of :class:`TileSource`."""
+
+    def __init__(self, r: np.ndarray, constant: np.ndarray | None = None):
+        self.r = r
+        self.constant = np.isnan(np.diag(r)) if constant is None else np.asarray(constant, bool)
+        self.N = len(r)
+
+    def edges(self, bound: float):
+        parts = []
+        for s in range(0, self.N, 1024):  # row blocks of the upper triangle
+            a = np.abs(self.r[s : s + 1024])
+            hit = a >= bound
+            hit &= np.triu(np.ones(hit.shape, bool), s + 1)
+            x, y = np.nonzero(hit)
+            parts.append((x + s, y, a[x, y]))
+        return (np.concatenate([p[0] for p in parts]).astype(np.int64),
+                np.concatenate([p[1] for p in parts]).astype(np.int64),
+                np.concatenate([p[2] for p in parts]).astype(np.float32))
+
+    def abs_sum(self) -> tuple[float, int]:
+        live = ~self.constant
+        a = np.abs(self.r[np.ix_(live, live)].astype(np.float64))
+        return float((a.sum() - np.trace(a)) / 2), int(live.sum() * (live.sum() - 1) // 2)
+
+    def dense(self, members: np.ndarray) -> np.ndarray:
+        return self.r[np.ix_(members, members)]
+
+    def dense_many(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.dense(m) for m in blocks]
+
+    def group_sums(self, members: np.ndarray, groups: np.ndarray, K: int) -> np.ndarray:
+        M = sp.csr_matrix((np.ones(len(members)), (np.arange(len(members)), groups)), shape=(len(members), K))
+        S = np.zeros((K, K))
+        for a in range(0, len(members), 1024):  # row blocks: never m x m in float64
+            D = 1.0 - np.abs(self.r[np.ix_(members[a : a + 1024], members)].astype(np.float64))
+            S += M[a : a + 1024].T @ np.asarray((M.T @ D.T).T)
+        return S
+
+
+class TileSource:
+    """Correlations read from a tiled similarity run (:mod:`raydund.general.tile_reads`)."""
+
+    def __init__(self, index, constant: np.ndarray):
+        self.index, self.constant, self.N = index, np.asarray(constant, bool), len(constant)
+
+    def edges(self, bound: float):
+        from raydund.general.tile_reads import pairs_above
+
+        frame = pairs_above(self.index, bound)
+        return (frame["i"].to_numpy().astype(np.int64), frame["j"].to_numpy().astype(np.int64),
+                np.abs(frame["r"].to_numpy()))
+
+    def abs_sum(self) -> tuple[float, int]:
+        return float(self.index["sum_abs_r"].sum()), int(self.index["pairs"].sum())
+
+    def dense(self, members: np.ndarray) -> np.ndarray:
+        return self.dense_many([members])[0]
+
+    def dense_many(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
+        """r among the members of each block (float32 each), every tile read at most once."""
+        from raydund.general.tiles import read_tile
+
+        gid, loc = np.full(self.N, -1), np.zeros(self.N, np.int64)
+        for g, members in enumerate(blocks):
+            gid[members], loc[members] = g, np.arange(len(members))
+        out = [np.full((len(m), len(m)), np.nan, np.float32) for m in blocks]
+        for row in self.index.iter_rows(named=True):
+            a, b, c, d = row["row_start"], row["row_stop"], row["col_start"], row["col_stop"]
+            R, C = np.flatnonzero(gid[a:b] >= 0) + a, np.flatnonzero(gid[c:d] >= 0) + c
+            common = np.intersect1d(gid[R], gid[C])
+            if not len(common):
+                continue
+            t = read_tile(row["path"])
+            for g in common:
+                Rg, Cg = R[gid[R] == g], C[gid[C] == g]
+                part = t[np.ix_(Rg - a, Cg - c)]
+                out[g][np.ix_(loc[Rg], loc[Cg])] = part
+                out[g][np.ix_(loc[Cg], loc[Rg])] = part.T
+            del t
+        return out
+
+    def group_sums(self, members: np.ndarray, groups: np.ndarray, K: int) -> np.ndarray:
+        """``S[g, h]`` = sum of ``1 - |r|`` over member pairs of groups g x h, one pass over the tiles."""
+        from raydund.general.tiles import read_tile
+
+        where = np.full(self.N, -1)
+        where[members] = groups
+        S = np.zeros((K, K))
+        for row in self.index.iter_rows(named=True):
+            a, b, c, d = row["row_start"], row["row_stop"], row["col_start"], row["col_stop"]
+            R, C = np.flatnonzero(where[a:b] >= 0), np.flatnonzero(where[c:d] >= 0)
+            if not len(R) or not len(C):
+                continue
+            D = 1.0 - np.abs(read_tile(row["path"])[np.ix_(R, C)].astype(np.float64))
+            MR = sp.csr_matrix((np.ones(len(R)), (np.arange(len(R)), where[a:b][R])), shape=(len(R), K))
+            MC = sp.csr_matrix((np.ones(len(C)), (np.arange(len(C)), where[c:d][C])), shape=(len(C), K))
+            part = np.asarray(MR.T @ (MC.T @ D.T).T)
+            S += part
+            if row["row_block"] != row["col_block"]:
+                S += part.T
+        return S
+
+
+def weighted_average_linkage(S: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Average linkage of K starting clusters (NN-chain); ``S`` holds sums of member-pair distances.
+
+    ``S`` is overwritten. Returns the merges ``[(a, b, height)]`` (K - 1 rows; cluster ids are the starting
+    rows, a merged cluster keeps the id ``a``), in the order NN-chain found them; average
+    linkage is reducible, so cutting them at a height gives the same clusters as the
+    greedy algorithm.
+    """
+    K = len(sizes)
+    size = sizes.astype(np.float64).copy()
+    D = S  # the sums become the mean distances in place: one K x K array in all
+    D /= size[:, None]
+    D /= size[None, :]
+    np.fill_diagonal(D, np.inf)
+    alive = np.ones(K, bool)
+    merges, chain = [], []
+    for _ in range(K - 1):
+        while True:
+            if not chain:
+                chain.append(int(np.flatnonzero(alive)[0]))
+            x = chain[-1]
+            row = np.where(alive, D[x], np.inf)
+            y = int(np.argmin(row))
+            if len(chain) > 1 and row[chain[-2]] <= row[y]:
+                y = chain[-2]
+            if len(chain) > 1 and y == chain[-2]:
+                break
+            chain.append(y)
+        chain.pop()
+        chain.pop()
+        h = D[x, y]
+        a, b = min(x, y), max(x, y)
+        merged = (size[a] * D[a] + size[b] * D[b]) / (size[a] + size[b])
+        D[a], D[:, a] = merged, merged
+        D[a, a] = np.inf
+        alive[b] = False
+        D[b], D[:, b] = np.inf, np.inf
+        size[a] += size[b]
+        merges.append((a, b, h))
+    return np.array(merges, dtype=np.float64).reshape(-1, 3)
+
+
+def cut_merges(merges: np.ndarray, K: int, t: float) -> np.ndarray:
+    """Cluster of each of the K starting clusters after the merges of height ``<= t`` (union-find)."""
+    parent = np.arange(K)
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b, h in merges:
+        if h <= t:
+            parent[find(int(b))] = find(int(a))
+    return np.array([find(x) for x in range(K)])
+
+
+def sparse_average_linkage(pairs: tuple, groups: np.ndarray, K: int, sizes: np.ndarray, fill: float,
+                           t: float) -> np.ndarray:
+    """Approximate continuation (fact 3): merges below ``t`` on known pairs, the others at ``fill``."""
+    gi, gj, d = groups[pairs[0]], groups[pairs[1]], pairs[2]
+    cross = gi != gj
+    agg = sp.coo_matrix((d[cross], (np.minimum(gi, gj)[cross], np.maximum(gi, gj)[cross])), shape=(K, K)).tocsr()
+    cnt = sp.coo_matrix((np.ones(int(cross.sum())), (np.minimum(gi, gj)[cross], np.maximum(gi, gj)[cross])),
+                        shape=(K, K)).tocsr()
+    agg.sum_duplicates()
+    cnt.sum_duplicates()
+    nbr: list[dict] = [dict() for _ in range(K)]
+    coo, cc = agg.tocoo(), cnt.tocoo()
+    for a, b, s, c in zip(coo.row, coo.col, coo.data, cc.data):
+        nbr[a][b] = nbr[b][a] = [float(s), float(c)]
+    size = sizes.astype(np.float64).copy()
+    version = np.zeros(K, np.int64)
+
+    def avg(a, b):
+        s, c = nbr[a][b]
+        return (s + (size[a] * size[b] - c) * fill) / (size[a] * size[b])
+
+    heap = [(avg(a, b), a, b, 0, 0) for a in range(K) for b in nbr[a] if a < b]
+    heapq.heapify(heap)
+    parent = np.arange(K)
+    while heap:
+        h, a, b, va, vb = heapq.heappop(heap)
+        if version[a] != va or version[b] != vb or parent[a] != a or parent[b] != b:
+            continue
+        if h > t:
+            break
+        if len(nbr[a]) < len(nbr[b]):
+            a, b = b, a
+        del nbr[a][b], nbr[b][a]
+        for c, (s, k) in nbr[b].items():  # fold b's pair sums into a's
+            del nbr[c][b]
+            acc = nbr[a].setdefault(c, [0.0, 0.0])
+            acc[0] += s
+            acc[1] += k
+            nbr[c][a] = acc
+        nbr[b] = {}
+        parent[b] = a
+        size[a] += size[b]
+        version[a] += 1
+        for c in nbr[a]:
+            heapq.heappush(heap, (avg(a, c), min(a, c), max(a, c), version[min(a, c)], version[max(a, c)]))
+    root = np.arange(K)
+    for x in range(K):
+        y = x
+        while parent[y] != y:
+            y = parent[y]
+        root[x] = y
+    return root
+
+
+@dataclasses.dataclass
+class OutOfCoreClustering:
+    """:class:`~raydund.general.clustering.CorrelationClustering` from a sparse graph and tiles (see module).
+
+    Attributes (after :meth:`fit`): ``neurons_``, ``labels_``, ``keep_``, ``summary_`` as in
+    the in-memory class, and ``exact_`` (per threshold, the share of neurons whose clusters
+    are exact; below 1 only where the approximation ran).
+    """
+
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    representative: str = "random"
+    seed: int = 0
+    max_exact: int = 20_000
+
+    def fit(self, source, layer_of: np.ndarray):
+        live = ~source.constant
+        self.neurons_ = np.flatnonzero(live)
+        order = sorted(range(len(self.thresholds)), key=lambda k: self.thresholds[k])
+        ts = [float(self.thresholds[k]) for k in order]
+        i, j, a = source.edges(max(0.0, 1.0 - ts[-1]) - 1e-6)
+        d = 1.0 - a.astype(np.float64)
+        N = source.N
+        # 1. exact components, loosest threshold first: level[x] = largest threshold x's block is exact at
+        resolved = ~live
+        blocks: list[tuple[np.ndarray, float]] = []
+        for t in reversed(ts):
+            keep = d <= t
+            graph = sp.coo_matrix((np.ones(int(keep.sum())), (i[keep], j[keep])), shape=(N, N))
+            _, comp = connected_components(graph, directed=False)
+            sizes = np.bincount(comp)
+            new = ~resolved & (sizes[comp] <= self.max_exact)
+            order_c = np.argsort(comp[new], kind="stable")
+            members = np.flatnonzero(new)[order_c]
+            for part in np.split(members, np.flatnonzero(np.diff(comp[members])) + 1):
+                if len(part):
+                    blocks.append((part, t))
+            resolved |= new
+        labels = {t: np.full(N, -1, np.int64) for t in ts}
+        exact = {t: np.zeros(N, bool) for t in ts}
+        next_id = 0
+        batches, load = [[]], 0  # blocks of more than one neuron, read together up to ~1 GB of r
+        for k, (part, _) in enumerate(blocks):
+            if len(part) > 1:
+                if load + 4 * len(part) ** 2 > 2**30 and batches[-1]:
+                    batches.append([])
+                    load = 0
+                batches[-1].append(k)
+                load += 4 * len(part) ** 2
+        trees: dict[int, np.ndarray] = {}
+        for batch in batches:  # one linkage per block
+            for k, r_block in zip(batch, source.dense_many([blocks[k][0] for k in batch])):
+                trees[k] = fastcluster.linkage(condensed_distance(r_block), method="average", preserve_input=False)
+        for k, (part, level) in enumerate(blocks):  # cut at every threshold up to the block's level
+            tree = trees.pop(k, None)
+            for t in ts:
+                if t > level:
+                    break
+                lab = np.zeros(1, np.int64) if tree is None else fcluster(tree, t, criterion="distance")
+                labels[t][part] = next_id + lab
+                exact[t][part] = True
+            next_id += len(part) + 1
+        # 2./3. the rest, threshold by threshold, continued from the cut below
+        fill, pairs = None, None
+        prev = None
+        for t in ts:
+            todo = live & (labels[t] < 0)
+            if todo.any():
+                keep = d <= t
+                graph = sp.coo_matrix((np.ones(int(keep.sum())), (i[keep], j[keep])), shape=(N, N))
+                _, comp = connected_components(graph, directed=False)
+                for c in np.unique(comp[todo]):
+                    members = np.flatnonzero(comp == c)
+                    start = np.arange(len(members)) if prev is None else prev[members]
+                    _, groups = np.unique(start, return_inverse=True)
+                    K = int(groups.max()) + 1
+                    sizes = np.bincount(groups, minlength=K)
+                    if K <= self.max_exact:
+                        merges = weighted_average_linkage(source.group_sums(members, groups, K), sizes)
+                        root = cut_merges(merges, K, t)
+                        exact[t][members] = prev is None or bool(np.all(exact[ts[ts.index(t) - 1]][members]))
+                    else:
+                        if fill is None:
+                            total, count = source.abs_sum()
+                            known = float(a.sum(dtype=np.float64))
+                            fill = 1.0 - (total - known) / max(count - len(a), 1)
+                            log.info("approximate linkage: %d known pairs, missing pairs at d = %.4f", len(a), fill)
+                        local = np.full(N, -1)
+                        local[members] = np.arange(len(members))
+                        inside = (local[i] >= 0) & (local[j] >= 0)
+                        pairs = (local[i[inside]], local[j[inside]], d[inside])
+                        root = sparse_average_linkage(pairs, groups, K, sizes, fill, t)
+                    labels[t][members] = next_id + root[groups]
+                    next_id += K + 1
+            prev = labels[t]
+        self.labels_ = np.stack([np.unique(labels[float(t)][self.neurons_], return_inverse=True)[1] + 1
+                                 for t in self.thresholds])
+        self.exact_ = [float(exact[float(t)][self.neurons_].mean()) for t in self.thresholds]
+        self.keep_ = np.stack([pick_representatives(lab, "random", seed=self.seed) for lab in self.labels_])
+        layers = np.asarray(layer_of)[self.neurons_]
+        self.summary_ = [
+            {"threshold": float(t), "clusters": int(lab.max()), "neurons_kept": int(keep.sum()), "neurons_total": N,
+             "constant": int((~live).sum()), "reduction": 1.0 - keep.sum() / N, "exact_share": ex,
+             **composition(lab, layers)}
+            for t, lab, keep, ex in zip(self.thresholds, self.labels_, self.keep_, self.exact_)]
+        return self
+
+    def kept(self, threshold_index: int) -> np.ndarray:
+        return self.neurons_[self.keep_[threshold_index]]
+
+
+__all__ = ["DenseSource", "OutOfCoreClustering", "TileSource", "cut_merges", "sparse_average_linkage",
+           "weighted_average_linkage"]
