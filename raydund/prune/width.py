@@ -25,6 +25,15 @@ is removed (per-block thresholds; see "Sizes" below), by one of :data:`METHODS`:
     The same neurons as ``fold``, removed without folding.
 ``magnitude``
     Wanda/FLAP-style score ``||W_down[:, j]||_2 * mean |h_j|``; the ``k`` lowest go.
+``fold-cost``
+    Folding, with the neurons chosen by what folding leaves: neuron ``j`` folded into
+    partner ``p`` changes the block's output by ``(h_j - a h_p - b) W_down[:, j]``, of mean
+    square ``||W_down[:, j]||^2 var_j (1 - r_jp^2)`` over the calibration tokens (magnitude's
+    energy ``||W_down[:, j]||^2 E[h_j^2]`` less the mean, which the intercept keeps, and
+    less the part ``p`` explains). Greedy: the cheapest neuron goes first, folded into its
+    most correlated kept neuron, which is then kept for good; a neuron whose partner
+    went meanwhile is re-priced against the kept ones. Residual errors of neurons folded
+    into the same partner are taken as uncorrelated.
 ``random``
     ``k`` neurons per block drawn uniformly (seeded).
 
@@ -50,7 +59,7 @@ import torch
 
 from raydund.errors import UserError
 
-METHODS = ("fold", "cluster", "magnitude", "random")
+METHODS = ("fold", "cluster", "fold-cost", "magnitude", "random")
 
 
 def mlps(model) -> list:
@@ -234,6 +243,44 @@ def cluster_plan(stats: BlockStats, k: int, fold: bool) -> BlockPlan:
     return BlockPlan(keep, removed.astype(np.int64), into.astype(np.int64), slope, intercept)
 
 
+def fold_cost_plan(stats: BlockStats, down_weight: np.ndarray, k: int) -> BlockPlan:
+    """Remove ``k`` neurons of a block by the greedy fold cost (see ``fold-cost`` in the module docstring)."""
+    import heapq
+
+    from raydund.general.similarity import constant_neurons, pearson
+
+    C = stats.covariance()
+    width = len(C)
+    r2 = np.nan_to_num(pearson(C, constant_neurons(C))) ** 2
+    np.fill_diagonal(r2, -1.0)
+    energy = np.linalg.norm(np.asarray(down_weight, dtype=np.float64), axis=0) ** 2 * np.diag(C) / stats.n
+    gone, locked = np.zeros(width, dtype=bool), np.zeros(width, dtype=bool)
+    partner = np.argmax(r2, axis=1)
+    heap = [(float(energy[j] * (1 - max(r2[j, partner[j]], 0.0))), j) for j in range(width)]
+    heapq.heapify(heap)
+    removed, into = [], []
+    while len(removed) < k:
+        if not heap:
+            raise UserError(f"fold-cost could remove only {len(removed)} of the {k} neurons asked for in a block "
+                            f"of {width} (every other one is a partner)")
+        _cost, j = heapq.heappop(heap)
+        if locked[j]:
+            continue
+        p = int(partner[j])
+        if gone[p]:  # re-price against the neurons still there
+            row = np.where(gone, -1.0, r2[j])
+            partner[j] = p = int(np.argmax(row))
+            heapq.heappush(heap, (float(energy[j] * (1 - max(row[p], 0.0))), j))
+            continue
+        gone[j], locked[p] = True, True
+        removed.append(j)
+        into.append(p)
+    removed, into = np.array(removed, dtype=np.int64), np.array(into, dtype=np.int64)
+    slope = np.where(np.diag(C)[into] > 0, C[removed, into] / np.where(np.diag(C)[into] > 0, np.diag(C)[into], 1), 0)
+    intercept = stats.mean[removed] - slope * stats.mean[into]
+    return BlockPlan(np.flatnonzero(~gone), removed, into, slope, intercept)
+
+
 def plan(model, stats: list[BlockStats], method: str, fraction: float, seed: int = 0) -> list[BlockPlan]:
     """A :class:`BlockPlan` per block removing ``fraction`` of its MLP neurons by ``method``."""
     if method not in METHODS:
@@ -246,6 +293,8 @@ def plan(model, stats: list[BlockStats], method: str, fraction: float, seed: int
         k = removed_per_block(fraction, width)
         if method in ("fold", "cluster"):
             out.append(cluster_plan(s, k, fold=method == "fold"))
+        elif method == "fold-cost":
+            out.append(fold_cost_plan(s, m.down_proj.weight.detach().numpy(), k))
         elif method == "magnitude":
             score = magnitude_scores(s, m.down_proj.weight.detach().numpy())
             out.append(_unfolded(width, np.argsort(score, kind="stable")[:k]))

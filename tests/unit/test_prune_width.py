@@ -40,14 +40,15 @@ def _planted(bias: bool):
     return model
 
 
+@pytest.mark.parametrize("method", ["fold", "fold-cost"])
 @pytest.mark.parametrize("bias", [False, True])
-def test_folding_planted_duplicates_is_exact(bias, tmp_path):
+def test_folding_planted_duplicates_is_exact(bias, method, tmp_path):
     from transformers import AutoModelForCausalLM
 
     model, tok = _planted(bias), tiny_lm.tokenizer()
     stats = width.collect(model, tok, TEXTS, batch_size=2)
     n_removed = 3 if bias else 2
-    plans = width.plan(model, stats, "fold", n_removed / 32)
+    plans = width.plan(model, stats, method, n_removed / 32)
     for p in plans:
         assert len(p.keep) == 32 - n_removed
         removed = set(p.removed.tolist())
@@ -106,10 +107,33 @@ def test_random_and_cluster_plans():
     assert all(np.array_equal(x.keep, y.keep) and len(x.keep) == 16 for x, y in zip(a, b))
     assert not all(np.array_equal(x.keep, y.keep) for x, y in zip(a, width.plan(model, stats, "random", 0.5, seed=4)))
     # clusters: exactly k neurons go; each removed neuron folds into a kept one of its own cluster
-    for p in width.plan(model, stats, "fold", 0.4):
-        assert len(p.keep) == 32 - 13 and len(p.removed) == 13 and set(p.into) <= set(p.keep.tolist())
+    for method in ("fold", "fold-cost"):
+        for p in width.plan(model, stats, method, 0.4):
+            assert len(p.keep) == 32 - 13 and len(p.removed) == 13 and set(p.into) <= set(p.keep.tolist())
     small = width.prune(model, width.plan(model, stats, "magnitude", 0.4))
     assert small.config.intermediate_size == 19 and not small.config.mlp_bias  # no bias without folding
+
+
+def test_fold_cost_against_brute_force():
+    """The first neuron fold-cost removes is the one of least ||W_j||^2 var_j (1 - max r^2), from NumPy."""
+    model, tok = tiny_lm.model("llama", layers=1, vocab=len(tiny_lm.tokenizer()), seed=2), tiny_lm.tokenizer()
+    stats = width.collect(model, tok, TEXTS, batch_size=2)
+    seen = []
+    hook = width.mlps(model)[0].down_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0][0, 1:]))
+    with torch.no_grad():
+        for ids in evaluate.encode(tok, TEXTS):
+            model(torch.tensor([ids]))
+    hook.remove()
+    H = torch.cat(seen).double().numpy()
+    r = np.corrcoef(H.T)
+    np.fill_diagonal(r, 0)
+    W = width.mlps(model)[0].down_proj.weight.detach().double().numpy()
+    cost = (W ** 2).sum(0) * H.var(0) * (1 - (r ** 2).max(1))
+    j = int(np.argmin(cost))
+    p = width.plan(model, stats, "fold-cost", 1 / 32)[0]
+    assert p.removed.tolist() == [j] and p.into.tolist() == [int(np.argmax(r[j] ** 2))]
+    a, b = np.polyfit(H[:, p.into[0]], H[:, j], 1)
+    np.testing.assert_allclose([p.slope[0], p.intercept[0]], [a, b], rtol=1e-6, atol=1e-9)
 
 
 def test_first_merges_matches_scipy_cut():
