@@ -136,8 +136,7 @@ class WidthEvaluator:
     def plans(self, methods: tuple[str, ...], fractions: tuple[float, ...], seed: int) -> tuple[dict, dict]:
         """``{(method, fraction): [BlockPlan per block]}`` and the seconds statistics and plans took."""
         start = time.perf_counter()
-        if self.stats is None:
-            self.stats = width.collect(self.model, self.tok, self.data.calibration, self.data.batch_size)
+        self.stats = width.collect(self.model, self.tok, self.data.calibration, self.data.batch_size)
         seconds = {"statistics": time.perf_counter() - start, "tokens": int(self.stats[0].n)}
         out = {}
         for m in methods:
@@ -145,6 +144,7 @@ class WidthEvaluator:
             for f in fractions:
                 out[m, float(f)] = width.plan(self.model, self.stats, m, f, seed)
             seconds[f"plan_{m}"] = time.perf_counter() - start
+        self.stats = None  # ~N x N float64 per block: not kept while the actor evaluates
         return out, seconds
 
     def evaluate(self, plans: list | None) -> dict:
@@ -176,7 +176,9 @@ class WidthPool(Pool):
     def __init__(self, ray, cfg: WidthConfig, data: WidthData):
         from ray.util import ActorPool
 
-        actor = ray.remote(num_cpus=cfg.threads)(WidthEvaluator)
+        # an actor killed (e.g. by Ray's memory monitor on a shared node) restarts, reloads
+        # the model and its task is retried: evaluations need only the plans they are sent
+        actor = ray.remote(num_cpus=cfg.threads, max_restarts=2, max_task_retries=2)(WidthEvaluator)
         data_ref = ray.put(data)
         self.ray = ray
         self.actors = [actor.remote(cfg.model, data_ref, cfg.threads) for _ in range(cfg.workers)]
