@@ -163,3 +163,18 @@ def test_unknown_method_and_unsupported_model():
         width.plan(model, [], "biggest", 0.1)
     with pytest.raises(UserError, match="gated MLPs"):
         width.mlps(tiny_lm.model("gpt2"))
+
+
+def test_cli_options():
+    from raydund.cli import build_parser
+    from raydund.cli.options import config_from
+    from raydund.cli.prune_width import OPTS
+    from raydund.prune.width_study import WidthConfig
+
+    args = build_parser().parse_args(["prune-width", "--fractions", "0.1,0.25", "0.4", "--methods", "fold-cost,random"])
+    cfg = config_from(args, WidthConfig, OPTS)
+    assert cfg.fractions == (0.1, 0.25, 0.4) and cfg.methods == ("fold-cost", "random") and cfg.model == "smollm2"
+    assert config_from(build_parser().parse_args(["prune-width"]), WidthConfig, OPTS).methods == width.METHODS
+    for bad in (["--fractions", "0.1,1"], ["--methods", "fold,bogus"]):
+        with pytest.raises(UserError):
+            config_from(build_parser().parse_args(["prune-width", *bad]), WidthConfig, OPTS)
