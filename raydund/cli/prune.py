@@ -26,6 +26,9 @@ OPTS = {
 def register(sub) -> None:
     command(sub, "prune", "depth pruning: drop decoder blocks by each criterion, evaluate, register the best",
             cmd_prune, populate=_options)
+    from raydund.cli import prune_width
+
+    prune_width.register(sub)
 
 
 def _options(p) -> None:
