@@ -54,8 +54,9 @@ def record(cfg, settings: Settings, rows: list[dict], details: dict, best: dict,
     params = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
     params["blocks_total"] = total
     lake = Lake(settings)
+    # the scope holds the full model's row too (criterion "none", n 0): the run recomputed it
     stage = StageRun(lake, "prune", model_name, cfg.corpus,
-                     {"criterion": sorted(cfg.criteria), "n": sorted(int(n) for n in cfg.blocks)})
+                     {"criterion": sorted([*cfg.criteria, "none"]), "n": sorted([0, *(int(n) for n in cfg.blocks)])})
     registered = {}
     with tracking.job_run(settings, tracking.experiment_name(model_name, cfg.corpus),
                           f"prune {','.join(map(str, cfg.blocks))}", params,

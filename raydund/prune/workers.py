@@ -164,7 +164,8 @@ class Pool:
         from ray.util import ActorPool
 
         gpus = gpu_share(ray, workers, device)
-        actor = ray.remote(num_cpus=threads, num_gpus=gpus)(Evaluator)
+        # an actor killed (e.g. by Ray's memory monitor) restarts, reloads the model and retries its task
+        actor = ray.remote(num_cpus=threads, num_gpus=gpus, max_restarts=2, max_task_retries=2)(Evaluator)
         data_ref = ray.put(data)
         self.ray = ray
         where = "cuda" if gpus else "cpu"

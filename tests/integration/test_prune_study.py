@@ -131,3 +131,20 @@ def test_criteria_read_the_lake_and_extract_only_once(tmp_path, mirrored):
         seq, last = evaluate.word_token_index(tok, words)
         ref += [E[seq[i]] for i in last[1:]]
     np.testing.assert_allclose(H[0], np.array(ref), atol=1e-6)
+
+
+def test_a_rerun_replaces_exactly_its_scope_full_model_row_included(tmp_path, mirrored):
+    from raydund.lake import Lake
+
+    folder = tiny_lm.save("llama", tmp_path / "tiny-llama", layers=3)
+
+    def run(criteria, blocks):
+        cfg = _cfg(folder, criteria=criteria, blocks=blocks, metrics=("ppl",), register=False, states="model")
+        return run_study(cfg, mirrored, pool_factory=lambda data: LocalPool(Evaluator(cfg.model, data)))
+
+    run(("last", "shortgpt"), (1, 2))
+    run(("last",), (1,))
+    rows = Lake(mirrored).catalog.load_table("raydund.prune_results").scan().to_arrow().to_pylist()
+    keys = sorted((r["criterion"], r["n"]) for r in rows)
+    # the full model once (re-measured by the second run), last n=1 once (replaced), the rest as the first run left it
+    assert keys == [("last", 1), ("last", 2), ("none", 0), ("shortgpt", 1), ("shortgpt", 2)]
