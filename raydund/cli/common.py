@@ -14,8 +14,9 @@ from pathlib import Path
 NAME_ARGS = {"corpus": "corpus", "model": "model", "split": "split", "splits": "split", "stats_split": "split",
              "cluster_split": "split", "unit": "unit"}
 #: Commands whose names are checked before any work; the arguments that are sources, not names
-#: (a catalog entry, folder or hub id: checked once resolved).
-NAME_COMMANDS = {"extract": ("model",), "similarity": (), "cluster": (), "probe": (), "transfer": (),
+#: (a catalog entry, folder or hub id: checked once resolved), or lists checked by their config
+#: (extract's ``--unit word,mlp``).
+NAME_COMMANDS = {"extract": ("model", "unit"), "similarity": (), "cluster": (), "probe": (), "transfer": (),
                  "finetune": ("model",), "explore": ()}
 
 

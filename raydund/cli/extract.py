@@ -51,5 +51,8 @@ def cmd_extract(args) -> None:
             print(f"{cfg.model} {cfg.corpus}/{cfg.split} ({cfg.unit}): {r.words} vectors x {r.layers} layers, "
                   f"{r.bytes / 1e6:.1f} MB in {r.files} files, {r.words_per_second:,.0f} words/s; "
                   f"snapshot {r.snapshot_id}, MLflow run {r.run_id}")
+            if len(r.units) > 1:  # one forward pass filled several units
+                print("  " + "; ".join(f"{unit}: {f['layers']} layers, {f['bytes'] / 1e6:.1f} MB"
+                                       for unit, f in r.units.items()))
     if args.json:
         emit(args, results)

@@ -53,7 +53,11 @@ def _register_bench(bench) -> None:
     b.add_argument("--sizes", default="100,1000,10000,all",
                    help="sentences per run, comma-separated; 'all' is the whole split (default: %(default)s)")
     b.add_argument("--repeats", type=int, default=1, help="runs of each command per size; the median is kept")
-    b.add_argument("--no-neurox", dest="neurox", action="store_false", help="leave NeuroX out")
+    b.add_argument("--no-neurox", dest="neurox", action="store_false",
+                   help="leave NeuroX out (always out for a decoder LLM such as smollm2, whose extraction is "
+                        "--unit word,mlp against a bare loop collecting the same tensors)")
+    b.add_argument("--no-bare", dest="bare", action="store_false",
+                   help="raydund alone: its time and peak memory at sizes the bare script cannot hold in memory")
     b = _bench_command(bench, "similarity", "streaming r/CKA/clustering vs NeuroX, and vs the float64 SYRK floor")
     b.add_argument("--paper-tokens", type=int, default=150_000, help="tokens of the synthetic 13 x 768 run")
     b.add_argument("--parts", nargs="+", choices=["minilm", "paper"], default=["minilm", "paper"])
@@ -127,7 +131,7 @@ def cmd_bench(args) -> None:
     if args.bench == "extract":
         _bench_module("extract").bench_extract(found, model=args.model, corpus=args.corpus, split=args.split,
                                                sizes=args.sizes, repeats=args.repeats, neurox=args.neurox,
-                                               out=args.out)
+                                               out=args.out, bare=args.bare)
         return
     bench = _bench_module()
     if args.bench == "scaling":

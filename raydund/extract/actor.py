@@ -1,7 +1,9 @@
 """The Ray Data actor: loads the model once, turns shards of sentences into Parquet files.
 
 Each call gets one shard (a contiguous run of length-sorted sentences) and writes one
-file per layer straight to the warehouse, in the activation table's schema. Only
+file per layer of every unit it extracts (``shard-N/layer-L.parquet`` for one unit,
+``shard-N/<unit>-layer-L.parquet`` for a comma list such as ``word,mlp``, all from the
+same forward passes) straight to the warehouse, in the activation table's schema. Only
 file paths and counts travel back through Ray's object store; the vectors never do.
 A small ``_done/shard-N.json`` marker is written last, so a re-run of an interrupted
 job skips the shards that finished. A shard that is written again (its actor died and
@@ -39,8 +41,11 @@ log = logging.getLogger(__name__)
 #: Environment variable naming the fault-injection file (see the module docstring).
 FAULT_ENV = "RAYDUND_FAULT_FILE"
 
-#: Rows buffered per layer before a Parquet row group is written.
+#: Rows buffered per layer before a Parquet row group is written ...
 ROW_GROUP_ROWS = 8192
+#: ... or fewer, when the buffered vectors of all layers and units reach this many bytes (memory stays
+#: flat in the words of a shard and in the width of the units: SmolLM2 word+mlp is 256 KB per word).
+ROW_GROUP_BYTES = 128 << 20
 
 #: Parquet settings for float vectors: no dictionary (useless on floats), byte-stream-split + zstd-1.
 PARQUET_OPTIONS = dict(
@@ -50,6 +55,12 @@ PARQUET_OPTIONS = dict(
     use_byte_stream_split=["vector.list.element"],
     write_statistics=True,
 )
+
+
+#: What :meth:`ExtractActor.write_shard` returns (and writes as the shard's marker): ``units``, and per unit
+#: ``unit_layers`` (files) and ``unit_bytes``, in the order of ``files``.
+RECORD_KEYS = ("shard", "files", "words", "bytes", "seconds", "dropped", "nonfinite", "units", "unit_layers",
+               "unit_bytes")
 
 
 def split_uri(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -105,7 +116,8 @@ class ExtractActor:
     model : ModelSpec
         What to load.
     job : dict
-        ``model_name, corpus, split, unit, aggregation, dtype, batch_size, max_tokens,
+        ``model_name, corpus, split, unit`` (one unit or a comma list,
+        :func:`~raydund.extract.encoder.parse_units`), ``aggregation, dtype, batch_size, max_tokens,
         files_uri`` (absolute URI of this job's staging folder), ``allow_nonfinite``
         (zero and count NaN/infinite values instead of refusing the shard).
     threads : int, optional
@@ -128,7 +140,7 @@ class ExtractActor:
         log.info("extract actor ready on %s with %d threads", device, torch.get_num_threads())
 
     def __call__(self, batch: pa.Table) -> dict:
-        out = {k: [] for k in ("shard", "files", "words", "bytes", "seconds", "dropped", "nonfinite")}
+        out = {k: [] for k in RECORD_KEYS}
         for shard in batch.to_pylist():
             result = self.write_shard(shard)
             for k in out:
@@ -136,27 +148,31 @@ class ExtractActor:
         return out
 
     def write_shard(self, shard: dict) -> dict:
-        """Encode one shard and write one Parquet file per layer; return what was written."""
+        """Encode one shard and write one Parquet file per layer of every unit; return what was written."""
         start = time.perf_counter()
-        job, enc = self.job, self.encoder
+        enc = self.encoder
         sentence_ids = np.asarray(shard["sentence_id"], dtype=np.int64)
         sentences = [list(w) for w in shard["words"]]
         dropped_before = enc.dropped_words
-        if job["unit"] in WORD_UNITS:
+        if enc.units[0] in WORD_UNITS:
             chunks = enc.encode_words(sentences)
         else:
             pair = shard.get("words_b")
             chunks = enc.encode_cls(sentences, [list(w) for w in pair] if pair is not None else None)
         folder = f"{self.root}/shard-{int(shard['shard']):06d}"
         self.fs.create_dir(folder, recursive=True)
-        paths = [f"{folder}/layer-{layer:03d}.parquet" for layer in range(enc.num_layers)]
+        prefix = "" if len(enc.units) == 1 else "{unit}-"
+        targets = [(unit, layer, f"{folder}/{prefix.format(unit=unit)}layer-{layer:03d}.parquet")
+                   for unit in enc.units for layer in range(enc.layers_of(unit))]
+        paths = [p for _, _, p in targets]
         writers = [pq.ParquetWriter(p, ACTIVATION_SCHEMA, filesystem=self.fs, **PARQUET_OPTIONS) for p in paths]
         buffers: list[list[pa.Table]] = [[] for _ in paths]
         pending: list[Future] = []
-        words = nonfinite = 0
+        words = nonfinite = buffered_rows = buffered_bytes = 0
         try:
             for chunk in chunks:  # the next forward pass runs while the writer thread encodes Parquet
-                nonfinite += self._check_finite(chunk, sentence_ids)
+                nonfinite += sum(self._check_finite(chunk, unit, layers, sentence_ids)
+                                 for unit, layers in chunk.units.items())
                 n = len(chunk.word_ids)
                 words += n
                 keys = {
@@ -164,11 +180,14 @@ class ExtractActor:
                     "word_id": pa.array(chunk.word_ids, pa.int32()),
                     "word": self._word_strings(sentences, chunk),
                 }
-                for layer in range(len(writers)):
-                    buffers[layer].append(self._layer_table(layer, keys, chunk.layers[layer]))
-                if sum(t.num_rows for t in buffers[0]) >= ROW_GROUP_ROWS:
+                for i, (unit, layer, _) in enumerate(targets):
+                    buffers[i].append(self._layer_table(unit, layer, keys, chunk.units[unit][layer]))
+                buffered_rows += n
+                buffered_bytes += sum(a.nbytes for a in chunk.units.values())
+                if buffered_rows >= ROW_GROUP_ROWS or buffered_bytes >= ROW_GROUP_BYTES:
                     pending.append(self._flush(writers, buffers))
                     buffers = [[] for _ in paths]
+                    buffered_rows = buffered_bytes = 0
             if buffers[0]:
                 pending.append(self._flush(writers, buffers))
             for future in pending:
@@ -179,22 +198,26 @@ class ExtractActor:
             for writer in writers:
                 writer.close()
         inject_fault(int(shard["shard"]))
-        size = sum(self.fs.get_file_info(p).size for p in paths)
+        sizes = [self.fs.get_file_info(p).size for p in paths]
         result = {
             "shard": int(shard["shard"]),
             "files": [self._uri(p) for p in paths],
             "words": words,
-            "bytes": int(size),
+            "bytes": int(sum(sizes)),
             "seconds": time.perf_counter() - start,
             "dropped": enc.dropped_words - dropped_before,
             "nonfinite": nonfinite,
+            "units": list(enc.units),
+            "unit_layers": [enc.layers_of(u) for u in enc.units],
+            "unit_bytes": [int(sum(s for (u, _, _), s in zip(targets, sizes) if u == unit)) for unit in enc.units],
         }
         with self.fs.open_output_stream(f"{self.root}/{done_marker(result['shard'])}") as fh:
             fh.write(json.dumps(result).encode())
         return result
 
-    def _check_finite(self, chunk, sentence_ids: np.ndarray) -> int:
-        """Refuse a chunk holding NaN/infinite values, naming the sentence and layer; or zero and count them.
+    def _check_finite(self, chunk, unit: str, layers: np.ndarray, sentence_ids: np.ndarray) -> int:
+        """Refuse a chunk's ``unit`` (its ``layers``) holding NaN/infinite values, naming the sentence and layer;
+        or zero and count them.
 
         Returns
         -------
@@ -206,17 +229,18 @@ class ExtractActor:
         UserError
             Non-finite values and ``allow_nonfinite`` is not set.
         """
-        found = first_nonfinite(chunk.layers)
+        found = first_nonfinite(layers)
         if found is None:
             return 0
         if self.job.get("allow_nonfinite"):
-            return zero_nonfinite(chunk.layers)
+            return zero_nonfinite(layers)
         layer, row = found
         sentence = int(sentence_ids[chunk.sentence_pos[row]])
         word = int(chunk.word_ids[row])
         where = f"word {word} of sentence {sentence}" if word >= 0 else f"sentence {sentence}"
+        of_unit = f" of unit {unit}" if len(self.encoder.units) > 1 else ""
         raise UserError(f"model {self.job['model_name']!r} gives NaN/infinite activations for {where} "
-                        f"of {self.job['corpus']}/{self.job['split']} at layer {layer}; nothing committed "
+                        f"of {self.job['corpus']}/{self.job['split']} at layer {layer}{of_unit}; nothing committed "
                         "(--allow-nonfinite zeroes and counts them)")
 
     def _flush(self, writers, buffers) -> Future:
@@ -230,11 +254,11 @@ class ExtractActor:
         return self._writer.submit(write)
 
     def _word_strings(self, sentences, chunk) -> pa.Array:
-        if self.job["unit"] not in WORD_UNITS:
+        if self.encoder.units[0] not in WORD_UNITS:
             return pa.array([self.encoder.tokenizer.cls_token] * len(chunk.word_ids), pa.string())
         return pa.array([sentences[p][w] for p, w in zip(chunk.sentence_pos, chunk.word_ids)], pa.string())
 
-    def _layer_table(self, layer: int, keys: dict, matrix: np.ndarray) -> pa.Table:
+    def _layer_table(self, unit: str, layer: int, keys: dict, matrix: np.ndarray) -> pa.Table:
         job = self.job
         n = len(matrix)
         vector, bits = vectors_column(matrix, job["dtype"])
@@ -242,7 +266,7 @@ class ExtractActor:
             "model": _constant(job["model_name"], n, pa.string()),
             "corpus": _constant(job["corpus"], n, pa.string()),
             "split": _constant(job["split"], n, pa.string()),
-            "unit": _constant(job["unit"], n, pa.string()),
+            "unit": _constant(unit, n, pa.string()),
             "layer": pa.array(np.full(n, layer, dtype=np.int32)),
             **keys,
             "dtype": _constant(job["dtype"], n, pa.string()),

@@ -11,6 +11,7 @@ offsets (:mod:`raydund.extract.text`). Which model and how it is loaded:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -33,8 +34,8 @@ from raydund.extract.text import encode_natural, is_decoder, sentence_text
 from raydund.extract.units import HOOK_UNITS, capture, hooked_modules
 
 __all__ = ["LAKE_MODEL_TAG", "REGISTRY_PREFIX", "UNITS", "Chunk", "Encoder", "ModelSpec", "default_threads",
-           "WORD_UNITS", "first_nonfinite", "load_model", "load_tokenizer", "max_word_tokens", "resolve_model",
-           "resolve_registered", "zero_nonfinite"]
+           "WORD_UNITS", "first_nonfinite", "load_model", "load_tokenizer", "max_word_tokens", "parse_units",
+           "resolve_model", "resolve_registered", "zero_nonfinite"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,34 @@ log = logging.getLogger(__name__)
 UNITS = ("word", "cls", *HOOK_UNITS)
 #: Units with one vector per word (``cls`` has one per sentence).
 WORD_UNITS = ("word", *HOOK_UNITS)
+
+
+def parse_units(unit) -> tuple[str, ...]:
+    """``"word,mlp"`` (a comma list, or a sequence of names) -> ``("word", "mlp")``, in :data:`UNITS` order.
+
+    One forward pass fills every unit of the list, so several per-word units
+    (:data:`WORD_UNITS`) can go together; ``cls`` (one vector per sentence) only alone.
+
+    Raises
+    ------
+    UserError
+        An empty list or item, an unknown or repeated unit, or ``cls`` with another unit.
+    """
+    parts = [p.strip() for p in unit.split(",")] if isinstance(unit, str) else [str(p).strip() for p in unit]
+    given = ",".join(parts)
+    if not parts or any(not p for p in parts):
+        raise UserError(f"bad unit list {given!r}: an empty unit; use one of {', '.join(UNITS)} or a comma list "
+                        "such as word,mlp")
+    unknown = [p for p in parts if p not in UNITS]
+    if unknown:
+        raise UserError(f"unknown unit {unknown[0]!r} in {given!r}; use one of {', '.join(UNITS)} "
+                        "or a comma list such as word,mlp")
+    if len(set(parts)) < len(parts):
+        raise UserError(f"bad unit list {given!r}: a unit is repeated")
+    if "cls" in parts and len(parts) > 1:
+        raise UserError(f"bad unit list {given!r}: cls (one vector per sentence) cannot be combined with "
+                        "per-word units; extract it on its own")
+    return tuple(u for u in UNITS if u in parts)
 
 
 def max_word_tokens(model, tokenizer, pair: bool = False) -> int:
@@ -64,7 +93,8 @@ class Chunk:
 
     sentence_pos: np.ndarray
     word_ids: np.ndarray
-    layers: np.ndarray  # float32 [layers x n x hidden]
+    layers: np.ndarray  # float32 [layers x n x hidden] of the first (or only) unit
+    units: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # unit -> its layers, every unit
 
 
 class Encoder:
@@ -80,19 +110,20 @@ class Encoder:
         Sequences per forward pass. Give sentences sorted by length to cut padding.
     max_tokens : int, optional
         Override the room for word tokens per input (tests use it to force windows).
-    unit : {"word", "cls", "mlp", "attn"}
+    unit : str or sequence of str
         What :meth:`encode_words` returns per layer: the hidden states (``word``, ``cls``)
-        or the hooked MLP / attention outputs of every block.
+        or the hooked MLP / attention outputs of every block; a comma list of per-word units
+        (``"word,mlp"``, :func:`parse_units`) fills every one from the same forward pass
+        (:attr:`Chunk.units`).
     """
 
     def __init__(self, model, tokenizer, aggregation: str = "last", batch_size: int = 32,
                  max_tokens: int | None = None, unit: str = "word"):
         self.model, self.tokenizer = model, tokenizer
-        if unit not in UNITS:
-            raise UserError(f"unknown unit {unit!r}; use one of {', '.join(UNITS)}")
-        self.unit = unit
+        self.units = parse_units(unit)
+        self.unit = ",".join(self.units)
         self.decoder = is_decoder(model.config)
-        self._hooked = len(hooked_modules(model, unit)) if unit in HOOK_UNITS else 0
+        self._hooked = {u: len(hooked_modules(model, u)) for u in self.units if u in HOOK_UNITS}
         self.aggregation = check_aggregation(aggregation)
         self.batch_size = int(batch_size)
         self.max_tokens = max_tokens or max_word_tokens(model, tokenizer)
@@ -102,21 +133,30 @@ class Encoder:
 
     @property
     def num_layers(self) -> int:
-        """Layers returned: the embedding layer plus every block, or one per block for a hooked unit."""
-        return self._hooked or int(self.model.config.num_hidden_layers) + 1
+        """Layers of the first (or only) unit, see :meth:`layers_of`."""
+        return self.layers_of(self.units[0])
+
+    def layers_of(self, unit: str) -> int:
+        """Layers returned for ``unit``: the embedding layer plus every block, or one per block for a hooked unit."""
+        return self._hooked.get(unit) or int(self.model.config.num_hidden_layers) + 1
 
     # -- forward ------------------------------------------------------------------
-    def _forward(self, features: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad, run the model; return ``[layers, batch, seq, width]`` (hidden states or hooked units) and padded ids."""
+    def _forward(self, features: dict[str, list]) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
+        """Pad, run the model once; return unit -> one ``[batch, seq, width]`` tensor per layer, and padded ids."""
         batch = self.tokenizer.pad(features, return_tensors="pt", padding=True)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        if self.unit in HOOK_UNITS:
-            with torch.inference_mode(), capture(self.model, self.unit) as captured:
-                self.model(**batch, output_hidden_states=False, use_cache=False)
-            return torch.stack(captured), batch["input_ids"].cpu()
-        with torch.inference_mode():
-            out = self.model(**batch, output_hidden_states=True)
-        return torch.stack(out.hidden_states), batch["input_ids"].cpu()
+        hooked = [u for u in self.units if u in HOOK_UNITS]
+        states = [u for u in self.units if u not in HOOK_UNITS]
+        kwargs = {"output_hidden_states": bool(states)}
+        if hooked or self.decoder:
+            kwargs["use_cache"] = False  # a decoder's KV cache is never read here
+        with torch.inference_mode(), contextlib.ExitStack() as stack:
+            captured = {u: stack.enter_context(capture(self.model, u)) for u in hooked}
+            out = self.model(**batch, **kwargs)
+        layers = {u: list(captured[u]) for u in hooked}
+        for u in states:
+            layers[u] = list(out.hidden_states)
+        return layers, batch["input_ids"].cpu()
 
     def _tokenize(self, sentences: list[list[str]]) -> list[tuple[list[int], list[int | None]]]:
         """(input ids, word per token) of each sentence: pre-split words, or natural text for decoders."""
@@ -161,10 +201,8 @@ class Encoder:
         return segments
 
     def _words_batch(self, segments) -> Chunk:
-        hidden, ids = self._forward({"input_ids": [seg["input_ids"] for seg in segments]})
+        layers, ids = self._forward({"input_ids": [seg["input_ids"] for seg in segments]})
         seq_len = ids.shape[1]
-        n_layers, _, _, dim = hidden.shape
-        flat = hidden.reshape(n_layers, -1, dim)
         rows_b, rows_t, out_pos, out_word, mean_rows = [], [], [], [], []
         n_out = 0
         for b, seg in enumerate(segments):
@@ -185,18 +223,31 @@ class Encoder:
             out_pos.append(np.full(len(local), seg["pos"]))
             out_word.append(seg["own"])
             n_out += len(local)
-        out = torch.zeros((n_layers, n_out, dim), dtype=hidden.dtype, device=hidden.device)
-        src = torch.as_tensor(rows_b, dtype=torch.long, device=hidden.device)
+        plan = (rows_b, mean_rows if self.aggregation == "mean" else rows_t, n_out)
+        units = {u: self._gather(layers[u], *plan) for u in self.units}
+        return Chunk(np.concatenate(out_pos), np.concatenate(out_word).astype(np.int32),
+                     units[self.units[0]], units)
+
+    def _gather(self, tensors: list[torch.Tensor], rows_b: list[int], dst_rows: list[int], n_out: int) -> np.ndarray:
+        """``[layers x n_out x width]`` float32: token row ``rows_b[i]`` of every layer to word ``dst_rows[i]``.
+
+        Only the words' rows are copied out of each layer (never a stack of whole layers);
+        ``mean`` aggregation adds a word's tokens and divides by their count.
+        """
+        device = tensors[0].device
+        src = torch.as_tensor(rows_b, dtype=torch.long, device=device)
+        dst = torch.as_tensor(dst_rows, dtype=torch.long, device=device)
+        sel = torch.stack([t.reshape(-1, t.shape[-1])[src] for t in tensors])  # [layers x rows x width]
+        if self.aggregation != "mean" and len(dst_rows) == n_out and dst_rows == list(range(n_out)):
+            return sel.float().cpu().numpy()  # every word found, in order: no scatter needed
+        out = torch.zeros((len(tensors), n_out, sel.shape[-1]), dtype=sel.dtype, device=device)
         if self.aggregation == "mean":
-            dst = torch.as_tensor(mean_rows, dtype=torch.long, device=hidden.device)
-            out.index_add_(1, dst, flat[:, src])
-            counts = torch.zeros(n_out, device=hidden.device).index_add_(
-                0, dst, torch.ones(len(mean_rows), device=hidden.device))
+            out.index_add_(1, dst, sel)
+            counts = torch.zeros(n_out, device=device).index_add_(0, dst, torch.ones(len(dst_rows), device=device))
             out /= counts.clamp(min=1)[None, :, None]
         else:
-            out[:, torch.as_tensor(rows_t, dtype=torch.long, device=hidden.device)] = flat[:, src]
-        return Chunk(np.concatenate(out_pos), np.concatenate(out_word).astype(np.int32),
-                     out.float().cpu().numpy())
+            out[:, dst] = sel
+        return out.float().cpu().numpy()
 
     # -- sentences ----------------------------------------------------------------
     def encode_cls(self, sentences: list[list[str]], sentences_b: list[list[str]] | None = None):
@@ -226,10 +277,12 @@ class Encoder:
                 log.warning("%d sentence(s) longer than %d tokens truncated for their [CLS] vector", cut, limit)
                 enc = self._tokenize_sentences(a, b, truncation=True, max_length=limit)
                 lengths = [len(x) for x in enc["input_ids"]]
-            hidden, ids = self._forward(dict(enc))
-            positions = self._cls_positions(ids, lengths, ids.shape[1])
-            vecs = hidden[:, torch.arange(len(idx)), torch.as_tensor(positions)]
-            yield Chunk(idx.astype(np.int64), np.full(len(idx), -1, dtype=np.int32), vecs.float().cpu().numpy())
+            layers, ids = self._forward(dict(enc))
+            positions = torch.as_tensor(self._cls_positions(ids, lengths, ids.shape[1]))
+            rows = torch.arange(len(idx))
+            units = {u: torch.stack([t[rows, positions] for t in layers[u]]).float().cpu().numpy()
+                     for u in self.units}
+            yield Chunk(idx.astype(np.int64), np.full(len(idx), -1, dtype=np.int32), units[self.units[0]], units)
 
     def _tokenize_sentences(self, a, b, **kwargs):
         """Encode sentences (pairs) whole: pre-split words, or one natural text per input for decoders."""

@@ -14,7 +14,7 @@ import re
 import sys
 
 from raydund.errors import UserError
-from raydund.extract.actor import ExtractActor
+from raydund.extract.actor import RECORD_KEYS, ExtractActor
 from raydund.extract.staging import finished_shards
 
 log = logging.getLogger(__name__)
@@ -143,14 +143,18 @@ def _run_pool(cfg, spec, files_uri, pending, done, progress):
               disable=not progress, dynamic_ncols=True) as bar:
         try:
             for row in ds.iter_rows():
-                done[row["shard"]] = {k: row[k] for k in ("shard", "files", "words", "bytes", "seconds", "dropped",
-                                                          "nonfinite")}
+                done[row["shard"]] = {k: _plain(row[k]) for k in RECORD_KEYS}
                 bar.update(shard_words[row["shard"]])
         except ray.exceptions.RayError as exc:
             user = _user_error_from(exc)
             if user is not None:
                 raise user from None
             raise
+
+
+def _plain(value):
+    """A Ray Data row value as JSON-like Python (list columns may come back as numpy arrays)."""
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 def _user_error_from(exc: Exception) -> UserError | None:

@@ -5,7 +5,9 @@ about ``shard_words`` words, and handed to a fixed pool of :class:`ExtractActor`
 when no cluster is attached and the pool would have one actor, to one
 :class:`ExtractActor` in this process (:func:`~raydund.extract.executors.choose_executor`: same files, same commit).
 Workers write Parquet files; the driver registers all of them in one Iceberg commit
-that replaces the same (model, corpus, split, unit). The job's key (a fingerprint of
+that replaces the same (model, corpus, split, unit). A comma list of per-word units
+(``word,mlp``) is one job: one forward pass per batch fills every unit, and the one commit
+replaces exactly the (model, corpus, split, unit) scopes of the units it recomputed. The job's key (a fingerprint of
 the model, the corpus snapshot and the settings) names its staging generations
 (``<key>-g<n>``, :mod:`raydund.extract.staging`), so an interrupted job re-run with the
 same inputs resumes where it stopped; ``fresh`` starts a new generation and nothing is
@@ -29,7 +31,7 @@ from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.extract.actor import split_uri
 from raydund.extract.align import check_aggregation
-from raydund.extract.encoder import UNITS, WORD_UNITS
+from raydund.extract.encoder import WORD_UNITS, parse_units
 from raydund.extract.executors import EXECUTORS, ensure_ray, run_shards
 from raydund.extract.models import resolve_model
 from raydund.extract.staging import SEALED, choose_generation, touch
@@ -48,10 +50,11 @@ class ExtractConfig:
         Catalog name (``minilm``), local folder or hub id.
     corpus, split : str
         A corpus already ingested into the lake, and one of its splits.
-    unit : {"word", "cls", "mlp", "attn"}
-        Per-word vectors of the residual stream (sequence labelling), one [CLS] vector per
-        sentence, or per-word MLP inner activations / attention outputs of every block
-        (:mod:`raydund.extract.units`; layer ``l`` is block ``l``, 0-based).
+    unit : str
+        word (per-word vectors of the residual stream, for sequence labelling), cls (one
+        [CLS] vector per sentence), mlp or attn (per-word MLP inner activations / attention
+        outputs of every block; layer ``l`` is block ``l``, 0-based), or a comma list of the
+        per-word ones (``word,mlp``): one forward pass fills them all, one commit stores them.
     aggregation : {"last", "first", "mean"}
         Subword -> word (``last`` is the paper's choice).
     dtype : {"float32", "float16", "bfloat16"}
@@ -112,8 +115,7 @@ class ExtractConfig:
         check_name("corpus", self.corpus)
         check_name("split", self.split)
         check_aggregation(self.aggregation)
-        if self.unit not in UNITS:
-            raise UserError(f"unknown unit {self.unit!r}; use one of {', '.join(UNITS)}")
+        self.unit = ",".join(parse_units(self.unit))  # one spelling per list: the job key does not see the order
         if self.dtype not in STORAGE_DTYPES:
             raise UserError(f"unknown dtype {self.dtype!r}; use one of {', '.join(STORAGE_DTYPES)}")
         for name in ("batch_size", "shard_words", "pool_size"):
@@ -125,10 +127,19 @@ class ExtractConfig:
             raise UserError(f"limit must be at least 1 sentence, got {self.limit}")
         return self
 
+    @property
+    def units(self) -> tuple[str, ...]:
+        """The units of :attr:`unit`, in lake order (:func:`~raydund.extract.encoder.parse_units`)."""
+        return parse_units(self.unit)
+
 
 @dataclasses.dataclass
 class ExtractResult:
-    """What a job wrote: counts, timing, the Iceberg snapshot and the MLflow run."""
+    """What a job wrote: counts, timing, the Iceberg snapshot and the MLflow run.
+
+    ``layers`` counts the layer files per word of every unit together (rows = words x layers);
+    ``units`` holds, per unit, its ``layers``, ``files`` and ``bytes``.
+    """
 
     snapshot_id: int
     run_id: str
@@ -138,6 +149,7 @@ class ExtractResult:
     bytes: int
     seconds: float
     layers: int
+    units: dict = dataclasses.field(default_factory=dict)
 
     @property
     def words_per_second(self) -> float:
@@ -145,7 +157,8 @@ class ExtractResult:
 
 
 def make_shards(corpus: pa.Table, shard_words: int, unit: str) -> list[dict]:
-    """Sort sentences by length and cut them into shards of about ``shard_words`` words."""
+    """Sort sentences by length and cut them into shards of about ``shard_words`` words (sentences for ``cls``)."""
+    per_word = parse_units(unit)[0] in WORD_UNITS
     words = corpus.column("words").to_pylist()
     ids = corpus.column("sentence_id").to_pylist()
     pairs = corpus.column("words_b").to_pylist() if "words_b" in corpus.column_names else None
@@ -154,7 +167,7 @@ def make_shards(corpus: pa.Table, shard_words: int, unit: str) -> list[dict]:
     shards, current, budget = [], [], 0
     for i in order:
         current.append(i)
-        budget += lengths[i] if unit in WORD_UNITS else 1
+        budget += lengths[i] if per_word else 1
         if budget >= shard_words:
             shards.append(current)
             current, budget = [], 0
@@ -207,7 +220,7 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
     corpus_snapshot = lake.table(corpus_table_name(cfg.corpus)).current_snapshot().snapshot_id
     if cfg.limit:
         corpus = corpus.slice(0, cfg.limit)
-    if cfg.unit in WORD_UNITS and "words_b" in corpus.column_names:
+    if cfg.units[0] in WORD_UNITS and "words_b" in corpus.column_names:
         raise UserError(f"corpus {cfg.corpus!r} holds sentence pairs: extract it with --unit cls")
     spec = resolve_model(cfg.model, settings, lake_name=cfg.name)
     check_name("model", spec.name)
@@ -238,16 +251,17 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
         touch(fs, f"{root}/{SEALED}")  # from here on no file of this generation is ever written again
         faults.crash_point("extract.before_commit")
         snapshot = lake.commit_activation_files(
-            files, spec.name, cfg.corpus, cfg.split, cfg.unit,
+            files, spec.name, cfg.corpus, cfg.split, cfg.units,
             properties={"raydund.job_key": key, "mlflow.run_id": run.info.run_id},
         )
         _check_committed(lake, snapshot, records)
         faults.crash_point("extract.after_commit")
         seconds = time.perf_counter() - start
+        per_unit = unit_figures(records, cfg.units)
         result = ExtractResult(
             snapshot_id=snapshot, run_id=run.info.run_id, words=sum(r["words"] for r in records),
             sentences=corpus.num_rows, files=len(files), bytes=sum(r["bytes"] for r in records),
-            seconds=seconds, layers=len(records[0]["files"]) if records else 0,
+            seconds=seconds, layers=len(records[0]["files"]) if records else 0, units=per_unit,
         )
         # the lake holds the result now: a tracking failure from here on is spooled, never raised
         tracking.log_metrics(settings, run.info.run_id, {
@@ -256,10 +270,28 @@ def run_extraction(cfg: ExtractConfig, settings: Settings, progress: bool = True
             "dropped_words": sum(r["dropped"] for r in records), "resumed_shards": len(shards) - len(pending),
             "pool_retries": retried, "in_process": int(executor == "local"),
             "nonfinite_values": sum(r.get("nonfinite", 0) for r in records),
+            **{f"{unit}/{name}": value for unit, figures in per_unit.items() for name, value in figures.items()},
         })
         tracking.set_tags(settings, run.info.run_id, {"iceberg.snapshot_id": str(snapshot),
                                                       "iceberg.table": "raydund.activations"})
     return result
+
+
+def unit_figures(records: list[dict], units: tuple[str, ...]) -> dict[str, dict]:
+    """Per unit: ``layers``, ``files`` and ``bytes`` over the shards, and ``rows`` (words x layers).
+
+    Markers of jobs written before multi-unit extraction hold one unit and no per-unit fields.
+    """
+    out = {u: {"layers": 0, "files": 0, "bytes": 0, "rows": 0} for u in units}
+    for record in records:
+        names = list(record.get("units") or units[:1])
+        layers = list(record.get("unit_layers") or [len(record["files"])])
+        sizes = list(record.get("unit_bytes") or [record["bytes"]])
+        for unit, n, size in zip(names, layers, sizes):
+            figures = out[unit]
+            figures.update(layers=int(n), files=figures["files"] + int(n), bytes=figures["bytes"] + int(size),
+                           rows=figures["rows"] + int(n) * int(record["words"]))
+    return out
 
 
 def _check_committed(lake: Lake, snapshot_id: int, records: list[dict]) -> None:
@@ -275,4 +307,5 @@ def _check_committed(lake: Lake, snapshot_id: int, records: list[dict]) -> None:
 
 
 #: ``ensure_ray`` stays importable from here: every stage that starts Ray goes through it.
-__all__ = ["ExtractConfig", "ExtractResult", "check_model", "ensure_ray", "job_key", "make_shards", "run_extraction"]
+__all__ = ["ExtractConfig", "ExtractResult", "check_model", "ensure_ray", "job_key", "make_shards", "run_extraction",
+           "unit_figures"]

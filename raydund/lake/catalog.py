@@ -225,15 +225,19 @@ class Lake:
         return data.sort_by("sentence_id")
 
     # -- activations ------------------------------------------------------------
-    def commit_activation_files(self, files: list[str], model: str, corpus: str, split: str, unit: str,
+    def commit_activation_files(self, files: list[str], model: str, corpus: str, split: str, unit,
                                 properties: dict | None = None) -> int:
         """Register worker-written files, replacing the same (model, corpus, split, unit), in one commit.
 
+        ``unit`` is one unit or a sequence of them (a multi-unit extraction): the one
+        transaction replaces exactly the (model, corpus, split, unit) scope of each.
         Returns the new snapshot id.
         """
-        for kind, value in (("model", model), ("corpus", corpus), ("split", split), ("unit", unit)):
+        units = [unit] if isinstance(unit, str) else list(unit)
+        for kind, value in (("model", model), ("corpus", corpus), ("split", split), *(("unit", u) for u in units)):
             check_name(kind, value)
-        where = And(EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split), EqualTo("unit", unit))
+        scope = EqualTo("unit", units[0]) if len(units) == 1 else In("unit", units)
+        where = And(EqualTo("model", model), EqualTo("corpus", corpus), EqualTo("split", split), scope)
         props = {k: str(v) for k, v in (properties or {}).items()}
         self.activations()
 
