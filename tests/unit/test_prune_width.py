@@ -88,9 +88,11 @@ def test_statistics_match_numpy():
     H = torch.cat(seen).double().numpy()
     s = stats[1]
     assert s.n == len(H)
-    np.testing.assert_allclose(s.mean, H.mean(0), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(s.covariance(), np.cov(H.T) * (len(H) - 1), rtol=1e-8, atol=1e-10)
-    np.testing.assert_allclose(s.abs_mean, np.abs(H).mean(0), rtol=1e-10)
+    # float32 activations of a padded batch differ from the unbatched ones in the last bits
+    # (other GEMM shapes and thread splits): float32-level tolerances, float64 sums
+    np.testing.assert_allclose(s.mean, H.mean(0), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(s.covariance(), np.cov(H.T) * (len(H) - 1), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(s.abs_mean, np.abs(H).mean(0), rtol=1e-5)
     # the magnitude score against a NumPy reference, and the plan removes its lowest
     W = width.mlps(model)[1].down_proj.weight.detach().double().numpy()
     ref = np.sqrt((W ** 2).sum(0)) * np.abs(H).mean(0)
