@@ -80,19 +80,21 @@ def test_statistics_match_numpy():
     model, tok = _planted(False), tiny_lm.tokenizer()
     stats = width.collect(model, tok, TEXTS, batch_size=2)
     seen = []
-    hook = width.mlps(model)[1].down_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0][0, 1:]))
+    hook = width.mlps(model)[1].down_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    seqs = evaluate.encode(tok, TEXTS)
     with torch.no_grad():
-        for ids in evaluate.encode(tok, TEXTS):  # one sentence at a time: no padding; prefix dropped
-            model(torch.tensor([ids]))
+        # the same padded batches as collect (float32 activations depend on the batch shape in
+        # the last bits); the reference keeps each sentence's real tokens after the prefix
+        for idx, ids, mask in evaluate._batches(seqs, 2):
+            model(input_ids=ids, attention_mask=mask)
+            seen[-1] = torch.cat([seen[-1][r, 1 : len(seqs[i])] for r, i in enumerate(idx)])
     hook.remove()
     H = torch.cat(seen).double().numpy()
     s = stats[1]
     assert s.n == len(H)
-    # float32 activations of a padded batch differ from the unbatched ones in the last bits
-    # (other GEMM shapes and thread splits): float32-level tolerances, float64 sums
-    np.testing.assert_allclose(s.mean, H.mean(0), rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(s.covariance(), np.cov(H.T) * (len(H) - 1), rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(s.abs_mean, np.abs(H).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(s.mean, H.mean(0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(s.covariance(), np.cov(H.T) * (len(H) - 1), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(s.abs_mean, np.abs(H).mean(0), rtol=1e-10)
     # the magnitude score against a NumPy reference, and the plan removes its lowest
     W = width.mlps(model)[1].down_proj.weight.detach().double().numpy()
     ref = np.sqrt((W ** 2).sum(0)) * np.abs(H).mean(0)
