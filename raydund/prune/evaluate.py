@@ -52,7 +52,7 @@ def check_disjoint(calibration: list[str], evaluation: list[str]) -> None:
                         f"(e.g. {next(iter(shared))[:60]!r}): calibration and evaluation text must not overlap")
 
 
-def _batches(seqs: list[list[int]], batch_size: int, device="cpu"):
+def batches(seqs: list[list[int]], batch_size: int, device="cpu"):
     """Index batches, longest first (less padding); yields (indices, ids, mask) on ``device``."""
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     for a in range(0, len(order), batch_size):
@@ -88,7 +88,7 @@ def _logprobs(model, seqs: list[list[int]], start: list[int], batch_size: int,
     hook = None if rows is None else model.get_output_embeddings().register_forward_pre_hook(
         lambda m, args: seen.append(args[0]))
     try:
-        for idx, ids, mask in _batches(seqs, batch_size, model.device):
+        for idx, ids, mask in batches(seqs, batch_size, model.device):
             seen.clear()
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
             # log-softmax in float32 (the logits' precision), the per-token values summed in float64
@@ -165,7 +165,7 @@ def next_token_logprobs(model, seqs: list[list[int]], tokens: list[int], batch_s
     """
     out = np.zeros((len(seqs), len(tokens)))
     cols = torch.tensor(tokens)
-    for idx, ids, mask in _batches(seqs, batch_size, model.device):
+    for idx, ids, mask in batches(seqs, batch_size, model.device):
         last = torch.tensor([len(seqs[i]) - 1 for i in idx], device=ids.device)
         keep = torch.unique(last)  # sorted
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
@@ -228,7 +228,7 @@ def word_vectors(model, tok, sentences: list[list[str]], batch_size: int = 16) -
     """
     seqs, lasts = zip(*(word_token_index(tok, s) for s in sentences)) if sentences else ((), ())
     out: list = [None] * len(seqs)
-    for idx, ids, mask in _batches(list(seqs), batch_size, model.device):
+    for idx, ids, mask in batches(list(seqs), batch_size, model.device):
         h = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float().cpu()
         for r, i in enumerate(idx):
             out[i] = h[r, lasts[i]].float().numpy()
@@ -282,7 +282,7 @@ def seq_block_inputs(model, seqs: list[list[int]], batch_size: int = 16) -> list
                                          with_kwargs=True) for b in blocks(model)]
     out = []
     try:
-        for _idx, ids, mask in _batches(seqs, batch_size, model.device):
+        for _idx, ids, mask in batches(seqs, batch_size, model.device):
             seen.clear()
             model(input_ids=ids, attention_mask=mask, use_cache=False)
             out.append(list(seen))
@@ -314,7 +314,7 @@ def _stream(model, seqs: list[list[int]], rows: list[list[int]], batch_size: int
     hooks.append(blocks(model)[-1].register_forward_hook(post, with_kwargs=True))
     out: list = [None] * len(seqs)
     try:
-        for idx, ids, mask in _batches(seqs, batch_size, model.device):
+        for idx, ids, mask in batches(seqs, batch_size, model.device):
             seen.clear()
             model(input_ids=ids, attention_mask=mask, use_cache=False)
             for r, i in enumerate(idx):

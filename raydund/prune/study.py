@@ -29,7 +29,7 @@ import pyarrow as pa
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.prune import criteria as crit
-from raydund.prune.workers import Pool, StudyData
+from raydund.prune.workers import Pool, StudyData, flat
 
 log = logging.getLogger(__name__)
 
@@ -270,10 +270,6 @@ def search_choices(cfg: PruneConfig, pool, total: int, candidates: dict) -> tupl
     return chosen, details
 
 
-def _flat(labels: list[list]) -> list:
-    return [x for sent in labels for x in sent]
-
-
 def evaluate_sets(cfg: PruneConfig, pool, chosen: dict, done: dict | None = None) -> tuple[list[dict], float]:
     """One row per (criterion, n) plus the full model (criterion ``none``, n 0); seconds taken.
 
@@ -326,7 +322,7 @@ def run_study(cfg: PruneConfig, settings: Settings, pool_factory=None) -> dict:
             return from_lake()
     else:
         def states(words: bool = False):
-            return pool.one("states", words), _flat(data.calibration_labels) if words else None
+            return pool.one("states", words), flat(data.calibration_labels) if words else None
 
     pool = pool_factory(data)
     pool.data = data

@@ -143,7 +143,7 @@ def collect(model, tok, texts: list[str], batch_size: int = 8) -> list[BlockStat
 
     handles = [m.down_proj.register_forward_pre_hook(hook(i)) for i, m in enumerate(layers)]
     try:
-        for _idx, ids, mask in evaluate._batches(evaluate.encode(tok, texts), batch_size):
+        for _idx, ids, mask in evaluate.batches(evaluate.encode(tok, texts), batch_size):
             keep = mask.bool().clone()
             keep[:, :skip] = False
             rows["mask"] = keep
@@ -373,7 +373,7 @@ def seconds_per_token(model, tok, texts: list[str], batch_size: int = 8, repeats
     from raydund.prune import evaluate
 
     seqs = evaluate.encode(tok, texts)
-    batches = list(evaluate._batches(seqs, batch_size))
+    batches = list(evaluate.batches(seqs, batch_size))
     tokens = sum(len(s) for s in seqs)
     best = float("inf")
     for _ in range(repeats):

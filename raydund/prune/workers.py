@@ -133,7 +133,7 @@ class Evaluator:
             start = time.perf_counter()
             train = self._word_vectors(drop, d.probe_train)
             test = self._word_vectors(drop, d.evaluation) if test is None else test
-            out["pos"] = evaluate.probe_accuracy(train, _flat(d.probe_train_labels), test, _flat(d.evaluation_labels))
+            out["pos"] = evaluate.probe_accuracy(train, flat(d.probe_train_labels), test, flat(d.evaluation_labels))
             out["seconds_pos"] = time.perf_counter() - start
         if "sst2" in metrics:
             start = time.perf_counter()
@@ -153,7 +153,8 @@ class Evaluator:
         return folder
 
 
-def _flat(labels: list[list]) -> list:
+def flat(labels: list[list]) -> list:
+    """Word labels of every sentence, in order, as one list."""
     return [x for sent in labels for x in sent]
 
 

@@ -85,7 +85,7 @@ def test_statistics_match_numpy():
     with torch.no_grad():
         # the same padded batches as collect (float32 activations depend on the batch shape in
         # the last bits); the reference keeps each sentence's real tokens after the prefix
-        for idx, ids, mask in evaluate._batches(seqs, 2):
+        for idx, ids, mask in evaluate.batches(seqs, 2):
             model(input_ids=ids, attention_mask=mask)
             seen[-1] = torch.cat([seen[-1][r, 1 : len(seqs[i])] for r, i in enumerate(idx)])
     hook.remove()
