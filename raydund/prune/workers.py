@@ -122,12 +122,13 @@ class Evaluator:
         d, out, test = self.data, {}, None
         if "ppl" in metrics:
             start = time.perf_counter()
-            with resumed(self.model, drop, self._inputs(evaluate.encode(self.tok, evaluate.join(d.evaluation)))):
-                if "pos" in metrics and evaluate.same_ids(self.tok, d.evaluation):  # POS test words: same forward
+            text = evaluate.join(d.evaluation)
+            if "pos" in metrics and evaluate.same_ids(self.tok, d.evaluation):  # POS test words: same forward
+                with resumed(self.model, drop, self._inputs(evaluate.encode(self.tok, text))):
                     out["ppl"], test = evaluate.perplexity_and_word_vectors(self.model, self.tok, d.evaluation,
                                                                              d.batch_size)
-                else:
-                    out["ppl"] = evaluate.perplexity(self.model, self.tok, evaluate.join(d.evaluation), d.batch_size)
+            else:
+                out["ppl"] = self._perplexity(drop, text)
             out["seconds_ppl"] = time.perf_counter() - start
         if "pos" in metrics:
             start = time.perf_counter()
