@@ -34,7 +34,6 @@ Whenever the condensed matrix of all neurons fits, the job uses the in-memory
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import logging
 
 import fastcluster
@@ -210,58 +209,104 @@ def cut_merges(merges: np.ndarray, K: int, t: float) -> np.ndarray:
     return np.array([find(x) for x in range(K)])
 
 
+def _neighbour_rows(pairs: tuple, groups: np.ndarray, K: int) -> list[list[np.ndarray]]:
+    """Per starting cluster: ``[ids, sums, counts]`` of the clusters it shares known pairs with (sorted ids)."""
+    gi, gj, d = groups[pairs[0]], groups[pairs[1]], np.asarray(pairs[2], np.float64)
+    cross = gi != gj
+    gi, gj, d = gi[cross], gj[cross], d[cross]
+    key = np.concatenate([gi * np.int64(K) + gj, gj * np.int64(K) + gi])  # both directions
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    sums = np.add.reduceat(np.concatenate([d, d])[order], first) if len(key) else np.zeros(0)
+    del order
+    counts = np.diff(np.r_[first, len(key)]).astype(np.float64)
+    key = key[first]
+    owner, other = key // K, (key % K).astype(np.int32)
+    del key
+    bounds = np.searchsorted(owner, np.arange(K + 1))
+    return [[other[bounds[x] : bounds[x + 1]], sums[bounds[x] : bounds[x + 1]], counts[bounds[x] : bounds[x + 1]]]
+            for x in range(K)]
+
+
 def sparse_average_linkage(pairs: tuple, groups: np.ndarray, K: int, sizes: np.ndarray, fill: float,
                            t: float) -> np.ndarray:
-    """Approximate continuation (fact 3): merges below ``t`` on known pairs, the others at ``fill``."""
-    gi, gj, d = groups[pairs[0]], groups[pairs[1]], pairs[2]
-    cross = gi != gj
-    agg = sp.coo_matrix((d[cross], (np.minimum(gi, gj)[cross], np.maximum(gi, gj)[cross])), shape=(K, K)).tocsr()
-    cnt = sp.coo_matrix((np.ones(int(cross.sum())), (np.minimum(gi, gj)[cross], np.maximum(gi, gj)[cross])),
-                        shape=(K, K)).tocsr()
-    agg.sum_duplicates()
-    cnt.sum_duplicates()
-    nbr: list[dict] = [dict() for _ in range(K)]
-    coo, cc = agg.tocoo(), cnt.tocoo()
-    for a, b, s, c in zip(coo.row, coo.col, coo.data, cc.data):
-        nbr[a][b] = nbr[b][a] = [float(s), float(c)]
-    size = sizes.astype(np.float64).copy()
-    version = np.zeros(K, np.int64)
+    """Approximate continuation (fact 3): average linkage below ``t`` on the known pairs, every other pair at ``fill``.
 
-    def avg(a, b):
-        s, c = nbr[a][b]
-        return (s + (size[a] * size[b] - c) * fill) / (size[a] * size[b])
+    ``pairs`` = (i, j, d) over the members (local indices), ``groups`` their starting
+    cluster (``K`` of them, ``sizes`` members each). Returns, per starting cluster, the id of
+    its cluster in the cut at ``t``.
 
-    heap = [(avg(a, b), a, b, 0, 0) for a in range(K) for b in nbr[a] if a < b]
-    heapq.heapify(heap)
+    NN-chain (average linkage is reducible: the cut at ``t`` is that of the greedy
+    algorithm) over one neighbour row per cluster, NumPy arrays of neighbour ids, summed
+    pair distances and pair counts (16 bytes per known pair and direction). A merged
+    cluster's row is its halves' rows concatenated; rows that still name merged clusters
+    are brought up to date (ids through the union-find, duplicates summed) when next read.
+    The mean distance of clusters ``x, y`` is ``(s + (n_x n_y - c) fill) / (n_x n_y)``;
+    clusters sharing no known pair are at ``fill > t`` and never merge below ``t``.
+    """
+    rows = _neighbour_rows(pairs, groups, K)
     parent = np.arange(K)
-    while heap:
-        h, a, b, va, vb = heapq.heappop(heap)
-        if version[a] != va or version[b] != vb or parent[a] != a or parent[b] != b:
+    size = sizes.astype(np.float64).copy()
+    done = np.zeros(K, bool)  # its nearest neighbour is beyond t: no merge below t will ever involve it
+
+    def roots(ids):
+        while True:
+            up = parent[ids]
+            if np.array_equal(up, ids):
+                return ids
+            ids = up
+
+    def nearest(x):
+        ids, sm, ct = rows[x]
+        if not len(ids):
+            return ids, np.zeros(0)
+        ids = roots(ids)
+        order = np.argsort(ids, kind="stable")
+        ids, sm, ct = ids[order], sm[order], ct[order]
+        first = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        ids, sm, ct = ids[first], np.add.reduceat(sm, first), np.add.reduceat(ct, first)
+        own = ids != x
+        rows[x] = [ids[own], sm[own], ct[own]]
+        ids, sm, ct = rows[x]
+        if not len(ids):
+            return ids, np.zeros(0)
+        pair = size[x] * size[ids]
+        return ids, (sm + (pair - ct) * fill) / pair
+
+    chain: list[int] = []
+    scan = 0
+    while True:
+        if not chain:
+            while scan < K and (parent[scan] != scan or done[scan]):
+                scan += 1
+            if scan == K:
+                break
+            chain.append(scan)
+        x = chain[-1]
+        ids, dist = nearest(x)
+        k = int(np.argmin(dist)) if len(dist) else -1  # ties: the lowest id
+        if k < 0 or dist[k] > t:
+            done[x] = True
+            chain.pop()
             continue
-        if h > t:
-            break
-        if len(nbr[a]) < len(nbr[b]):
-            a, b = b, a
-        del nbr[a][b], nbr[b][a]
-        for c, (s, k) in nbr[b].items():  # fold b's pair sums into a's
-            del nbr[c][b]
-            acc = nbr[a].setdefault(c, [0.0, 0.0])
-            acc[0] += s
-            acc[1] += k
-            nbr[c][a] = acc
-        nbr[b] = {}
-        parent[b] = a
-        size[a] += size[b]
-        version[a] += 1
-        for c in nbr[a]:
-            heapq.heappush(heap, (avg(a, c), min(a, c), max(a, c), version[min(a, c)], version[max(a, c)]))
-    root = np.arange(K)
-    for x in range(K):
-        y = x
-        while parent[y] != y:
-            y = parent[y]
-        root[x] = y
-    return root
+        y = int(ids[k])
+        if len(chain) > 1:  # ties: the previous cluster of the chain
+            w = chain[-2]
+            at = np.searchsorted(ids, w)
+            if at < len(ids) and ids[at] == w and dist[at] <= dist[k]:
+                y = w
+        if len(chain) > 1 and y == chain[-2]:
+            chain.pop()
+            chain.pop()
+            a, b = (x, y) if (size[x], -x) >= (size[y], -y) else (y, x)  # the bigger keeps its id
+            parent[b] = a
+            size[a] += size[b]
+            rows[a] = [np.concatenate([rows[a][c], rows[b][c]]) for c in range(3)]
+            rows[b] = None
+        else:
+            chain.append(y)
+    return roots(np.arange(K))
 
 
 @dataclasses.dataclass

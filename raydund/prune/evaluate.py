@@ -174,6 +174,17 @@ def next_token_logprobs(model, seqs: list[list[int]], tokens: list[int], batch_s
     return out
 
 
+def prompt_seqs(tok, texts: list[str], prompt: str = SST2_PROMPT) -> list[list[int]]:
+    """Token ids of each text in the prompt, prefix first (:func:`label_scores` for one-token label words)."""
+    pre = prefix_ids(tok)
+    return [pre + tok(prompt.format(t)).input_ids for t in texts]
+
+
+def one_token_words(tok, words=SST2_WORDS) -> bool:
+    """Whether every label word is one token (then :func:`label_scores` runs :func:`prompt_seqs` only)."""
+    return all(len(tok(w, add_special_tokens=False).input_ids) == 1 for w in words)
+
+
 def label_scores(model, tok, texts: list[str], prompt: str = SST2_PROMPT, words=SST2_WORDS,
                  batch_size: int = 16) -> np.ndarray:
     """``[texts x labels]`` summed log-probability of each label word's tokens after the prompt.
@@ -181,8 +192,7 @@ def label_scores(model, tok, texts: list[str], prompt: str = SST2_PROMPT, words=
     When every label word is one token (SmolLM2's " negative"/" positive"), one forward per
     text scores them all (:func:`next_token_logprobs`); otherwise one per (text, label word).
     """
-    pre = prefix_ids(tok)
-    ctx = [pre + tok(prompt.format(t)).input_ids for t in texts]
+    ctx = prompt_seqs(tok, texts, prompt)
     conts = [tok(w, add_special_tokens=False).input_ids for w in words]
     if all(len(c) == 1 for c in conts):
         return next_token_logprobs(model, ctx, [c[0] for c in conts], batch_size)
@@ -273,22 +283,33 @@ def word_seqs(tok, sentences: list[list[str]]) -> list[list[int]]:
 
 
 @torch.no_grad()
-def seq_block_inputs(model, seqs: list[list[int]], batch_size: int = 16) -> list[list[torch.Tensor]]:
-    """:func:`block_inputs` of token id sequences, batched as every function here batches them."""
-    from raydund.prune.surgery import blocks
+def seq_block_inputs(model, seqs: list[list[int]], batch_size: int = 16,
+                     base: tuple[int, ...] = ()) -> list[list[torch.Tensor | None]]:
+    """:func:`block_inputs` of token id sequences, batched as every function here batches them.
 
+    With ``base``: the stream entering each block of the model without blocks ``base``
+    (``None`` at the indices of ``base``), for :func:`raydund.prune.surgery.resumed`.
+    """
+    from raydund.prune.surgery import blocks, check_drop, dropped, num_blocks
+
+    total = num_blocks(model)
+    kept = [i for i in range(total) if i not in set(check_drop(base, total))]
     seen: list = []
-    hooks = [b.register_forward_pre_hook(lambda m, a, kw: seen.append(a[0] if a else kw["hidden_states"]),
-                                         with_kwargs=True) for b in blocks(model)]
     out = []
-    try:
-        for _idx, ids, mask in batches(seqs, batch_size, model.device):
-            seen.clear()
-            model(input_ids=ids, attention_mask=mask, use_cache=False)
-            out.append(list(seen))
-    finally:
-        for h in hooks:
-            h.remove()
+    with dropped(model, base) as m:
+        hooks = [b.register_forward_pre_hook(lambda m, a, kw: seen.append(a[0] if a else kw["hidden_states"]),
+                                             with_kwargs=True) for b in blocks(m)]
+        try:
+            for _idx, ids, mask in batches(seqs, batch_size, m.device):
+                seen.clear()
+                m(input_ids=ids, attention_mask=mask, use_cache=False)
+                row: list = [None] * total
+                for i, h in zip(kept, seen):
+                    row[i] = h
+                out.append(row)
+        finally:
+            for h in hooks:
+                h.remove()
     return out
 
 

@@ -187,7 +187,11 @@ class CalibrationScores:
     def __call__(self, sets: list[tuple[int, ...]]) -> list[float]:
         new = [s for s in dict.fromkeys(tuple(sorted(x)) for x in sets) if s not in self.cache]
         if new:
-            self.cache.update(zip(new, self.pool.map("calibration_perplexity", [(s, self.sentences) for s in new])))
+            # blocks every new set drops (a SLEB step: the greedy set so far): each actor runs the
+            # model without them once, and each set's forward resumes at its first other block
+            base = tuple(sorted(set.intersection(*map(set, new)))) if len(new) > 1 else ()
+            args = [(s, self.sentences, base) for s in new]
+            self.cache.update(zip(new, self.pool.map("calibration_perplexity", args)))
         return [self.cache[tuple(sorted(x))] for x in sets]
 
 

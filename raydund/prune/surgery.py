@@ -167,33 +167,43 @@ class _Replay(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def resumed(model, drop: Iterable[int], block_inputs: list[list[torch.Tensor]] | None):
+def resumed(model, drop: Iterable[int], block_inputs: list[list[torch.Tensor | None]] | None,
+            base: Iterable[int] = ()):
     """:func:`dropped`, but blocks before the first dropped one are not run: their output is replayed.
 
-    ``block_inputs[b][l]`` is the full model's stream entering block ``l`` for batch ``b``
-    of the texts about to be scored (same texts, same batches). Dropping blocks ``S``
-    changes nothing before ``min(S)``, so the forward resumes there: SLEB's candidates
-    late in the model cost only the blocks after them (plus embeddings and head). Without
-    a cache, or when block 0 is dropped, this is :func:`dropped`. Forward only, no KV cache.
+    ``block_inputs[b][l]`` is the stream entering block ``l`` for batch ``b`` of the texts
+    about to be scored (same texts, same batches), in the model without blocks ``base``
+    (``None`` for the blocks of ``base``; :func:`raydund.prune.evaluate.seq_block_inputs`).
+    ``base`` must be part of ``drop``. Dropping ``drop`` changes nothing before
+    ``k = min(drop - base)``, so the forward resumes there: SLEB's candidates, each its
+    greedy set so far (``base``) plus one block, cost only the blocks after that block
+    (plus embeddings and head). Without a cache, when block 0 is dropped or when ``drop``
+    is ``base``, this is :func:`dropped`. Forward only, no KV cache.
     """
     total = num_blocks(model)
     drop = check_drop(drop, total)
-    if not drop or drop[0] == 0 or block_inputs is None:
+    base = set(check_drop(base, total)) if base else set()
+    if not base <= set(drop):
+        raise ValueError(f"the cached stream drops blocks {sorted(base - set(drop))} that {list(drop)} keeps")
+    new = [b for b in drop if b not in base]
+    if not new or new[0] == 0 or block_inputs is None:
         with dropped(model, drop) as m:
             yield m
         return
-    k = drop[0]
+    k = new[0]
     path = block_path(model)
     old = list(attribute(model, path))
     state = _config_state(model.config)
     after = [i for i in range(k, total) if i not in drop]
-    replay = _Replay(iter([b[k] for b in block_inputs]), old[k - 1])
+    before = [i for i in range(k) if i not in base]  # the blocks the replay stands in for
+    replay = _Replay(iter([b[k] for b in block_inputs]), old[before[-1]] if before else old[0])
     try:
         _set_blocks(model, path, [replay, *(old[i] for i in after)])
-        new = {"num_hidden_layers": 1 + len(after)}
+        new_state = {"num_hidden_layers": 1 + len(after)}
         if "layer_types" in state:
-            new["layer_types"] = [state["layer_types"][k - 1], *(state["layer_types"][i] for i in after)]
-        _set_config(model.config, new)
+            first = state["layer_types"][before[-1] if before else 0]
+            new_state["layer_types"] = [first, *(state["layer_types"][i] for i in after)]
+        _set_config(model.config, new_state)
         yield model
     finally:
         _set_blocks(model, path, old)

@@ -70,32 +70,41 @@ class Evaluator:
 
         return num_blocks(self.model)
 
-    def calibration_perplexity(self, drop: tuple[int, ...], sentences: int | None = None) -> float:
+    def calibration_perplexity(self, drop: tuple[int, ...], sentences: int | None = None,
+                               base: tuple[int, ...] = ()) -> float:
         """Perplexity of the first ``sentences`` (default ``data.sleb``) calibration sentences without blocks ``drop``.
 
-        The full model's stream entering every block is computed once for these sentences
-        and the forward resumes at the first dropped block (:func:`raydund.prune.surgery.resumed`);
-        the held-out perplexity of :meth:`evaluate` does the same.
+        The stream entering every block of the model without ``base`` (part of ``drop``;
+        SLEB: its greedy set so far) is computed once for these sentences and the forward
+        resumes at the first block of ``drop`` not in ``base``
+        (:func:`raydund.prune.surgery.resumed`); the held-out perplexity of :meth:`evaluate`
+        resumes from the full model's stream.
         """
         from raydund.prune import evaluate
 
         k = self.data.sleb if sentences is None else sentences
-        return self._perplexity(drop, evaluate.join(self.data.calibration[:k]))
+        return self._perplexity(drop, evaluate.join(self.data.calibration[:k]), tuple(base))
 
-    def _inputs(self, seqs: list[list[int]]) -> list:
-        """The full model's block inputs for token id sequences, computed once per distinct text."""
+    def _inputs(self, seqs: list[list[int]], base: tuple[int, ...] = ()) -> list:
+        """The block inputs of the model without ``base`` for token id sequences, computed once per text.
+
+        The full model's (``base`` empty) are kept for every text; of the others only the
+        last one asked for (a SLEB step's candidates share one base).
+        """
         from raydund.prune import evaluate
 
-        key = tuple(map(tuple, seqs))
+        key = (tuple(map(tuple, seqs)), tuple(sorted(base)))
         if key not in self._block_inputs:
-            self._block_inputs[key] = evaluate.seq_block_inputs(self.model, seqs, self.data.batch_size)
+            if base:
+                self._block_inputs = {k: v for k, v in self._block_inputs.items() if not k[1]}
+            self._block_inputs[key] = evaluate.seq_block_inputs(self.model, seqs, self.data.batch_size, key[1])
         return self._block_inputs[key]
 
-    def _perplexity(self, drop: tuple[int, ...], texts: list[str]) -> float:
+    def _perplexity(self, drop: tuple[int, ...], texts: list[str], base: tuple[int, ...] = ()) -> float:
         from raydund.prune import evaluate
         from raydund.prune.surgery import resumed
 
-        with resumed(self.model, drop, self._inputs(evaluate.encode(self.tok, texts))):
+        with resumed(self.model, drop, self._inputs(evaluate.encode(self.tok, texts), base), base):
             return evaluate.perplexity(self.model, self.tok, texts, self.data.batch_size)
 
     def _word_vectors(self, drop: tuple[int, ...], sentences: list[list[str]]) -> np.ndarray:
@@ -117,7 +126,7 @@ class Evaluator:
     def evaluate(self, drop: tuple[int, ...], metrics: tuple[str, ...]) -> dict:
         """``{"ppl", "sst2", "pos"}`` (those asked for) and the seconds each took, without blocks ``drop``."""
         from raydund.prune import evaluate
-        from raydund.prune.surgery import dropped, resumed
+        from raydund.prune.surgery import resumed
 
         d, out, test = self.data, {}, None
         if "ppl" in metrics:
@@ -138,7 +147,9 @@ class Evaluator:
             out["seconds_pos"] = time.perf_counter() - start
         if "sst2" in metrics:
             start = time.perf_counter()
-            with dropped(self.model, drop):
+            seqs = evaluate.prompt_seqs(self.tok, d.sst2_texts)
+            cache = self._inputs(seqs) if evaluate.one_token_words(self.tok) else None
+            with resumed(self.model, drop, cache):
                 out["sst2"] = evaluate.zero_shot_accuracy(self.model, self.tok, d.sst2_texts, d.sst2_labels,
                                                           batch_size=d.batch_size)
             out["seconds_sst2"] = time.perf_counter() - start

@@ -105,3 +105,22 @@ def test_resumed_forward_equals_dropped_model(family):
         assert surgery.num_blocks(model) == 6 and model.config.num_hidden_layers == 6
     with pytest.raises(RuntimeError, match="does not match"), surgery.resumed(model, (2,), cache) as m:
         evaluate.perplexity(m, tok, texts[:2], batch_size=3)
+    # from the stream of the model without a base set (a SLEB step): resumed at the first other block
+    seqs = evaluate.encode(tok, texts)
+    base = (1, 3)
+    cache = evaluate.seq_block_inputs(model, seqs, batch_size=3, base=base)
+    assert [x is None for x in cache[0]] == [i in base for i in range(6)]
+    for drop in [(1, 3, 4), (1, 3, 5), (0, 1, 3), (1, 2, 3), (1, 3)]:
+        ref = evaluate.perplexity(surgery.drop_blocks(model, drop), tok, texts, batch_size=3)
+        with surgery.resumed(model, drop, cache, base) as m:
+            got = evaluate.perplexity(m, tok, texts, batch_size=3)
+        assert got == pytest.approx(ref, rel=1e-6)
+    runs = []
+    hooks = [b.register_forward_pre_hook(lambda m, a, i=i: runs.append(i)) for i, b in enumerate(surgery.blocks(model))]
+    with surgery.resumed(model, (1, 3, 4), cache, base) as m:
+        evaluate.perplexity(m, tok, texts, batch_size=3)
+    for h in hooks:
+        h.remove()
+    assert set(runs) == {5}  # blocks 0 and 2 are replayed, not run
+    with pytest.raises(ValueError, match="keeps"), surgery.resumed(model, (1, 4), cache, base):
+        pass

@@ -12,6 +12,7 @@ from raydund.general.sparse_cluster import (
     DenseSource,
     OutOfCoreClustering,
     cut_merges,
+    sparse_average_linkage,
     weighted_average_linkage,
 )
 
@@ -42,6 +43,33 @@ def test_weighted_average_linkage_continues_exact_linkage():
         want = fcluster(tree, t, criterion="distance")
         got = cut_merges(merges, K, t)[start]
         assert adjusted_rand_score(want, got) == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparse_average_linkage_is_exact_linkage_on_the_filled_matrix(seed):
+    """Pairs below the bound known, the rest at ``fill``: the cut equals fastcluster's on that matrix.
+
+    Started from single neurons and from the clusters of a lower cut (the continuation).
+    """
+    r = planted(N=240, k=12, common=0.4, seed=seed)[6:, 6:].astype(np.float64)
+    N = len(r)
+    D = 1.0 - np.abs(r)
+    bound = 0.8  # pairs with d <= bound known
+    i, j = np.nonzero(np.triu(D <= bound, 1))
+    fill = float(D[np.triu(D > bound, 1)].mean())
+    filled = np.where(D <= bound, D, fill)
+    np.fill_diagonal(filled, 0.0)
+    tree = fastcluster.linkage(squareform(filled, checks=False), method="average")
+    pairs = (i, j, D[i, j])
+    for t in (0.3, 0.5, 0.7, 0.8):
+        want = fcluster(tree, t, criterion="distance")
+        got = sparse_average_linkage(pairs, np.arange(N), N, np.ones(N, np.int64), fill, t)
+        assert adjusted_rand_score(want, got) == 1.0, t
+        start = fcluster(tree, t - 0.15, criterion="distance") - 1
+        K = start.max() + 1
+        got = sparse_average_linkage(pairs, start, K, np.bincount(start), fill, t)[start]
+        assert adjusted_rand_score(want, got) == 1.0, t
+    assert len(np.unique(got)) < len(np.unique(start)) < N  # the cuts merged something
 
 
 @pytest.mark.parametrize("max_exact", [1000, 40])
