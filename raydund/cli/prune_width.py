@@ -18,7 +18,7 @@ OPTS = {
     "model": Opt(default="smollm2"),
     "fractions": Opt(type=str, convert=_floats, metavar="F[,F...]",
                      help="fractions of every block's MLP neurons to remove (0.1,0.25,0.4)"),
-    "methods": Opt(type=str, convert=_names, metavar="NAME[,NAME...]", help="fold cluster magnitude random"),
+    "methods": Opt(type=str, convert=_names, metavar="NAME[,NAME...]", help="fold cluster fold-cost magnitude random"),
 }
 
 

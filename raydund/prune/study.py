@@ -29,6 +29,7 @@ import pyarrow as pa
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.prune import criteria as crit
+from raydund.prune.config import StudyConfig
 from raydund.prune.workers import Pool, StudyData, flat
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,11 @@ METRICS = ("ppl", "sst2", "pos")
 
 
 @dataclasses.dataclass(kw_only=True)
-class PruneConfig:
-    """A depth-pruning study of one causal LM.
+class PruneConfig(StudyConfig):
+    """A depth-pruning study of one causal LM (more fields: :class:`~raydund.prune.config.StudyConfig`).
 
     Attributes
     ----------
-    model : str
-        A catalog model (``smollm2``), a local model folder, a ``.gguf`` file or a hub id.
     corpus : str
         A catalog corpus with word-level labels (calibration, held-out text, POS probe).
     blocks : tuple of int
@@ -57,8 +56,6 @@ class PruneConfig:
         Among ``ppl sst2 pos``.
     label : str
         The corpus's word label for the probe criterion and the POS probe.
-    calibration_split, eval_split : str
-        Splits the calibration and the held-out evaluation sentences come from.
     calibration_sentences : int
         Calibration sentences (criteria read their hidden states).
     sleb_sentences : int
@@ -84,26 +81,15 @@ class PruneConfig:
         Rounds of ``hybrid``'s refinement (one block swapped per round).
     hybrid_finalists : int
         ``hybrid``'s best sets re-scored on all calibration sentences (:func:`raydund.prune.criteria.hybrid`).
-    batch_size : int
-    workers : int
-        Ray actors, each holding the model.
-    threads : int
-        Torch threads (and Ray CPUs) per actor.
     register : bool
         Register the best pruned model per n in MLflow.
     """
 
-    model: str
-    corpus: str = "ud_english_ewt"
     blocks: tuple[int, ...] = (2, 4, 6, 8)
     criteria: tuple[str, ...] = ("hybrid", "sleb", "shortgpt", "gromov", "last", "cka", "cka-debiased", "probe")
     metrics: tuple[str, ...] = METRICS
     label: str = "upos"
-    calibration_split: str = "train"
-    eval_split: str = "test"
-    calibration_sentences: int = 256
     sleb_sentences: int = 64
-    eval_sentences: int = 400
     probe_train_sentences: int = 400
     sst2_sentences: int = 200
     probe_threshold: float = 0.01
@@ -112,12 +98,9 @@ class PruneConfig:
     hybrid_windows: int = 3
     hybrid_rounds: int = 3
     hybrid_finalists: int = 3
-    batch_size: int = 8
-    workers: int = 2
-    threads: int = 1
-    register: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         bad = [c for c in self.criteria if c not in crit.ALL_CRITERIA]
         if bad:
             raise UserError(f"unknown criteria {bad}; known: {', '.join(crit.ALL_CRITERIA)}")
@@ -130,9 +113,6 @@ class PruneConfig:
             raise UserError(f"states must be 'lake' or 'model', not {self.states!r}")
         if self.sleb_sentences > self.calibration_sentences:
             raise UserError("sleb_sentences must not exceed calibration_sentences")
-        for name in ("calibration_sentences", "eval_sentences", "workers", "threads", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1")
 
 
 def lake_model_name(model: str) -> str:

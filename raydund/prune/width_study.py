@@ -25,60 +25,42 @@ from pathlib import Path
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.prune import width
+from raydund.prune.config import StudyConfig
 from raydund.prune.workers import Pool
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(kw_only=True)
-class WidthConfig:
-    """A width-pruning study of one Llama-family causal LM.
+class WidthConfig(StudyConfig):
+    """A width-pruning study of one Llama-family causal LM (more fields: :class:`~raydund.prune.config.StudyConfig`).
 
     Attributes
     ----------
-    model : str
-        A catalog model (``smollm2``), a local model folder, a ``.gguf`` file or a hub id.
-    corpus : str
-        A catalog corpus (calibration and held-out text).
     fractions : tuple of float
         Fractions of every block's MLP neurons to remove (``0.1,0.25,0.4``).
     methods : tuple of str
-        Among ``fold cluster magnitude random`` (see :mod:`raydund.prune.width`).
-    calibration_split, eval_split : str
-        Splits the calibration and the held-out sentences come from.
+        Among ``fold cluster fold-cost magnitude random`` (see :mod:`raydund.prune.width`).
     calibration_sentences : int
         Calibration sentences (neuron statistics, fold coefficients).
-    eval_sentences : int
-        Held-out sentences (perplexity).
     timing_sentences : int
         Held-out sentences timed for the forward time per token.
     seed : int
         Seeds the random baseline.
-    batch_size : int
-    workers : int
-        Ray actors, each holding the model.
-    threads : int
-        Torch threads (and Ray CPUs) per actor.
     register : bool
         Register the best pruned model of the largest fraction in MLflow.
     """
 
-    model: str
-    corpus: str = "ud_english_ewt"
     fractions: tuple[float, ...] = (0.1, 0.25, 0.4)
     methods: tuple[str, ...] = width.METHODS
-    calibration_split: str = "train"
-    eval_split: str = "test"
-    calibration_sentences: int = 256
     eval_sentences: int = 300
     timing_sentences: int = 32
     seed: int = 0
-    batch_size: int = 8
     workers: int = 1
-    threads: int = 1
-    register: bool = True
+    POSITIVE = (*StudyConfig.POSITIVE, "timing_sentences")
 
     def __post_init__(self):
+        super().__post_init__()
         bad = [m for m in self.methods if m not in width.METHODS]
         if bad:
             raise UserError(f"unknown width-pruning methods {bad}; known: {', '.join(width.METHODS)}")
@@ -87,10 +69,6 @@ class WidthConfig:
         for f in self.fractions:
             if not 0.0 < float(f) < 1.0:
                 raise UserError(f"fraction {f}: give fractions of MLP neurons to remove, strictly between 0 and 1")
-        for name in ("calibration_sentences", "eval_sentences", "timing_sentences", "workers", "threads",
-                     "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1")
 
 
 @dataclasses.dataclass
