@@ -238,25 +238,28 @@ def test_classification_resumes_registers_and_extracts(glue_settings, tmp_path, 
     assert stored["value"][0] == pytest.approx(layers["layer 2"])
 
 
-@pytest.mark.slow  # ~33 s on 2 cores
+@pytest.mark.slow  # ~45 s on 2 cores
 def test_regression_pairs_end_to_end(glue_settings, tmp_path, tiny_model_dir):
     import mlflow
 
     ingest(str(write_sts(tmp_path / "data", "ststoy")), glue_settings)
-    slower = {**FAST, "epochs": 4, "lr": 1e-2, "batch_size": 4}  # a regression head first learns the mean
-    result = run_finetune(FinetuneConfig(model=tiny_model_dir("roberta"), corpus="ststoy", **slower),
+    # a regression head first learns the mean; the tiny RoBERTa never got past it here (outputs within 1e-5 of
+    # each other: their Pearson r was float32 noise), the tiny BERT does
+    slower = {**FAST, "epochs": 6}
+    result = run_finetune(FinetuneConfig(model=tiny_model_dir("bert"), corpus="ststoy", **slower),
                           glue_settings)
-    assert result.task == "regression" and result.lake_model == "roberta-ft-ststoy-v1"
+    assert result.task == "regression" and result.lake_model == "bert-ft-ststoy-v1"
     data, _, classes = prepare_data(FinetuneConfig(model="x", corpus="ststoy"), Lake(glue_settings))
     assert classes is None and data["train"]["words_b"] is not None
     spec = resolve_model(result.uri)
     pred = direct_predictions(spec.source, data["test"], regression=True)
     target = np.array(data["test"]["labels"])
+    assert pred.std() > 1e-3  # the outputs differ: their Pearson r is not float32 noise
     assert result.test["pearson"] == pytest.approx(np.corrcoef(pred, target)[0, 1], abs=1e-4)
     assert result.test["mse"] == pytest.approx(np.mean((pred - target) ** 2), rel=1e-4)
     assert result.test["pearson"] > 0.5
     mlflow.set_tracking_uri(glue_settings.tracking_uri)
-    mv = mlflow.MlflowClient().get_model_version("raydund-roberta-ststoy", "1")
+    mv = mlflow.MlflowClient().get_model_version("raydund-bert-ststoy", "1")
     assert float(mv.tags["test_spearman"]) == pytest.approx(result.test["spearman"], abs=1e-6)
 
     for split in ("train", "dev"):
