@@ -24,11 +24,11 @@ from raydund.general import tiles as T
 from raydund.general.similarity import Similarity
 from raydund.general.stream import SimilarityConfig, first_mean, iter_slice, layer_of, slice_tokens, slices_of
 from raydund.lake import ACTIVATIONS, Lake
+from raydund.lake.names import NEURON_CORRELATION_TILES, TILES_FOLDER
 from raydund.lake.runs import StageRun
 
 log = logging.getLogger(__name__)
 
-NEURON_CORRELATION_TILES = "neuron_correlation_tiles"
 NEURON_STATISTICS = "neuron_statistics"
 
 
@@ -49,7 +49,7 @@ class TileResult:
 def tile_root(settings: Settings, cfg: SimilarityConfig, snapshot_id: int, block: int) -> str:
     key = T.tile_key({"model": cfg.model, "corpus": cfg.corpus, "split": cfg.split, "unit": cfg.unit,
                       "skip_first": cfg.skip_first, "activations": snapshot_id, "block": block})
-    return f"{settings.warehouse.rstrip('/')}/tiles/{cfg.model}/{cfg.corpus}-{cfg.split}-{key}"
+    return f"{settings.warehouse.rstrip('/')}/{TILES_FOLDER}/{cfg.model}/{cfg.corpus}-{cfg.split}-{key}"
 
 
 def compute_tiles(lake: Lake, cfg: SimilarityConfig, settings: Settings, snapshot_id: int,

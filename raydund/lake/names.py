@@ -8,6 +8,10 @@ from raydund.errors import UserError
 
 NAMESPACE = "raydund"
 ACTIVATIONS = f"{NAMESPACE}.activations"
+#: The table indexing the tile files of tiled similarity runs: one row per file, its URI in ``path``.
+NEURON_CORRELATION_TILES = "neuron_correlation_tiles"
+#: The warehouse folder of tile generations, ``<warehouse>/tiles/<model>/<generation>/``.
+TILES_FOLDER = "tiles"
 
 #: Names that become partition values or run names (models, splits, units): no path separators, no "..".
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -15,6 +15,9 @@ Two steps, for every table of the lake:
 Extraction staging generations (``<activations>/data/staging/<key>-g<n>``) go whole or
 not at all: one referenced or recent file (a running job's ``_lease``) keeps every file
 of its generation, markers included, so a resumable generation is never half-deleted.
+Tile generations of tiled similarity runs (``<warehouse>/tiles/<model>/<generation>``)
+likewise: their files are referenced by the ``path`` column of ``neuron_correlation_tiles``
+rows, read from every retained snapshot of that table.
 A dry run (the default) computes the same plan and changes nothing.
 """
 
@@ -34,7 +37,7 @@ from raydund.errors import UserError
 from raydund.lake import runs
 from raydund.lake.catalog import Lake
 from raydund.lake.commit import commit_with_retry
-from raydund.lake.names import table_identifier
+from raydund.lake.names import NEURON_CORRELATION_TILES, TILES_FOLDER, table_identifier
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +134,11 @@ def vacuum(settings: Settings, retention: timedelta = DEFAULT_RETENTION, keep_la
             report.expired[ident] = ids
         tbl = lake.catalog.load_table(ident)
         referenced |= referenced_files(tbl, exclude=set(ids) if dry_run else set())
+        if ident == table_identifier(NEURON_CORRELATION_TILES):
+            referenced |= referenced_tiles(tbl, exclude=set(ids) if dry_run else set())
         roots.append(fs_path(tbl.location()))
     fs, warehouse = pafs.FileSystem.from_uri(settings.warehouse)
+    roots.append(tiles_root(warehouse))
     doomed, report.kept_recent = _unreferenced(fs, warehouse, roots, referenced, cutoff.timestamp())
     report.files = sorted(doomed)
     report.bytes = _delete(fs, doomed, dry_run)
@@ -189,6 +195,16 @@ def referenced_files(tbl, exclude: set[int] = frozenset()) -> set[str]:
     return {fs_path(uri) for uri in uris}
 
 
+def referenced_tiles(tbl, exclude: set[int] = frozenset()) -> set[str]:
+    """Filesystem paths of the tile files named (column ``path``) by any snapshot of the table (less ``exclude``)."""
+    paths: set[str] = set()
+    for snap in tbl.metadata.snapshots:
+        if snap.snapshot_id not in exclude:
+            rows = tbl.scan(snapshot_id=snap.snapshot_id, selected_fields=("path",)).to_arrow()
+            paths |= {fs_path(p) for p in rows.column("path").to_pylist()}
+    return paths
+
+
 def fs_path(uri: str) -> str:
     """A ``file://`` or ``s3://`` URI (or a bare path) as the path ``pyarrow.fs`` lists it under."""
     parsed = urlparse(uri)
@@ -214,7 +230,7 @@ def _unreferenced(fs, warehouse: str, roots: list[str], referenced: set[str],
         for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
             path = posixpath.normpath(info.path)
             if info.type == pafs.FileType.File and _inside(path, warehouse):
-                groups[_group(root, path)].append(info)
+                groups[_group(root, path, tiles_root(warehouse))].append(info)
     doomed, recent = {}, 0
     for members in groups.values():
         if any(posixpath.normpath(i.path) in referenced for i in members):
@@ -227,13 +243,19 @@ def _unreferenced(fs, warehouse: str, roots: list[str], referenced: set[str],
     return doomed, recent
 
 
-def _group(root: str, path: str) -> str:
-    """The staging generation folder holding ``path``, or ``path`` itself."""
-    staging = f"{root.rstrip('/')}/{STAGING}/"
-    if path.startswith(staging):
-        rest = path[len(staging):]
-        if "/" in rest:
-            return staging + rest.split("/", 1)[0]
+def tiles_root(warehouse: str) -> str:
+    """The folder of tile generations in a warehouse (a filesystem path)."""
+    return posixpath.join(posixpath.normpath(warehouse), TILES_FOLDER)
+
+
+def _group(root: str, path: str, tiles: str) -> str:
+    """The generation folder holding ``path`` (extraction staging under a table, or tiles), or ``path`` itself."""
+    root = root.rstrip("/")
+    depth, prefix = (2, root + "/") if root == tiles else (1, f"{root}/{STAGING}/")
+    if path.startswith(prefix):
+        parts = path[len(prefix):].split("/")
+        if len(parts) > depth:
+            return prefix + "/".join(parts[:depth])
     return path
 
 

@@ -103,28 +103,22 @@ def windows(H: list[np.ndarray], n: int, k: int) -> list[list[int]]:
     return [list(range(int(s), int(s) + n)) for s in np.argsort(d, kind="stable")[:k]]
 
 
-def cka_blocks(H: list[np.ndarray], n: int, debiased: bool = False) -> list[int]:
-    """The ``n`` blocks whose input and output are most similar by linear CKA."""
-    return lowest(-adjacent_cka(H, debiased), n)
-
-
 def last(total: int, n: int) -> list[int]:
     """The last ``n`` of ``total`` blocks."""
     _check_n(n, total)
     return list(range(total - n, total))
 
 
-def by_states(criterion: str, H: list[np.ndarray], n: int) -> list[int]:
-    """Blocks to drop by one of :data:`STATE_CRITERIA`."""
-    if criterion == "shortgpt":
-        return shortgpt(H, n)
-    if criterion == "gromov":
-        return gromov(H, n)
-    if criterion in ("cka", "cka-debiased"):
-        return cka_blocks(H, n, debiased=criterion == "cka-debiased")
-    if criterion == "last":
-        return last(len(H) - 1, n)
-    raise UserError(f"unknown criterion {criterion!r}; known: {', '.join(ALL_CRITERIA)}")
+def by_states(criterion: str, H: list[np.ndarray], ns: Iterable[int]) -> dict[int, list[int]]:
+    """Blocks to drop by one of :data:`STATE_CRITERIA`, for each number of blocks in ``ns`` (scores computed once)."""
+    ns = list(ns)
+    if criterion in ("cka", "cka-debiased"):  # the n blocks whose input and output are most similar
+        scores = -adjacent_cka(H, debiased=criterion == "cka-debiased")
+        return {n: lowest(scores, n) for n in ns}
+    one = {"shortgpt": shortgpt, "gromov": gromov, "last": lambda H, n: last(len(H) - 1, n)}.get(criterion)
+    if one is None:
+        raise UserError(f"unknown criterion {criterion!r}; known: {', '.join(ALL_CRITERIA)}")
+    return {n: one(H, n) for n in ns}
 
 
 def greedy_search(score: Callable[[tuple[int, ...]], float], total: int, n: int,

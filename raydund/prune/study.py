@@ -194,8 +194,7 @@ def cheap_choices(cfg: PruneConfig, pool, states, candidates: dict) -> tuple[dic
     details["hidden_states"] = {"seconds": time.perf_counter() - start, "rows": int(len(H[0])), "source": cfg.states}
     for c in wanted:
         start = time.perf_counter()
-        for n in cfg.blocks:
-            blocks = crit.by_states(c, H, n)
+        for n, blocks in crit.by_states(c, H, cfg.blocks).items():
             candidates.setdefault(n, []).append(blocks)
             if c in cfg.criteria:
                 chosen[c, n] = blocks

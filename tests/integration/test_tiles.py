@@ -114,3 +114,40 @@ def test_clustering_from_tiles_in_memory_and_out_of_core(settings):
         assert adjusted_rand_score(a, b) == 1.0
     rows = lake.scan("clusters").collect()
     assert rows.height == len(ooc.neurons_) * len(ooc.thresholds)
+
+
+def test_vacuum_reclaims_a_tile_generation_once_no_retained_snapshot_names_it(settings):
+    from datetime import timedelta
+    from pathlib import Path
+
+    from raydund.lake.vacuum import fs_path, vacuum
+
+    lake = Lake(settings)
+    write_into_lake(lake, planted_activations())
+
+    def generation():
+        paths = lake.scan("neuron_correlation_tiles").select("path").collect()["path"].to_list()
+        folders = {Path(fs_path(p)).parent for p in paths}
+        assert len(folders) == 1
+        return folders.pop()
+
+    run_similarity(_cfg(tiles="on", tile_neurons=5), settings, progress=False)
+    old = generation()
+    old_files = {p for p in old.rglob("*") if p.is_file()}
+    assert any(p.suffix == ".json" for p in old_files)  # the _done markers belong to the generation
+    run_similarity(_cfg(tiles="on", tile_neurons=7), settings, progress=False)  # a new generation replaces it
+    new = generation()
+    new_files = {p for p in new.rglob("*") if p.is_file()}
+    assert new != old
+    stray = new.parent / "killed-run" / "tile-0-0.parquet"  # a generation no snapshot ever named
+    stray.parent.mkdir()
+    stray.write_bytes(b"x")
+
+    kept = vacuum(settings, retention=timedelta(0), keep_last=5, dry_run=False)  # the old index is retained
+    assert all(p.is_file() for p in old_files | new_files)
+    assert kept.files == [str(stray)]
+    gone = vacuum(settings, retention=timedelta(0), keep_last=1, dry_run=False)
+    assert {str(p) for p in old_files} <= set(gone.files)
+    assert not any(p.exists() for p in old_files) and all(p.is_file() for p in new_files)
+    index = tile_reads.tile_index(lake, correlation_run(lake, "m", "c", "dev"))
+    assert tile_reads.assemble(index).shape == (24, 24)  # the current run still reads every tile

@@ -67,17 +67,17 @@ def test_adjacent_cka_against_numpy():
     np.testing.assert_allclose(got, [_linear_cka(H[l], H[l + 1]) for l in range(4)], rtol=1e-9)
     deb = criteria.adjacent_cka(H, debiased=True)
     np.testing.assert_allclose(deb, [_debiased_cka(H[l], H[l + 1]) for l in range(4)], rtol=1e-6)
-    assert got[2] == pytest.approx(1) and criteria.cka_blocks(H, 1) == [2]
-    assert criteria.by_states("cka-debiased", H, 1) == [2]
+    assert got[2] == pytest.approx(1) and criteria.by_states("cka", H, [1]) == {1: [2]}
+    assert criteria.by_states("cka-debiased", H, [1, 2])[1] == [2]
 
 
 def test_last_and_bad_n():
     assert criteria.last(30, 4) == [26, 27, 28, 29]
-    assert criteria.by_states("last", _stream(L=5), 2) == [3, 4]
+    assert criteria.by_states("last", _stream(L=5), [2]) == {2: [3, 4]}
     with pytest.raises(UserError, match="n must be"):
         criteria.last(4, 4)
     with pytest.raises(UserError, match="unknown criterion"):
-        criteria.by_states("nope", _stream(L=3), 1)
+        criteria.by_states("nope", _stream(L=3), [1])
 
 
 def test_greedy_search_finds_planted_optimum():
