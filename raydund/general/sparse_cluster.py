@@ -142,12 +142,15 @@ class TileSource:
             if not len(R) or not len(C):
                 continue
             D = 1.0 - np.abs(read_tile(row["path"])[np.ix_(R, C)].astype(np.float64))
-            MR = sp.csr_matrix((np.ones(len(R)), (np.arange(len(R)), where[a:b][R])), shape=(len(R), K))
-            MC = sp.csr_matrix((np.ones(len(C)), (np.arange(len(C)), where[c:d][C])), shape=(len(C), K))
-            part = np.asarray(MR.T @ (MC.T @ D.T).T)
-            S += part
+            # summed over the groups present in this tile only: |groups of R| x |groups of C|, never K x K
+            ur, ir = np.unique(where[a:b][R], return_inverse=True)
+            uc, ic = np.unique(where[c:d][C], return_inverse=True)
+            MR = sp.csr_matrix((np.ones(len(R)), (ir, np.arange(len(R)))), shape=(len(ur), len(R)))
+            MC = sp.csr_matrix((np.ones(len(C)), (ic, np.arange(len(C)))), shape=(len(uc), len(C)))
+            part = np.asarray(MC @ np.asarray(MR @ D).T).T
+            S[np.ix_(ur, uc)] += part
             if row["row_block"] != row["col_block"]:
-                S += part.T
+                S[np.ix_(uc, ur)] += part.T
         return S
 
 

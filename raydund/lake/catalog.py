@@ -106,7 +106,9 @@ class Lake:
             return self.catalog.load_table(identifier)
         except NoSuchTableError:
             known = ", ".join(self.table_names()) or "none yet"
-            raise UserError(f"no table {identifier!r} in the lake (tables: {known})") from None
+            name = identifier.split(".", 1)[-1]
+            hint = f"; ingest it first: raydund ingest {name[7:]}" if name.startswith("corpus_") else ""
+            raise UserError(f"no table {identifier!r} in the lake (tables: {known}){hint}") from None
 
     def table_names(self) -> list[str]:
         """Identifiers of every raydund table."""

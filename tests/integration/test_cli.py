@@ -24,7 +24,8 @@ def test_help_lists_the_stages(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["extract", "--corpus", "nope", "--split", "train"], "no table 'raydund.corpus_nope'"),
+    (["extract", "--corpus", "nope", "--split", "train"],
+     "no table 'raydund.corpus_nope' in the lake (tables: none yet); ingest it first: raydund ingest nope"),
     (["ingest", "no_such_corpus"], "unknown corpus 'no_such_corpus'"),
 ])
 def test_user_mistake_is_one_line(tmp_path, args, message):

@@ -114,6 +114,16 @@ def test_clustering_from_tiles_in_memory_and_out_of_core(settings):
         assert adjusted_rand_score(a, b) == 1.0
     rows = lake.scan("clusters").collect()
     assert rows.height == len(ooc.neurons_) * len(ooc.thresholds)
+    # the continuation's group sums from the tiles equal those from the assembled r
+    from raydund.general.sparse_cluster import DenseSource, TileSource
+
+    index = tile_reads.tile_index(lake, correlation_run(lake, "m", "c", "dev"))
+    r = tile_reads.assemble(index)
+    dense, tiled = DenseSource(r), TileSource(index, np.isnan(np.diag(r)))
+    members = np.flatnonzero(~dense.constant)[::2]
+    groups = np.random.default_rng(0).integers(0, 4, len(members))
+    np.testing.assert_allclose(tiled.group_sums(members, groups, 4), dense.group_sums(members, groups, 4),
+                               rtol=1e-12, atol=1e-9)
 
 
 def test_vacuum_reclaims_a_tile_generation_once_no_retained_snapshot_names_it(settings):
