@@ -136,7 +136,6 @@ def tiles_bench(n_layers: int, width: int, tokens: int, block: int, home: str, c
                       corpus="ooc", split="bench", shard_tokens=max(1000, tokens // 4))
     del X
     out["write_s"] = time.perf_counter() - t0
-    out["gemm_gflops_2threads"] = gemm_rate(min(tokens, 4096), block) / 1e9
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     cfg = SimilarityConfig(model="synthetic", corpus="ooc", split="bench", tiles="on", tile_neurons=block)
     with PeakMemory(tree=True) as mem:
@@ -144,6 +143,8 @@ def tiles_bench(n_layers: int, width: int, tokens: int, block: int, home: str, c
         res = run_similarity(cfg, settings, progress=False)
         out["similarity_s"] = time.perf_counter() - t0
     tiles = res["tile_result"]
+    out["block"] = tiles.block  # the memory plan's choice when --block is not given
+    out["gemm_gflops_2threads"] = gemm_rate(min(tokens, 4096), tiles.block) / 1e9
     secs = [r["seconds"] for r in tiles.records]
     out.update(tiles=len(secs), tile_s_mean=float(np.mean(secs)), tile_s_max=float(np.max(secs)),
                extras_s=tiles.seconds["extras"], tiles_wall_s=tiles.seconds["tiles"],
@@ -178,7 +179,7 @@ def _cluster(out: dict, settings, max_exact: int | None) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("what", choices=("ari", "tiles"))
-    p.add_argument("--block", type=int, default=2048)
+    p.add_argument("--block", type=int, help="neurons per tile block (default: the memory plan's choice)")
     p.add_argument("--home", default="/tmp/ooc-home")
     p.add_argument("--cluster", action="store_true")
     p.add_argument("--max-exact", type=int)

@@ -144,6 +144,15 @@ def statistics_table(res: TileResult, key: dict) -> pa.Table:
                      "constant": res.stats["constant"]})
 
 
+def tile_costs(records: list[dict]) -> dict:
+    """Mean seconds per tile task and of its products, over the tiles this run computed (resumed ones have none)."""
+    ran = [r for r in records if "seconds" in r]
+    if not ran:
+        return {}
+    return {"tile_seconds_mean": float(np.mean([r["seconds"] for r in ran])),
+            "tile_product_seconds_mean": float(np.mean([r["product_seconds"] for r in ran]))}
+
+
 def run_tiled_similarity(cfg: SimilarityConfig, settings: Settings, progress: bool = True) -> dict:
     """The similarity pass in tiles: never N x N in a process; resumes a killed generation by tile."""
     from raydund.general.job import LAYER_SIMILARITY, _variant, cka_rows
@@ -179,6 +188,7 @@ def run_tiled_similarity(cfg: SimilarityConfig, settings: Settings, progress: bo
                    "cka_debiased_adjacent_mean":
                        float(np.mean([debiased[i, i + 1] for i in range(L - 1)])) if L > 1 else 1.0,
                    "tiles": len(res.records), "tiles_computed": res.computed, "tile_neurons": res.block,
+                   **{f"seconds_{k}": v for k, v in res.seconds.items()}, **tile_costs(res.records),
                    "seconds": time.perf_counter() - start}
         tracking.Tracker(settings, run.info.run_id).metrics(metrics)
     return {"run_id": run.info.run_id, "raydund_run_id": stage.run_id, "similarity": sim, "tile_result": res, **metrics}

@@ -13,6 +13,9 @@
 4. MLflow: a parent run, a child per (method, fraction), the figure "fraction removed vs
    perplexity" per method, the table; the lowest-perplexity model at the largest fraction
    registered as a pyfunc model that generates text (:mod:`raydund.prune.registry`).
+5. The lake table ``prune_width_results`` (one row per method, fraction and metric, the
+   full model as method ``none`` at fraction 0), which ``raydund report`` and
+   ``raydund compare`` draw.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import logging
 import time
 from pathlib import Path
 
+import pyarrow as pa
+
 from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.prune import width
@@ -29,6 +34,10 @@ from raydund.prune.config import StudyConfig
 from raydund.prune.workers import Pool
 
 log = logging.getLogger(__name__)
+
+PRUNE_WIDTH_RESULTS = "prune_width_results"
+#: What the lake keeps of each pruned model (and of the full one).
+METRICS = ("ppl", "parameters", "mlp_parameters", "size_mb", "ms_per_token")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -214,6 +223,16 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['method']:<10} {100 * r['fraction']:6.0f}% {r['ppl']:9.3f} {r['parameters'] / 1e6:10.2f} "
                      f"{r['mlp_parameters'] / 1e6:8.2f} {r['size_mb']:7.1f} {r['ms_per_token']:8.3f}")
     return "\n".join(lines)
+
+
+def results_table(model: str, corpus: str, rows: list[dict]) -> pa.Table:
+    """Lake rows: (model, corpus, method, fraction, metric, value)."""
+    out = [(r["method"], float(r["fraction"]), m, float(r[m])) for r in rows for m in METRICS if m in r]
+    cols = list(zip(*out)) if out else [[]] * 4
+    return pa.table({"model": pa.array([model] * len(out), pa.string()),
+                     "corpus": pa.array([corpus] * len(out), pa.string()),
+                     "method": pa.array(cols[0], pa.string()), "fraction": pa.array(cols[1], pa.float64()),
+                     "metric": pa.array(cols[2], pa.string()), "value": pa.array(cols[3], pa.float64())})
 
 
 def registered_name(model: str, corpus: str, fraction: float) -> str:

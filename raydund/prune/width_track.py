@@ -1,4 +1,4 @@
-"""MLflow runs, the figure and the registered model of a width-pruning study."""
+"""MLflow runs, the figure, the lake table and the registered model of a width-pruning study."""
 
 from __future__ import annotations
 
@@ -12,41 +12,25 @@ from raydund.config import Settings
 log = logging.getLogger(__name__)
 
 
-def ppl_figure(rows: list[dict]):
-    """Fraction of MLP neurons removed vs held-out perplexity, one line per method (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    full = next(r for r in rows if r["method"] == "none")
-    fig, ax = plt.subplots(figsize=(4.8, 3.6))
-    for m in sorted({r["method"] for r in rows} - {"none"}):
-        pts = sorted((r["fraction"], r["ppl"]) for r in rows if r["method"] == m)
-        ax.plot([0.0] + [p[0] for p in pts], [full["ppl"]] + [p[1] for p in pts], marker="o", label=m)
-    ax.set_xlabel("fraction of MLP neurons removed")
-    ax.set_ylabel("held-out perplexity")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax.set_title("width pruning")
-    fig.tight_layout()
-    return fig
-
-
 def record(cfg, settings: Settings, rows: list[dict], details: dict, best: dict, plans: dict, pool) -> dict:
-    """Parent run, child per (method, fraction), figure, tables, the registered model; returns ids and URI."""
+    """Parent run, child per (method, fraction), figure, tables, lake rows, the registered model; returns ids, URI."""
     import mlflow
 
+    from raydund.lake import Lake
+    from raydund.lake.runs import StageRun
     from raydund.prune import registry
-    from raydund.prune.width_study import format_table, lake_model_name, registered_name
+    from raydund.prune import width_study as ws
     from raydund.report import figures
 
-    model_name = lake_model_name(cfg.model)
+    model_name = ws.lake_model_name(cfg.model)
     params = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    # the scope holds the full model's row too (method "none", fraction 0): the run recomputed it
+    stage = StageRun(Lake(settings), "prune-width", model_name, cfg.corpus,
+                     {"method": sorted([*cfg.methods, "none"]), "fraction": sorted([0.0, *map(float, cfg.fractions)])})
     registered = None
     with tracking.job_run(settings, tracking.experiment_name(model_name, cfg.corpus),
                           f"prune-width {','.join(map(str, cfg.fractions))}", params,
-                          tags={"raydund.stage": "prune-width"}) as parent:
+                          tags={"raydund.stage": "prune-width", "raydund.run_id": stage.run_id}) as parent:
         exp = parent.info.experiment_id
         full = next(r for r in rows if r["method"] == "none")
         mlflow.log_metrics({f"full_{k}": v for k, v in full.items() if isinstance(v, float) and k != "fraction"})
@@ -56,15 +40,19 @@ def record(cfg, settings: Settings, rows: list[dict], details: dict, best: dict,
             with mlflow.start_run(run_name=f"{r['method']} {r['fraction']:g}", nested=True, experiment_id=exp):
                 mlflow.log_params({"method": r["method"], "fraction": r["fraction"]})
                 mlflow.log_metrics({k: v for k, v in r.items() if isinstance(v, float) and k != "fraction"})
-        fig = ppl_figure(rows)
+        fig = figures.width_curves(rows, f"{model_name} on {cfg.corpus}: width pruning")
         mlflow.log_figure(fig, "figures/prune_width_ppl.png")
         figures.close(fig)
         mlflow.log_dict({"rows": rows, "details": details}, "tables/prune_width.json")
-        mlflow.log_text(format_table(rows), "tables/prune_width.txt")
+        mlflow.log_text(ws.format_table(rows), "tables/prune_width.txt")
         if cfg.register:
-            name = registered_name(model_name, cfg.corpus, best["fraction"])
+            name = ws.registered_name(model_name, cfg.corpus, best["fraction"])
             registered = _register(mlflow, registry, pool, best, plans[best["method"], best["fraction"]], name, exp)
-    return {"run_id": parent.info.run_id, "registered": registered}
+        stage.replace(ws.PRUNE_WIDTH_RESULTS, ws.results_table(model_name, cfg.corpus, rows), ("model", "corpus"),
+                      {"mlflow.run_id": parent.info.run_id})
+        stage.complete(parent.info.run_id)
+        tracking.Tracker(settings, parent.info.run_id).tags(stage.tags())
+    return {"run_id": parent.info.run_id, "raydund_run_id": stage.run_id, "registered": registered}
 
 
 def _register(mlflow, registry, pool, row: dict, plans: list, name: str, exp: str) -> str:

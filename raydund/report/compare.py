@@ -39,6 +39,9 @@ class ModelSources:
     prune : raydund.lake.runs.Run or None
     prune_rows : list of dict
         :func:`raydund.report.pruning.to_rows` of the pruning run.
+    width : raydund.lake.runs.Run or None
+    width_rows : list of dict
+        :func:`raydund.report.pruning.width_to_rows` of the width-pruning run.
     robust : dict or None
         :func:`raydund.report.robust.latest`.
     """
@@ -49,13 +52,15 @@ class ModelSources:
     probes: dict = dataclasses.field(default_factory=dict)
     prune: runs.Run | None = None
     prune_rows: list = dataclasses.field(default_factory=list)
+    width: runs.Run | None = None
+    width_rows: list = dataclasses.field(default_factory=list)
     robust: dict | None = None
 
     def records(self) -> list[dict]:
         """The "Built from" records of every run this model's sections read."""
         used = [(self.similarity, [LAYER_SIMILARITY]), (self.cluster, [CLUSTERS])]
         used += [(run, [PROBE_RESULTS]) for run in self.probes.values()]
-        used.append((self.prune, [pruning.PRUNE_RESULTS]))
+        used += [(self.prune, [pruning.PRUNE_RESULTS]), (self.width, [pruning.PRUNE_WIDTH_RESULTS])]
         out, seen = [], set()
         for run, tables in used:
             if run is not None and run.run_id not in seen:
@@ -81,6 +86,7 @@ def resolve(lake: Lake, client, model: str, corpus: str, split: str, unit: str,
         if run is not None:
             out.probes[task] = run
     out.prune, out.prune_rows = pruning.latest(lake, model, corpus)
+    out.width, out.width_rows = pruning.width_latest(lake, model, corpus)
     out.robust = robust.latest(client, model, corpus, split, unit)
     return out
 
@@ -165,7 +171,7 @@ def build_comparison(settings: Settings, corpus: str, models: list[str], tasks: 
     lake = Lake(settings, create=False)
     client = mlflow.MlflowClient()
     used = [resolve(lake, client, model, corpus, split, unit, tasks) for model in models]
-    if not any(m.similarity or m.cluster or m.probes or m.prune or m.robust for m in used):
+    if not any(m.similarity or m.cluster or m.probes or m.prune or m.width or m.robust for m in used):
         raise UserError(f"no results for {', '.join(models)} on {corpus} ({split}, unit {unit}) in the lake; "
                         "run `raydund similarity`, `cluster` or `probe` first")
     rep = Report(f"raydund: {' vs '.join(models)} on {corpus}")
@@ -178,6 +184,7 @@ def build_comparison(settings: Settings, corpus: str, models: list[str], tasks: 
     probes(rep, lake, used)
     robust.section(rep, {m.model: m.robust for m in used})
     pruning.section(rep, {m.model: m.prune_rows for m in used}, corpus)
+    pruning.width_section(rep, {m.model: m.width_rows for m in used}, corpus)
     folder = settings.report_dir("+".join(models), corpus)
     path = rep.write(folder)
     (folder / "sources.json").write_text(json.dumps(records, indent=1), encoding="utf-8")

@@ -274,3 +274,34 @@ def prune_curves(rows: list[dict], title: str, default: str | None = None):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+#: Axis labels of the width-pruning panels (``raydund.prune``'s ``prune_width_results.metric``).
+WIDTH_METRICS = {"ppl": "held-out perplexity", "ms_per_token": "forward time per token (ms)"}
+
+
+def width_curves(rows: list[dict], title: str):
+    """Fraction of MLP neurons removed against perplexity and forward time, one line per method.
+
+    ``rows``: ``{method, fraction, <metric>: value}``; the full model is method ``none``
+    at fraction 0, where every line starts. Perplexity is drawn on a log scale.
+    """
+    full = next((r for r in rows if r["method"] == "none"), {})
+    metrics = [m for m in WIDTH_METRICS if any(m in r for r in rows)]
+    methods = sorted({r["method"] for r in rows} - {"none"})
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.2 * max(len(metrics), 1), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for method in methods:
+            pts = sorted((r["fraction"], r[m]) for r in rows if r["method"] == method and m in r)
+            if m in full:
+                pts = [(0.0, full[m])] + pts
+            ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.set_xlabel("MLP neurons removed (%)")
+        ax.set_ylabel(WIDTH_METRICS[m])
+        if m == "ppl":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -315,8 +315,10 @@ def build_report(settings: Settings, run_id: str) -> Path:
     used = resolve_sources(lake, transfer, params.get("stats_split"))
     model, corpus = transfer.model, transfer.corpus
     prune_run, prune_rows = pruning.latest(lake, model, corpus)
+    width_run, width_rows = pruning.width_latest(lake, model, corpus)
     found = robust.latest(client, model, corpus)
     used.extra += ([sources.describe(prune_run, [pruning.PRUNE_RESULTS])] if prune_run else []) + (
+        [sources.describe(width_run, [pruning.PRUNE_WIDTH_RESULTS])] if width_run else []) + (
         [robust.record(found)] if found else [])
     rep = Report(f"raydund: {model} on {corpus}")
     scope = transfer.scope
@@ -338,6 +340,7 @@ def build_report(settings: Settings, run_id: str) -> Path:
         log.info("run %s has no timing artefact", mlflow_id)
     timing_section(rep, timing)
     pruning.section(rep, {model: prune_rows} if prune_rows else {}, corpus)
+    pruning.width_section(rep, {model: width_rows} if width_rows else {}, corpus)
     robust.section(rep, {model: found} if found else {})
     path = rep.write(settings.report_dir(model, corpus))
     (path.parent / "sources.json").write_text(json.dumps(used.records(), indent=1), encoding="utf-8")

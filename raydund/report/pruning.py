@@ -1,10 +1,12 @@
-"""A depth-pruning study in a report: "blocks removed vs perplexity / SST-2 / POS" per criterion, and a table.
+"""Pruning studies in a report: depth ("blocks removed vs perplexity / SST-2 / POS" per criterion) and
+width ("MLP neurons removed vs perplexity / forward time" per method), each with a table.
 
 Read only from the lake: the latest completed ``prune`` run of (model, corpus) (written by
 ``raydund prune``, :mod:`raydund.prune.track`) and its ``prune_results`` rows at the
-snapshot it recorded. The full model's rows (criterion ``none``, n = 0) lie outside a
-prune run's scope, so the rows are taken by (model, corpus) at that snapshot and narrowed
-to the run's criteria and numbers of blocks here.
+snapshot it recorded; likewise the latest ``prune-width`` run and its
+``prune_width_results`` rows (``raydund prune-width``, :mod:`raydund.prune.width_track`).
+The rows are taken by (model, corpus) at that snapshot and narrowed to the run's scope
+here (its criteria and numbers of blocks, or methods and fractions, plus the full model).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from raydund.report.page import Report, table
 log = logging.getLogger(__name__)
 
 PRUNE_RESULTS = "prune_results"
-#: The full (unpruned) model's rows in ``prune_results``.
+PRUNE_WIDTH_RESULTS = "prune_width_results"
+#: The full (unpruned) model's rows in ``prune_results`` (criterion) and ``prune_width_results`` (method).
 FULL = "none"
 
 
@@ -58,6 +61,34 @@ def to_rows(frame: pl.DataFrame, scope: dict | None = None) -> list[dict]:
     return sorted(out.values(), key=lambda r: (r["criterion"] != FULL, r["criterion"], r["n"]))
 
 
+def width_to_rows(frame: pl.DataFrame, scope: dict | None = None) -> list[dict]:
+    """``prune_width_results`` rows -> one dict per (method, fraction): ``method, fraction`` and each metric.
+
+    Parameters
+    ----------
+    frame : polars.DataFrame
+        Rows ``method, fraction, metric, value`` of one (model, corpus).
+    scope : dict, optional
+        A ``prune-width`` run's scope: only its ``method`` and ``fraction`` values are kept
+        (the full model, method ``none`` at fraction 0, is one of them).
+
+    Returns
+    -------
+    list of dict
+        Sorted by method, then fraction; the full model first.
+    """
+    scope = scope or {}
+    methods, fractions = scope.get("method"), scope.get("fraction")
+    out: dict[tuple, dict] = {}
+    for r in frame.iter_rows(named=True):
+        m, f = r["method"], float(r["fraction"])
+        if (methods is not None and m not in _as_list(methods)) or (
+                fractions is not None and f not in map(float, _as_list(fractions))):
+            continue
+        out.setdefault((m, f), {"method": m, "fraction": f})[r["metric"]] = float(r["value"])
+    return sorted(out.values(), key=lambda r: (r["method"] != FULL, r["method"], r["fraction"]))
+
+
 def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
@@ -70,6 +101,16 @@ def latest(lake: Lake, model: str, corpus: str) -> tuple[runs.Run | None, list[d
     scan = lake.table(PRUNE_RESULTS).scan(row_filter=condition({"model": model, "corpus": corpus}),
                                           snapshot_id=run.snapshot(PRUNE_RESULTS))
     return run, to_rows(pl.from_arrow(scan.to_arrow()), run.scope)
+
+
+def width_latest(lake: Lake, model: str, corpus: str) -> tuple[runs.Run | None, list[dict]]:
+    """The latest completed width-pruning run of (model, corpus) and its rows (:func:`width_to_rows`)."""
+    run = runs.latest(lake, "prune-width", model, corpus, PRUNE_WIDTH_RESULTS)
+    if run is None:
+        return None, []
+    scan = lake.table(PRUNE_WIDTH_RESULTS).scan(row_filter=condition({"model": model, "corpus": corpus}),
+                                                snapshot_id=run.snapshot(PRUNE_WIDTH_RESULTS))
+    return run, width_to_rows(pl.from_arrow(scan.to_arrow()), run.scope)
 
 
 def default_criterion() -> str | None:
@@ -101,3 +142,22 @@ def section(rep: Report, studies: dict[str, list[dict]], corpus: str) -> None:
                          None if "sst2" not in r else 100 * r["sst2"], None if "pos" not in r else 100 * r["pos"]])
         rep.raw(table(["criterion", "blocks removed", "blocks dropped", "perplexity", "SST-2 %", "POS %"], body,
                       left=1))
+
+
+def width_section(rep: Report, studies: dict[str, list[dict]], corpus: str) -> None:
+    """Per model with a width study: the curves (:func:`raydund.report.figures.width_curves`) and the table."""
+    studies = {m: rows for m, rows in studies.items() if rows}
+    if not studies:
+        return
+    rep.section("Width pruning: MLP neurons removed vs perplexity / forward time")
+    rep.text("raydund prune-width removes a fraction of every block's MLP neurons by each method (fold and "
+             "fold-cost fold a removed neuron into a kept one, see raydund.prune.width) and measures held-out "
+             "perplexity, size and forward time per token of the smaller model (0%: the full model).", "note")
+    for model, rows in studies.items():
+        rep.raw(f"<h3>{html.escape(model)}</h3>")
+        rep.figures({f"prune_width_{model}": figures.width_curves(rows, f"{model} on {corpus}: width pruning")})
+        body = [[r["method"], 100 * r["fraction"], r.get("ppl"),
+                 None if "parameters" not in r else r["parameters"] / 1e6, r.get("size_mb"), r.get("ms_per_token")]
+                for r in sorted(rows, key=lambda r: (r["fraction"], r.get("ppl", float("inf"))))]
+        rep.raw(table(["method", "MLP neurons removed %", "perplexity", "parameters (M)", "MB", "ms / token"],
+                      body, left=1))

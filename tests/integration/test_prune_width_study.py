@@ -40,6 +40,16 @@ def test_width_study_end_to_end(tmp_path, mirrored):
     assert by["fold", 0.5]["parameters"] == width.parameters(small) < by["none", 0.0]["parameters"]
     assert by["magnitude", 0.5]["mlp_parameters"] == 3 * 3 * 16 * 16
     assert all(r["ms_per_token"] > 0 for r in rows)
+    # the lake holds every row, which the report reads back through the run's snapshot
+    from raydund.lake import Lake
+    from raydund.report import pruning
+
+    run, lake_rows = pruning.width_latest(Lake(mirrored), folder.name, "ud_english_ewt")
+    assert run.run_id == out["raydund_run_id"] and run.mlflow_run_id == out["run_id"]
+    assert lake_rows == sorted(({"method": r["method"], "fraction": r["fraction"],
+                                 **{m: r[m] for m in ("ppl", "parameters", "mlp_parameters", "size_mb",
+                                                      "ms_per_token")}} for r in rows),
+                               key=lambda r: (r["method"] != "none", r["method"], r["fraction"]))
     mlflow.set_tracking_uri(mirrored.tracking_uri)
     children = mlflow.search_runs(search_all_experiments=True, filter_string="params.method = 'random'")
     assert len(children) == 2

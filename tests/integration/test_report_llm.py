@@ -23,7 +23,8 @@ from raydund.config import Settings
 from raydund.errors import UserError
 from raydund.lake import Lake, runs
 from raydund.prune.study import DEFAULT_CRITERION, results_table
-from raydund.report import figures, pruning
+from raydund.prune.width_study import results_table as width_table
+from raydund.report import figures, pruning, sources
 from raydund.report.compare import build_comparison
 
 T, WIDTH = 300, 6
@@ -74,6 +75,27 @@ STUDY = [FULL,
          {"criterion": "last", "n": 2, "blocks": [3, 4], "ppl": 400.0, "sst2": 0.5, "pos": 0.5}]
 
 
+WIDTH_FULL = {"method": "none", "fraction": 0.0, "ppl": 10.0, "parameters": 1e6, "size_mb": 4.0,
+              "ms_per_token": 2.0}
+WIDTH_STUDY = [WIDTH_FULL,
+         {"method": "fold-cost", "fraction": 0.25, "ppl": 11.0, "parameters": 9e5, "size_mb": 3.6,
+          "ms_per_token": 1.8},
+         {"method": "fold-cost", "fraction": 0.5, "ppl": 13.0, "parameters": 8e5, "size_mb": 3.2,
+          "ms_per_token": 1.6},
+         {"method": "random", "fraction": 0.25, "ppl": 30.0, "parameters": 9e5, "size_mb": 3.6,
+          "ms_per_token": 1.8},
+         {"method": "random", "fraction": 0.5, "ppl": 90.0, "parameters": 8e5, "size_mb": 3.2,
+          "ms_per_token": 1.6}]
+
+
+def write_width_study(lake: Lake, rows: list[dict]) -> runs.Run:
+    scope = {"method": sorted({r["method"] for r in rows}), "fraction": sorted({r["fraction"] for r in rows})}
+    stage = runs.StageRun(lake, "prune-width", "dec", "toy", scope)
+    stage.replace("prune_width_results", width_table("dec", "toy", rows), ("model", "corpus"))
+    stage.complete()
+    return runs.by_id(lake, stage.run_id)
+
+
 def write_study(lake: Lake, rows: list[dict]) -> runs.Run:
     criteria = sorted({r["criterion"] for r in rows} - {"none"})
     blocks = sorted({r["n"] for r in rows} - {0})
@@ -106,7 +128,8 @@ def lake_two(tmp_path_factory, ray_local):  # ~60 s on 2 loaded cores: the tests
 def drawn(monkeypatch):
     """What every figure function drew: name -> [(title, [{label: (x, y)} per axes], first axes' image)]."""
     seen: dict[str, list] = {}
-    for name in ("cka_heatmap", "threshold_curves", "layerwise_depth", "prune_curves", "adjacent_similarity"):
+    for name in ("cka_heatmap", "threshold_curves", "layerwise_depth", "prune_curves", "width_curves",
+                 "adjacent_similarity"):
         original = getattr(figures, name)
 
         def spy(*args, _original=original, _name=name, **kwargs):
@@ -127,7 +150,7 @@ def test_side_by_side_without_prune_or_robust_results(lake_two, drawn):
     settings, lake = lake_two
     page = build_comparison(settings, "toy", ["enc", "dec"])
     text = page.read_text(encoding="utf-8")
-    assert "Depth pruning" not in text and "massive activations" not in text
+    assert "Depth pruning" not in text and "Width pruning" not in text and "massive activations" not in text
     # CKA heatmaps: each model's matrix is NumPy's linear CKA of its planted layers
     heat = {title.split(":")[0]: image for title, _, image in drawn["cka_heatmap"] if "debiased" not in title}
     for model in DEPTH:
@@ -174,6 +197,15 @@ def test_compare_command(lake_two, monkeypatch, capsys):
     assert "no results for nobody on toy" in capsys.readouterr().err
 
 
+def test_width_rows_narrowed_to_the_run_scope():
+    old = width_table("dec", "toy", [WIDTH_FULL, {"method": "magnitude", "fraction": 0.1, "ppl": 12.0}])
+    frame = pl.from_arrow(pa.concat_tables([old, width_table("dec", "toy", WIDTH_STUDY)]))
+    rows = pruning.width_to_rows(frame, {"method": ["fold-cost", "none", "random"], "fraction": [0.0, 0.25, 0.5]})
+    assert [(r["method"], r["fraction"]) for r in rows] == [("none", 0.0), ("fold-cost", 0.25), ("fold-cost", 0.5),
+                                                           ("random", 0.25), ("random", 0.5)]
+    assert rows == [WIDTH_FULL, *sorted(WIDTH_STUDY[1:], key=lambda r: (r["method"], r["fraction"]))]
+
+
 def test_prune_rows_from_the_latest_study_only():
     old = results_table("dec", "toy", [FULL, {"criterion": "shortgpt", "n": 1, "blocks": [3], "ppl": 11.0}])
     new = results_table("dec", "toy", STUDY)
@@ -192,6 +224,8 @@ def test_side_by_side_with_a_pruning_study_and_robust_cka(lake_two, drawn):
     settings, lake = lake_two
     write_study(lake, [FULL, {"criterion": "shortgpt", "n": 1, "blocks": [3], "ppl": 11.0, "sst2": 0.7, "pos": 0.8}])
     study = write_study(lake, STUDY)
+    write_width_study(lake, [WIDTH_FULL, {**WIDTH_STUDY[1], "ppl": 99.0}])  # an older width study: not shown
+    width = write_width_study(lake, WIDTH_STUDY)
     result, robust_id = run_robust_similarity(RobustConfig(model="dec", corpus="toy", split="dev", tokens=200, k=5),
                                               settings)
     page = build_comparison(settings, "toy", ["enc", "dec"], ("pos",))
@@ -211,6 +245,17 @@ def test_side_by_side_with_a_pruning_study_and_robust_cka(lake_two, drawn):
     assert DEFAULT_CRITERION in ("sleb", "hybrid") and f"{DEFAULT_CRITERION} (default)" in by_metric["ppl"]
     assert "<td>2,3</td><td>14.00</td><td>72.00</td><td>86.00</td>" in text
     assert "<td>3,4</td><td>400.00</td>" in text and "shortgpt" not in text
+    # width pruning: perplexity and forward time per method of the latest study, from the full model at 0%
+    (title, panels, _), = drawn["width_curves"]
+    assert title.startswith("dec on toy")
+    for metric, panel in zip(("ppl", "ms_per_token"), panels):
+        assert set(panel) == {"fold-cost", "random"}
+        for method in ("fold-cost", "random"):
+            pts = [WIDTH_FULL] + [r for r in WIDTH_STUDY if r["method"] == method]
+            np.testing.assert_allclose(panel[method][0], [100 * r["fraction"] for r in pts])
+            np.testing.assert_allclose(panel[method][1], [r[metric] for r in pts])
+    assert "<td class=\"l\">random</td><td>50.00</td><td>90.00</td><td>0.80</td><td>3.20</td><td>1.60</td>" in text
+    assert "99.00" not in text
     # robust CKA: the adjacent-layer curves are the logged matrices' first superdiagonals
     (title, panels, _), = drawn["adjacent_similarity"]
     assert title.startswith("dec")
@@ -223,8 +268,9 @@ def test_side_by_side_with_a_pruning_study_and_robust_cka(lake_two, drawn):
                                result.cka_no_outlier_tokens)
     built = json.loads((page.parent / "sources.json").read_text())
     assert {"model": "dec", **pruning_record(study)} in built
+    assert {"model": "dec", **sources.describe(width, ["prune_width_results"])} in built
     assert next(r for r in built if r["stage"] == "robust-cka")["mlflow_run_id"] == robust_id
-    assert "enc" not in {r["model"] for r in built if r["stage"] in ("prune", "robust-cka")}
+    assert "enc" not in {r["model"] for r in built if r["stage"] in ("prune", "prune-width", "robust-cka")}
     # the page opens in headless Chromium: every figure loads, no console errors, sections in order
     from browser import page_of
 
@@ -233,16 +279,15 @@ def test_side_by_side_with_a_pruning_study_and_robust_cka(lake_two, drawn):
         headings = view.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
     assert problems == [] and images and all(ok for _, ok in images)
     assert {"cka_enc", "cka_dec", "cc_threshold_curves", "layerwise_pos_depth", "robust_adjacent_dec",
-            "prune_dec"} <= {alt for alt, _ in images}
+            "prune_dec", "prune_width_dec"} <= {alt for alt, _ in images}
     assert headings == ["Built from", "CKA between layers (dev)", "Correlation clustering (dev)",
                         "Task-specific redundancy: layer-wise probes",
                         "Layer similarity under massive activations (robust CKA)",
-                        "Depth pruning: blocks removed vs perplexity / SST-2 / POS"]
+                        "Depth pruning: blocks removed vs perplexity / SST-2 / POS",
+                        "Width pruning: MLP neurons removed vs perplexity / forward time"]
 
 
 def pruning_record(run: runs.Run) -> dict:
-    from raydund.report import sources
-
     return sources.describe(run, ["prune_results"])
 
 
@@ -253,6 +298,7 @@ def test_transfer_report_shows_the_study_of_its_model(lake_two, drawn):
 
     settings, lake = lake_two
     write_study(lake, STUDY)
+    write_width_study(lake, WIDTH_STUDY)
     stages = [("oracle", None, 30), ("ls", 2, 18), ("cc", 2, 10), ("ccfs", 2, 6)]
     out = [(s, layers, n, split) for s, layers, n in stages for split in ("dev", "test")]
     rows = pa.table({
@@ -273,5 +319,6 @@ def test_transfer_report_shows_the_study_of_its_model(lake_two, drawn):
     page = build_report(settings, transfer.run_id)
     text = page.read_text(encoding="utf-8")
     assert "Depth pruning" in text and 'alt="prune_dec"' in text
+    assert "Width pruning" in text and 'alt="prune_width_dec"' in text
     stages_read = {r["stage"] for r in json.loads((page.parent / "sources.json").read_text())}
-    assert {"transfer", "similarity", "cluster", "probes", "prune"} <= stages_read
+    assert {"transfer", "similarity", "cluster", "probes", "prune", "prune-width"} <= stages_read

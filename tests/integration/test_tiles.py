@@ -33,6 +33,8 @@ def test_tiled_pass_equals_in_memory_pass_and_numpy(settings):
     out = run_similarity(_cfg(tiles="on", tile_neurons=5), settings, progress=False)
     tiled = out["similarity"]
     assert tiled.r is None and out["tiles"] == 15 and out["tiles_computed"] == 15  # 5 blocks: 15 tiles
+    # time per stage and per tile task (MLflow metrics), the products a part of each task
+    assert out["seconds"] >= out["seconds_tiles"] > out["tile_seconds_mean"] > out["tile_product_seconds_mean"] > 0
     np.testing.assert_allclose(tiled.cka, full.cka, atol=1e-10)
     np.testing.assert_allclose(tiled.cka_debiased, full.cka_debiased, atol=1e-10)
     assert tiled.constant.tolist() == full.constant.tolist()
