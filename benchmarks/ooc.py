@@ -1,5 +1,6 @@
-"""Issue 19 benchmarks: out-of-core clustering against exact average linkage (ARI), and the tiled
-pass at scale (per-tile costs, peak memory of the process tree). Run as a script; prints JSON."""
+"""Issue 19 benchmarks: out-of-core clustering against exact average linkage (ARI; on synthetic r,
+or between two clustering runs of a real lake), and the tiled pass at scale (per-tile costs, peak
+memory of the process tree). Run as a script; prints JSON."""
 
 from __future__ import annotations
 
@@ -176,9 +177,41 @@ def _cluster(out: dict, settings, max_exact: int | None) -> dict:
     return out
 
 
+def lake_ari(home: str, model: str, corpus: str) -> dict:
+    """ARI per threshold between the two latest completed clustering runs of (model, corpus) in a lake:
+    an out-of-core one (``raydund cluster --out-of-core on``) against an exact one (``--out-of-core off``),
+    each read at the snapshot it recorded."""
+    import os
+
+    import polars as pl
+    from sklearn.metrics import adjusted_rand_score
+
+    from raydund.config import Settings
+    from raydund.lake import Lake, runs
+
+    lake = Lake(Settings.from_env({**os.environ, "RAYDUND_HOME": home}), create=False)
+    done = runs.completed(lake, "cluster", model, corpus)
+    exact, approx = done[-1], done[-2]
+    labels = {}
+    for name, run in (("exact", exact), ("out_of_core", approx)):
+        rows = pl.from_arrow(runs.read(lake, run, "clusters", selected_fields=("threshold", "position",
+                                                                              "cluster_id")).to_arrow())
+        labels[name] = {t: g.sort("position")["cluster_id"].to_numpy()
+                        for (t,), g in rows.group_by("threshold")}
+    out = {"exact_run": exact.run_id, "out_of_core_run": approx.run_id, "thresholds": {}}
+    for t in sorted(labels["exact"]):
+        a, b = labels["exact"][t], labels["out_of_core"][t]
+        out["thresholds"][t] = {"ari": round(float(adjusted_rand_score(a, b)), 5), "identical": bool(
+            adjusted_rand_score(a, b) == 1.0), "clusters_exact": int(len(np.unique(a))),
+            "clusters_out_of_core": int(len(np.unique(b)))}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=("ari", "tiles"))
+    p.add_argument("what", choices=("ari", "tiles", "lake-ari"))
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--corpus", default="ud_english_ewt")
     p.add_argument("--block", type=int, help="neurons per tile block (default: the memory plan's choice)")
     p.add_argument("--home", default="/tmp/ooc-home")
     p.add_argument("--cluster", action="store_true")
@@ -193,6 +226,8 @@ def main() -> None:
     a = p.parse_args()
     if a.what == "ari":
         res = ari_bench(a.layers, a.width, a.tokens, a.fractions, kind=a.kind)
+    elif a.what == "lake-ari":
+        res = lake_ari(a.home, a.model, a.corpus)
     else:
         res = tiles_bench(a.layers, a.width, a.tokens, a.block, a.home, a.cluster, a.max_exact, a.cluster_only)
     text = json.dumps(res, indent=1)

@@ -36,13 +36,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import fastcluster
 import numpy as np
 import scipy.sparse as sp
 from scipy.cluster.hierarchy import fcluster
 from scipy.sparse.csgraph import connected_components
 
-from raydund.general.clustering import DEFAULT_THRESHOLDS, composition, condensed_distance, pick_representatives
+from raydund.general.clustering import (
+    DEFAULT_THRESHOLDS,
+    average_linkage,
+    composition,
+    condensed_distance,
+    pick_representatives,
+)
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +368,7 @@ class OutOfCoreClustering:
         trees: dict[int, np.ndarray] = {}
         for batch in batches:  # one linkage per block
             for k, r_block in zip(batch, source.dense_many([blocks[k][0] for k in batch])):
-                trees[k] = fastcluster.linkage(condensed_distance(r_block), method="average", preserve_input=False)
+                trees[k] = average_linkage(condensed_distance(r_block))
         for k, (part, level) in enumerate(blocks):  # cut at every threshold up to the block's level
             tree = trees.pop(k, None)
             for t in ts:

@@ -210,9 +210,8 @@ def first_merges(linkage: np.ndarray, merges: int) -> np.ndarray:
 
 def cluster_plan(stats: BlockStats, k: int, fold: bool) -> BlockPlan:
     """Remove ``k`` neurons of a block by correlation clustering (see the module docstring)."""
-    import fastcluster
 
-    from raydund.general.clustering import condensed_distance, pick_representatives
+    from raydund.general.clustering import average_linkage, condensed_distance, pick_representatives
     from raydund.general.similarity import constant_neurons, pearson
 
     C = stats.covariance()
@@ -225,7 +224,7 @@ def cluster_plan(stats: BlockStats, k: int, fold: bool) -> BlockPlan:
     if merges:
         live = np.flatnonzero(~constant)
         r = pearson(C, constant)
-        link = fastcluster.linkage(condensed_distance(r, live), method="average", preserve_input=False)
+        link = average_linkage(condensed_distance(r, live))
         labels = first_merges(link, merges)
         rep_mask = pick_representatives(labels, "central", r, index=live)
         reps = {int(labels[i]): int(live[i]) for i in np.flatnonzero(rep_mask)}
