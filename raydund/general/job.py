@@ -235,6 +235,9 @@ class ClusterConfig:
     max_exact : int, optional
         Out of core: the most neurons (or clusters) linked exactly at once (default from the
         memory plan).
+    graph_bound : float, optional
+        Out of core: the sparse graph keeps the pairs with |r| at or above it (default half
+        of 1 - the largest threshold; lower: more memory, a closer approximation).
     """
 
     model: str
@@ -247,6 +250,7 @@ class ClusterConfig:
     variant: str = "all"
     out_of_core: str = "auto"
     max_exact: int | None = None
+    graph_bound: float | None = None
 
 
 def run_clustering(cfg: ClusterConfig, settings: Settings) -> CorrelationClustering:

@@ -18,14 +18,18 @@ facts about average linkage (no inversions, reducible) let most of it run piece 
    ``max_exact``, the K x K mean distances are summed from the tiles in one pass and
    average linkage continues exactly (:func:`weighted_average_linkage`, NN-chain).
 3. **Approximation** (only where ``K > max_exact``): average linkage continued on the
-   sparse graph of pairs with ``|r| >= 1 - max(thresholds)``, every pair NOT in the graph
-   taken at the mean distance of all such pairs (``d_fill``, exact from the tiles'
-   ``sum |r|``). This is exact average linkage on a distance matrix whose sub-bound
-   entries (all ``> max(thresholds)``) are replaced by their mean: the treatment of
-   missing edges in sparse UPGMA (Loewenstein, Portugaly, Fromer, Linial, "Efficient
-   algorithms for accurate hierarchical clustering of huge datasets: tackling the entire
-   protein space", Bioinformatics 24(13):i41, 2008, where missing distances are bounded
-   by the cutoff; here they take the measured mean instead of a bound).
+   sparse graph of pairs with ``|r| >= 1 - max(thresholds)``, every pair ``(i, j)`` NOT in
+   the graph taken at ``(f_i + f_j) / 2``, where ``f_i`` is the mean distance of neuron
+   ``i``'s own missing pairs (exact, from one pass over the tiles: each neuron's sum of
+   ``|r|`` less its known pairs'). This is exact average linkage on a distance matrix whose
+   sub-bound entries (all ``> max(thresholds)``, and so is every filled value) are
+   replaced by that additive estimate; it keeps the sum of all distances exact. It is the
+   treatment of missing edges in sparse UPGMA (Loewenstein, Portugaly, Fromer, Linial,
+   "Efficient algorithms for accurate hierarchical clustering of huge datasets: tackling
+   the entire protein space", Bioinformatics 24(13):i41, 2008, where missing distances are
+   bounded by the cutoff), with measured per-neuron means instead of a bound. One global
+   mean for every missing pair (the first version) was measured worse on real SmolLM2 MLP
+   neurons: BENCHMARKS.md, "Beyond RAM".
 
 Whenever the condensed matrix of all neurons fits, the job uses the in-memory
 :class:`~raydund.general.clustering.CorrelationClustering` instead (the exact result).
@@ -68,14 +72,17 @@ class DenseSource:
             hit &= np.triu(np.ones(hit.shape, bool), s + 1)
             x, y = np.nonzero(hit)
             parts.append((x + s, y, a[x, y]))
-        return (np.concatenate([p[0] for p in parts]).astype(np.int64),
-                np.concatenate([p[1] for p in parts]).astype(np.int64),
+        return (np.concatenate([p[0] for p in parts]).astype(np.int32),
+                np.concatenate([p[1] for p in parts]).astype(np.int32),
                 np.concatenate([p[2] for p in parts]).astype(np.float32))
 
-    def abs_sum(self) -> tuple[float, int]:
-        live = ~self.constant
-        a = np.abs(self.r[np.ix_(live, live)].astype(np.float64))
-        return float((a.sum() - np.trace(a)) / 2), int(live.sum() * (live.sum() - 1) // 2)
+    def abs_row_sums(self) -> np.ndarray:
+        live = np.flatnonzero(~self.constant)
+        out = np.zeros(self.N)
+        for s in range(0, len(live), 1024):  # row blocks: never N x N in float64
+            rows = live[s : s + 1024]
+            out[rows] = np.abs(self.r[np.ix_(rows, live)].astype(np.float64)).sum(1) - 1.0  # less r_ii
+        return out
 
     def dense(self, members: np.ndarray) -> np.ndarray:
         return self.r[np.ix_(members, members)]
@@ -102,11 +109,23 @@ class TileSource:
         from raydund.general.tile_reads import pairs_above
 
         frame = pairs_above(self.index, bound)
-        return (frame["i"].to_numpy().astype(np.int64), frame["j"].to_numpy().astype(np.int64),
+        return (frame["i"].to_numpy().astype(np.int32), frame["j"].to_numpy().astype(np.int32),
                 np.abs(frame["r"].to_numpy()))
 
-    def abs_sum(self) -> tuple[float, int]:
-        return float(self.index["sum_abs_r"].sum()), int(self.index["pairs"].sum())
+    def abs_row_sums(self) -> np.ndarray:
+        """Per neuron, the sum of ``|r|`` over every other non-constant neuron: one pass over the tiles."""
+        from raydund.general.tiles import read_tile
+
+        out = np.zeros(self.N)
+        for row in self.index.iter_rows(named=True):
+            a, b, c, d = row["row_start"], row["row_stop"], row["col_start"], row["col_stop"]
+            t = np.abs(read_tile(row["path"]).astype(np.float64))  # constant neurons' NaN rows are left out
+            out[a:b] += np.nansum(t, 1)
+            if row["row_block"] != row["col_block"]:
+                out[c:d] += np.nansum(t, 0)
+            del t
+        out[~self.constant] -= 1.0  # r_ii
+        return out
 
     def dense(self, members: np.ndarray) -> np.ndarray:
         return self.dense_many([members])[0]
@@ -217,43 +236,52 @@ def cut_merges(merges: np.ndarray, K: int, t: float) -> np.ndarray:
     return np.array([find(x) for x in range(K)])
 
 
-def _neighbour_rows(pairs: tuple, groups: np.ndarray, K: int) -> list[list[np.ndarray]]:
-    """Per starting cluster: ``[ids, sums, counts]`` of the clusters it shares known pairs with (sorted ids)."""
+def _neighbour_rows(pairs: tuple, groups: np.ndarray, K: int, fill: np.ndarray) -> list[list[np.ndarray]]:
+    """Per starting cluster: ``[ids, sums, fills]`` of the clusters it shares known pairs with (sorted ids).
+
+    ``sums``: the known pairs' distances; ``fills``: what the fill would have given them.
+    """
     gi, gj, d = groups[pairs[0]], groups[pairs[1]], np.asarray(pairs[2], np.float64)
+    g = (fill[pairs[0]] + fill[pairs[1]]) / 2
     cross = gi != gj
-    gi, gj, d = gi[cross], gj[cross], d[cross]
+    gi, gj, d, g = gi[cross], gj[cross], d[cross], g[cross]
     key = np.concatenate([gi * np.int64(K) + gj, gj * np.int64(K) + gi])  # both directions
     order = np.argsort(key, kind="stable")
     key = key[order]
     first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     sums = np.add.reduceat(np.concatenate([d, d])[order], first) if len(key) else np.zeros(0)
+    fills = np.add.reduceat(np.concatenate([g, g])[order], first) if len(key) else np.zeros(0)
     del order
-    counts = np.diff(np.r_[first, len(key)]).astype(np.float64)
     key = key[first]
     owner, other = key // K, (key % K).astype(np.int32)
     del key
     bounds = np.searchsorted(owner, np.arange(K + 1))
-    return [[other[bounds[x] : bounds[x + 1]], sums[bounds[x] : bounds[x + 1]], counts[bounds[x] : bounds[x + 1]]]
+    return [[other[bounds[x] : bounds[x + 1]], sums[bounds[x] : bounds[x + 1]], fills[bounds[x] : bounds[x + 1]]]
             for x in range(K)]
 
 
-def sparse_average_linkage(pairs: tuple, groups: np.ndarray, K: int, sizes: np.ndarray, fill: float,
+def sparse_average_linkage(pairs: tuple, groups: np.ndarray, K: int, sizes: np.ndarray, fill,
                            t: float) -> np.ndarray:
-    """Approximate continuation (fact 3): average linkage below ``t`` on the known pairs, every other pair at ``fill``.
+    """Approximate continuation (fact 3): average linkage below ``t`` on the known pairs, every other
+    pair ``(i, j)`` at ``(fill_i + fill_j) / 2``.
 
     ``pairs`` = (i, j, d) over the members (local indices), ``groups`` their starting
-    cluster (``K`` of them, ``sizes`` members each). Returns, per starting cluster, the id of
-    its cluster in the cut at ``t``.
+    cluster (``K`` of them, ``sizes`` members each), ``fill`` per member (or one value for
+    all). Returns, per starting cluster, the id of its cluster in the cut at ``t``.
 
     NN-chain (average linkage is reducible: the cut at ``t`` is that of the greedy
     algorithm) over one neighbour row per cluster, NumPy arrays of neighbour ids, summed
-    pair distances and pair counts (16 bytes per known pair and direction). A merged
-    cluster's row is its halves' rows concatenated; rows that still name merged clusters
-    are brought up to date (ids through the union-find, duplicates summed) when next read.
-    The mean distance of clusters ``x, y`` is ``(s + (n_x n_y - c) fill) / (n_x n_y)``;
-    clusters sharing no known pair are at ``fill > t`` and never merge below ``t``.
+    pair distances and summed fills of those pairs (20 bytes per known pair and
+    direction). A merged cluster's row is its halves' rows concatenated; rows that still
+    name merged clusters are brought up to date (ids through the union-find, duplicates
+    summed) when next read. With ``F_x`` the sum of ``fill`` over the members of ``x``, the
+    mean distance of clusters ``x, y`` is ``(s + (n_y F_x + n_x F_y) / 2 - g) / (n_x n_y)``
+    (``s``, ``g``: their known pairs' distances and fills). Clusters sharing no known pair
+    are at a mean of fills, every one ``> t``, so they never merge below ``t``.
     """
-    rows = _neighbour_rows(pairs, groups, K)
+    fill = np.broadcast_to(np.asarray(fill, np.float64), groups.shape)
+    rows = _neighbour_rows(pairs, groups, K, fill)
+    F = np.bincount(groups, weights=fill, minlength=K)
     parent = np.arange(K)
     size = sizes.astype(np.float64).copy()
     done = np.zeros(K, bool)  # its nearest neighbour is beyond t: no merge below t will ever involve it
@@ -279,8 +307,7 @@ def sparse_average_linkage(pairs: tuple, groups: np.ndarray, K: int, sizes: np.n
         ids, sm, ct = rows[x]
         if not len(ids):
             return ids, np.zeros(0)
-        pair = size[x] * size[ids]
-        return ids, (sm + (pair - ct) * fill) / pair
+        return ids, (sm + (size[ids] * F[x] + size[x] * F[ids]) / 2 - ct) / (size[x] * size[ids])
 
     chain: list[int] = []
     scan = 0
@@ -310,6 +337,7 @@ def sparse_average_linkage(pairs: tuple, groups: np.ndarray, K: int, sizes: np.n
             a, b = (x, y) if (size[x], -x) >= (size[y], -y) else (y, x)  # the bigger keeps its id
             parent[b] = a
             size[a] += size[b]
+            F[a] += F[b]
             rows[a] = [np.concatenate([rows[a][c], rows[b][c]]) for c in range(3)]
             rows[b] = None
         else:
@@ -317,9 +345,39 @@ def sparse_average_linkage(pairs: tuple, groups: np.ndarray, K: int, sizes: np.n
     return roots(np.arange(K))
 
 
+def missing_fill(source, i: np.ndarray, j: np.ndarray, d: np.ndarray, live: np.ndarray, bound: float) -> np.ndarray:
+    """Per neuron, the mean distance ``1 - |r|`` of its pairs outside the graph (``|r| < bound``).
+
+    Exact: each neuron's sum of ``|r|`` over all partners (``source.abs_row_sums``) less
+    its known pairs' (``i, j, d``: the graph's pairs and distances). A neuron with no
+    missing pair gets the mean over all missing pairs (it is never used).
+    """
+    N, n = len(live), int(live.sum())
+    known = np.bincount(i, 1.0 - d, N) + np.bincount(j, 1.0 - d, N)
+    missing = (n - 1) - (np.bincount(i, minlength=N) + np.bincount(j, minlength=N))
+    rest = source.abs_row_sums() - known
+    overall = rest[live].sum() / max(missing[live].sum(), 1)
+    mu = np.where(missing > 0, rest / np.maximum(missing, 1), overall)
+    return 1.0 - np.clip(mu, 0.0, bound)  # every missing |r| is below the bound, so is their mean
+
+
 @dataclasses.dataclass
 class OutOfCoreClustering:
     """:class:`~raydund.general.clustering.CorrelationClustering` from a sparse graph and tiles (see module).
+
+    Parameters
+    ----------
+    thresholds, representative, seed
+        As in the in-memory class (representatives: random only).
+    max_exact : int
+        The most neurons (or clusters) linked exactly at once.
+    graph_bound : float, optional
+        The sparse graph keeps the pairs with ``|r|`` at or above it: at most
+        ``1 - max(thresholds)`` (what the exact paths need), by default half that (0.05
+        for the paper's sweep). Pairs below it only matter to the approximation, which is
+        better the more it knows: on real SmolLM2 MLP neurons ARI 0.92 at 0.07 and 0.96 at
+        0.05 against exact linkage at t = 0.9, where 0.1 gave 0.84 (BENCHMARKS.md). Lower
+        costs memory: ~16 bytes per pair kept.
 
     Attributes (after :meth:`fit`): ``neurons_``, ``labels_``, ``keep_``, ``summary_`` as in
     the in-memory class, and ``exact_`` (per threshold, the share of neurons whose clusters
@@ -330,21 +388,25 @@ class OutOfCoreClustering:
     representative: str = "random"
     seed: int = 0
     max_exact: int = 20_000
+    graph_bound: float | None = None
 
     def fit(self, source, layer_of: np.ndarray):
         live = ~source.constant
         self.neurons_ = np.flatnonzero(live)
         order = sorted(range(len(self.thresholds)), key=lambda k: self.thresholds[k])
         ts = [float(self.thresholds[k]) for k in order]
-        i, j, a = source.edges(max(0.0, 1.0 - ts[-1]) - 1e-6)
+        loosest = max(0.0, 1.0 - ts[-1] - 1e-6)  # every pair a cut at the loosest threshold can need
+        bound = min(loosest, loosest / 2 if self.graph_bound is None else float(self.graph_bound))
+        i, j, a = source.edges(bound)
         d = 1.0 - a.astype(np.float64)
+        del a
         N = source.N
         # 1. exact components, loosest threshold first: level[x] = largest threshold x's block is exact at
         resolved = ~live
         blocks: list[tuple[np.ndarray, float]] = []
         for t in reversed(ts):
             keep = d <= t
-            graph = sp.coo_matrix((np.ones(int(keep.sum())), (i[keep], j[keep])), shape=(N, N))
+            graph = sp.coo_matrix((np.ones(int(keep.sum()), np.int8), (i[keep], j[keep])), shape=(N, N))
             _, comp = connected_components(graph, directed=False)
             sizes = np.bincount(comp)
             new = ~resolved & (sizes[comp] <= self.max_exact)
@@ -385,7 +447,7 @@ class OutOfCoreClustering:
             todo = live & (labels[t] < 0)
             if todo.any():
                 keep = d <= t
-                graph = sp.coo_matrix((np.ones(int(keep.sum())), (i[keep], j[keep])), shape=(N, N))
+                graph = sp.coo_matrix((np.ones(int(keep.sum()), np.int8), (i[keep], j[keep])), shape=(N, N))
                 _, comp = connected_components(graph, directed=False)
                 for c in np.unique(comp[todo]):
                     members = np.flatnonzero(comp == c)
@@ -399,15 +461,15 @@ class OutOfCoreClustering:
                         exact[t][members] = prev is None or bool(np.all(exact[ts[ts.index(t) - 1]][members]))
                     else:
                         if fill is None:
-                            total, count = source.abs_sum()
-                            known = float(a.sum(dtype=np.float64))
-                            fill = 1.0 - (total - known) / max(count - len(a), 1)
-                            log.info("approximate linkage: %d known pairs, missing pairs at d = %.4f", len(a), fill)
+                            fill = missing_fill(source, i, j, d, live, bound)
+                            log.info("approximate linkage: %d known pairs, missing pairs at d = %.4f on average "
+                                     "(per neuron %.4f to %.4f)", len(d), fill[live].mean(), fill[live].min(),
+                                     fill[live].max())
                         local = np.full(N, -1)
                         local[members] = np.arange(len(members))
                         inside = (local[i] >= 0) & (local[j] >= 0)
                         pairs = (local[i[inside]], local[j[inside]], d[inside])
-                        root = sparse_average_linkage(pairs, groups, K, sizes, fill, t)
+                        root = sparse_average_linkage(pairs, groups, K, sizes, fill[members], t)
                     labels[t][members] = next_id + root[groups]
                     next_id += K + 1
             prev = labels[t]

@@ -207,6 +207,8 @@ def tiled_clustering(lake: Lake, run, cfg):
 
     if cfg.out_of_core not in ("auto", "on", "off"):
         raise UserError(f"--out-of-core must be auto, on or off, not {cfg.out_of_core!r}")
+    if cfg.graph_bound is not None and not 0.0 < cfg.graph_bound <= 1.0:
+        raise UserError(f"--graph-bound is a bound on |r|, in (0, 1]; got {cfg.graph_bound}")
     index = tile_reads.tile_index(lake, run)
     stats = tile_reads.neuron_statistics(lake, run)
     layers, constant = stats["layer"].to_numpy(), stats["constant"].to_numpy()
@@ -227,7 +229,7 @@ def tiled_clustering(lake: Lake, run, cfg):
     limit = int(cfg.max_exact or memory.exact_component_limit())
 
     def fit_out_of_core():
-        return OutOfCoreClustering(tuple(cfg.thresholds), cfg.representative, cfg.seed, limit).fit(
+        return OutOfCoreClustering(tuple(cfg.thresholds), cfg.representative, cfg.seed, limit, cfg.graph_bound).fit(
             TileSource(index, constant), layers)
     return fit_out_of_core, layers, snap
 

@@ -45,19 +45,29 @@ def test_weighted_average_linkage_continues_exact_linkage():
         assert adjusted_rand_score(want, got) == 1.0
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_sparse_average_linkage_is_exact_linkage_on_the_filled_matrix(seed):
-    """Pairs below the bound known, the rest at ``fill``: the cut equals fastcluster's on that matrix.
+@pytest.mark.parametrize("seed, per_neuron", [(0, False), (1, False), (0, True), (1, True)])
+def test_sparse_average_linkage_is_exact_linkage_on_the_filled_matrix(seed, per_neuron):
+    """Pairs below the bound known, the rest filled (one value, or ``(f_i + f_j) / 2`` from each
+    neuron's own missing pairs): the cut equals fastcluster's on that matrix.
 
     Started from single neurons and from the clusters of a lower cut (the continuation).
     """
+    from raydund.general.sparse_cluster import missing_fill
+
     r = planted(N=240, k=12, common=0.4, seed=seed)[6:, 6:].astype(np.float64)
     N = len(r)
     D = 1.0 - np.abs(r)
     bound = 0.8  # pairs with d <= bound known
     i, j = np.nonzero(np.triu(D <= bound, 1))
-    fill = float(D[np.triu(D > bound, 1)].mean())
-    filled = np.where(D <= bound, D, fill)
+    missing = (D > bound) & ~np.eye(N, dtype=bool)
+    if per_neuron:
+        fill = missing_fill(DenseSource(r.astype(np.float32)), i, j, D[i, j], np.ones(N, bool), 1.0 - bound)
+        np.testing.assert_allclose(fill, (D * missing).sum(1) / missing.sum(1), rtol=1e-6)  # NumPy's means
+        filled = np.where(D <= bound, D, (fill[:, None] + fill[None, :]) / 2)
+        assert filled[missing].min() > bound  # no filled pair can merge below the bound
+    else:
+        fill = float(D[np.triu(missing, 1)].mean())
+        filled = np.where(D <= bound, D, fill)
     np.fill_diagonal(filled, 0.0)
     tree = fastcluster.linkage(squareform(filled, checks=False), method="average")
     pairs = (i, j, D[i, j])
