@@ -177,10 +177,10 @@ def _cluster(out: dict, settings, max_exact: int | None) -> dict:
     return out
 
 
-def lake_ari(home: str, model: str, corpus: str) -> dict:
-    """ARI per threshold between the two latest completed clustering runs of (model, corpus) in a lake:
-    an out-of-core one (``raydund cluster --out-of-core on``) against an exact one (``--out-of-core off``),
-    each read at the snapshot it recorded."""
+def lake_ari(home: str, model: str, corpus: str, run_ids: list[str] | None = None) -> dict:
+    """ARI per threshold between two completed clustering runs of (model, corpus) in a lake, each read
+    at the snapshot it recorded: an exact one (``raydund cluster --out-of-core off``) and an out-of-core
+    one (``--out-of-core on``); ``run_ids`` = [exact, out of core] (default: the latest, the one before)."""
     import os
 
     import polars as pl
@@ -190,8 +190,11 @@ def lake_ari(home: str, model: str, corpus: str) -> dict:
     from raydund.lake import Lake, runs
 
     lake = Lake(Settings.from_env({**os.environ, "RAYDUND_HOME": home}), create=False)
-    done = runs.completed(lake, "cluster", model, corpus)
-    exact, approx = done[-1], done[-2]
+    if run_ids:
+        exact, approx = (runs.by_id(lake, rid) for rid in run_ids)
+    else:
+        done = runs.completed(lake, "cluster", model, corpus)
+        exact, approx = done[-1], done[-2]
     labels = {}
     for name, run in (("exact", exact), ("out_of_core", approx)):
         rows = pl.from_arrow(runs.read(lake, run, "clusters", selected_fields=("threshold", "position",
@@ -212,6 +215,7 @@ def main() -> None:
     p.add_argument("what", choices=("ari", "tiles", "lake-ari"))
     p.add_argument("--model", default="smollm2")
     p.add_argument("--corpus", default="ud_english_ewt")
+    p.add_argument("--runs", nargs=2, metavar=("EXACT", "OUT_OF_CORE"), help="lake-ari: the two clustering runs")
     p.add_argument("--block", type=int, help="neurons per tile block (default: the memory plan's choice)")
     p.add_argument("--home", default="/tmp/ooc-home")
     p.add_argument("--cluster", action="store_true")
@@ -227,7 +231,7 @@ def main() -> None:
     if a.what == "ari":
         res = ari_bench(a.layers, a.width, a.tokens, a.fractions, kind=a.kind)
     elif a.what == "lake-ari":
-        res = lake_ari(a.home, a.model, a.corpus)
+        res = lake_ari(a.home, a.model, a.corpus, a.runs)
     else:
         res = tiles_bench(a.layers, a.width, a.tokens, a.block, a.home, a.cluster, a.max_exact, a.cluster_only)
     text = json.dumps(res, indent=1)

@@ -41,6 +41,7 @@ import dataclasses
 import logging
 
 import numpy as np
+import polars as pl
 import scipy.sparse as sp
 from scipy.cluster.hierarchy import fcluster
 from scipy.sparse.csgraph import connected_components
@@ -106,11 +107,21 @@ class TileSource:
         self.index, self.constant, self.N = index, np.asarray(constant, bool), len(constant)
 
     def edges(self, bound: float):
-        from raydund.general.tile_reads import pairs_above
+        """``i, j, |r|`` of every pair ``i < j`` with ``|r| >= bound`` (12 bytes a pair; tiles below it unread)."""
+        from raydund.general.tiles import read_tile
 
-        frame = pairs_above(self.index, bound)
-        return (frame["i"].to_numpy().astype(np.int32), frame["j"].to_numpy().astype(np.int32),
-                np.abs(frame["r"].to_numpy()))
+        parts = []
+        for row in self.index.filter(pl.col("max_abs_r") >= bound).iter_rows(named=True):
+            a = np.abs(read_tile(row["path"]))
+            hit = a >= bound
+            if row["row_block"] == row["col_block"]:
+                hit &= np.triu(np.ones(hit.shape, bool), 1)
+            x, y = np.nonzero(hit)
+            parts.append(((x + row["row_start"]).astype(np.int32), (y + row["col_start"]).astype(np.int32), a[x, y]))
+            del a, hit, x, y
+        if not parts:
+            return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+        return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
 
     def abs_row_sums(self) -> np.ndarray:
         """Per neuron, the sum of ``|r|`` over every other non-constant neuron: one pass over the tiles."""
@@ -240,19 +251,31 @@ def _neighbour_rows(pairs: tuple, groups: np.ndarray, K: int, fill: np.ndarray) 
     """Per starting cluster: ``[ids, sums, fills]`` of the clusters it shares known pairs with (sorted ids).
 
     ``sums``: the known pairs' distances; ``fills``: what the fill would have given them.
+    A row may name its own cluster (pairs inside it): :func:`sparse_average_linkage` drops
+    that entry when it first reads the row. Lean on memory (100M pairs on real SmolLM2 MLP
+    neurons): one int64 key per pair and direction, its sort order, and one gathered
+    column at a time.
     """
-    gi, gj, d = groups[pairs[0]], groups[pairs[1]], np.asarray(pairs[2], np.float64)
-    g = (fill[pairs[0]] + fill[pairs[1]]) / 2
-    cross = gi != gj
-    gi, gj, d, g = gi[cross], gj[cross], d[cross], g[cross]
-    key = np.concatenate([gi * np.int64(K) + gj, gj * np.int64(K) + gi])  # both directions
-    order = np.argsort(key, kind="stable")
+    i, j = pairs[0], pairs[1]
+    n = len(i)
+    key = np.empty(2 * n, np.int64)  # owner * K + other, both directions
+    key[:n] = groups[i]
+    key[:n] *= K
+    key[:n] += groups[j]
+    key[n:] = groups[j]
+    key[n:] *= K
+    key[n:] += groups[i]
+    order = np.argsort(key)
     key = key[order]
-    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    sums = np.add.reduceat(np.concatenate([d, d])[order], first) if len(key) else np.zeros(0)
-    fills = np.add.reduceat(np.concatenate([g, g])[order], first) if len(key) else np.zeros(0)
-    del order
+    order[order >= n] -= n  # both halves carry the same pair
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if n else np.zeros(0, np.int64)
     key = key[first]
+    sums = np.add.reduceat(np.asarray(pairs[2], np.float64)[order], first) if n else np.zeros(0)
+    g = fill[i]
+    g += fill[j]
+    g /= 2
+    fills = np.add.reduceat(g[order], first) if n else np.zeros(0)
+    del order, g
     owner, other = key // K, (key % K).astype(np.int32)
     del key
     bounds = np.searchsorted(owner, np.arange(K + 1))
@@ -465,10 +488,12 @@ class OutOfCoreClustering:
                             log.info("approximate linkage: %d known pairs, missing pairs at d = %.4f on average "
                                      "(per neuron %.4f to %.4f)", len(d), fill[live].mean(), fill[live].min(),
                                      fill[live].max())
-                        local = np.full(N, -1)
-                        local[members] = np.arange(len(members))
-                        inside = (local[i] >= 0) & (local[j] >= 0)
-                        pairs = (local[i[inside]], local[j[inside]], d[inside])
+                        local = np.full(N, -1, np.int32)
+                        local[members] = np.arange(len(members), dtype=np.int32)
+                        li, lj = local[i], local[j]
+                        inside = (li >= 0) & (lj >= 0)
+                        pairs = (li, lj, d) if inside.all() else (li[inside], lj[inside], d[inside])
+                        del li, lj, inside
                         root = sparse_average_linkage(pairs, groups, K, sizes, fill[members], t)
                     labels[t][members] = next_id + root[groups]
                     next_id += K + 1
