@@ -237,7 +237,8 @@ class ClusterConfig:
         memory plan).
     graph_bound : float, optional
         Out of core: the sparse graph keeps the pairs with |r| at or above it (default half
-        of 1 - the largest threshold; lower: more memory, a closer approximation).
+        of 1 - the largest threshold, not below the noise 4 / sqrt(tokens); lower: more
+        memory, a closer approximation).
     """
 
     model: str

@@ -397,10 +397,13 @@ class OutOfCoreClustering:
     graph_bound : float, optional
         The sparse graph keeps the pairs with ``|r|`` at or above it: at most
         ``1 - max(thresholds)`` (what the exact paths need), by default half that (0.05
-        for the paper's sweep). Pairs below it only matter to the approximation, which is
-        better the more it knows: on real SmolLM2 MLP neurons ARI 0.92 at 0.07 and 0.96 at
-        0.05 against exact linkage at t = 0.9, where 0.1 gave 0.84 (BENCHMARKS.md). Lower
-        costs memory: ~16 bytes per pair kept.
+        for the paper's sweep) but not below the noise of r, ``4 / sqrt(tokens)`` when
+        ``tokens`` is given. Pairs below it only matter to the approximation, which is
+        better the more it knows: on a third of the real SmolLM2 MLP neurons, ARI 0.92 at
+        0.07 and 0.96 at 0.05 against exact linkage at t = 0.9, where 0.1 gave 0.84
+        (BENCHMARKS.md). Lower costs memory: ~16 bytes per pair kept.
+    tokens : int, optional
+        The tokens behind r (sets the noise floor of the default ``graph_bound``).
 
     Attributes (after :meth:`fit`): ``neurons_``, ``labels_``, ``keep_``, ``summary_`` as in
     the in-memory class, and ``exact_`` (per threshold, the share of neurons whose clusters
@@ -412,6 +415,7 @@ class OutOfCoreClustering:
     seed: int = 0
     max_exact: int = 20_000
     graph_bound: float | None = None
+    tokens: int | None = None
 
     def fit(self, source, layer_of: np.ndarray):
         live = ~source.constant
@@ -419,7 +423,8 @@ class OutOfCoreClustering:
         order = sorted(range(len(self.thresholds)), key=lambda k: self.thresholds[k])
         ts = [float(self.thresholds[k]) for k in order]
         loosest = max(0.0, 1.0 - ts[-1] - 1e-6)  # every pair a cut at the loosest threshold can need
-        bound = min(loosest, loosest / 2 if self.graph_bound is None else float(self.graph_bound))
+        bound = min(loosest, float(self.graph_bound) if self.graph_bound is not None else
+                    max(loosest / 2, 4.0 / np.sqrt(self.tokens) if self.tokens else 0.0))
         i, j, a = source.edges(bound)
         d = 1.0 - a.astype(np.float64)
         del a

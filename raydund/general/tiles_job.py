@@ -228,9 +228,11 @@ def tiled_clustering(lake: Lake, run, cfg):
                         "random (or --out-of-core off where r fits)")
     limit = int(cfg.max_exact or memory.exact_component_limit())
 
+    extras = T.load_extras(index["path"][0].rpartition("/")[0]) if index.height else None
+
     def fit_out_of_core():
-        return OutOfCoreClustering(tuple(cfg.thresholds), cfg.representative, cfg.seed, limit, cfg.graph_bound).fit(
-            TileSource(index, constant), layers)
+        return OutOfCoreClustering(tuple(cfg.thresholds), cfg.representative, cfg.seed, limit, cfg.graph_bound,
+                                   extras["n"] if extras else None).fit(TileSource(index, constant), layers)
     return fit_out_of_core, layers, snap
 
 

@@ -105,3 +105,21 @@ def test_approximation_has_high_ari_on_planted_clusters():
     assert min(oc.exact_) < 1.0  # the approximation ran
     for t, a, b in zip(THRESHOLDS, ref.labels_, oc.labels_):
         assert adjusted_rand_score(a, b) >= 0.95, t
+
+
+@pytest.mark.parametrize("graph_bound, tokens, want", [(None, None, 0.05), (None, 100_000, 0.05), (None, 400, 0.1),
+                                                       (None, 2_500, 0.08), (0.02, 400, 0.02), (0.3, None, 0.1)])
+def test_graph_bound_default_and_noise_floor(graph_bound, tokens, want):
+    """By default half the loosest bound (0.05 for cuts up to 0.9), never below the noise of r
+    (4 / sqrt(tokens)), never above what the exact paths need (1 - 0.9)."""
+    seen = []
+
+    class Spy(DenseSource):
+        def edges(self, bound):
+            seen.append(bound)
+            return super().edges(bound)
+
+    r = planted(N=120, seed=2)
+    OutOfCoreClustering(THRESHOLDS, max_exact=1000, graph_bound=graph_bound, tokens=tokens).fit(
+        Spy(r), np.zeros(len(r), int))
+    assert seen == [pytest.approx(want, abs=2e-6)]
