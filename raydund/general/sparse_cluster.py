@@ -18,9 +18,10 @@ facts about average linkage (no inversions, reducible) let most of it run piece 
    ``max_exact``, the K x K mean distances are summed from the tiles in one pass and
    average linkage continues exactly (:func:`weighted_average_linkage`, NN-chain).
 3. **Approximation** (only where ``K > max_exact``): average linkage continued on the
-   sparse graph of pairs with ``|r| >= 1 - max(thresholds)``, every pair ``(i, j)`` NOT in
-   the graph taken at ``(f_i + f_j) / 2``, where ``f_i`` is the mean distance of neuron
-   ``i``'s own missing pairs (exact, from one pass over the tiles: each neuron's sum of
+   sparse graph of pairs with ``|r|`` at or above ``graph_bound`` (at most
+   ``1 - max(thresholds)``, by default half that), every pair ``(i, j)`` NOT in the graph
+   taken at ``(f_i + f_j) / 2``, where ``f_i`` is the mean distance of neuron ``i``'s own
+   missing pairs (exact, from one pass over the tiles: each neuron's sum of
    ``|r|`` less its known pairs'). This is exact average linkage on a distance matrix whose
    sub-bound entries (all ``> max(thresholds)``, and so is every filled value) are
    replaced by that additive estimate; it keeps the sum of all distances exact. It is the
@@ -41,7 +42,6 @@ import dataclasses
 import logging
 
 import numpy as np
-import polars as pl
 import scipy.sparse as sp
 from scipy.cluster.hierarchy import fcluster
 from scipy.sparse.csgraph import connected_components
@@ -108,17 +108,9 @@ class TileSource:
 
     def edges(self, bound: float):
         """``i, j, |r|`` of every pair ``i < j`` with ``|r| >= bound`` (12 bytes a pair; tiles below it unread)."""
-        from raydund.general.tiles import read_tile
+        from raydund.general.tile_reads import iter_pairs_above
 
-        parts = []
-        for row in self.index.filter(pl.col("max_abs_r") >= bound).iter_rows(named=True):
-            a = np.abs(read_tile(row["path"]))
-            hit = a >= bound
-            if row["row_block"] == row["col_block"]:
-                hit &= np.triu(np.ones(hit.shape, bool), 1)
-            x, y = np.nonzero(hit)
-            parts.append(((x + row["row_start"]).astype(np.int32), (y + row["col_start"]).astype(np.int32), a[x, y]))
-            del a, hit, x, y
+        parts = [(i, j, np.abs(r)) for i, j, r in iter_pairs_above(self.index, bound)]
         if not parts:
             return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
         return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))

@@ -39,25 +39,29 @@ def _tile(row: dict) -> np.ndarray:
     return read_tile(row["path"])
 
 
+def iter_pairs_above(index: pl.DataFrame, c: float):
+    """Per tile that can hold one, the pairs ``i < j`` with ``|r_ij| >= c``: ``(i, j, r)`` NumPy arrays
+    (int32, int32, float32). Tiles whose ``max |r|`` is below ``c`` are never opened."""
+    for row in index.filter(pl.col("max_abs_r") >= c).iter_rows(named=True):
+        r = _tile(row)
+        hit = np.abs(r) >= c
+        if row["row_block"] == row["col_block"]:
+            hit &= np.triu(np.ones(r.shape, bool), 1)
+        a, b = np.nonzero(hit)
+        yield (a + row["row_start"]).astype(np.int32), (b + row["col_start"]).astype(np.int32), r[a, b]
+        del r, hit, a, b
+
+
 def pairs_above(index: pl.DataFrame, c: float, columns: tuple[int, int] | None = None) -> pl.DataFrame:
     """Every pair ``i < j`` with ``|r_ij| >= c``: columns ``i``, ``j``, ``r`` (float32).
 
     Tiles whose ``max |r|`` is below ``c`` are never opened. ``columns``: only pairs whose
     ``j`` lies in ``[start, stop)`` (for streaming big answers block column by block column).
     """
-    want = index.filter(pl.col("max_abs_r") >= c)
+    want = index
     if columns is not None:
         want = want.filter((pl.col("col_stop") > columns[0]) & (pl.col("col_start") < columns[1]))
-    parts = []
-    for row in want.iter_rows(named=True):
-        r = _tile(row)
-        hit = np.abs(r) >= c
-        if row["row_block"] == row["col_block"]:
-            hit &= np.triu(np.ones(r.shape, bool), 1)
-        a, b = np.nonzero(hit)
-        parts.append(pl.DataFrame({"i": (a + row["row_start"]).astype(np.int32),
-                                   "j": (b + row["col_start"]).astype(np.int32), "r": r[a, b]}))
-        del r, hit
+    parts = [pl.DataFrame({"i": i, "j": j, "r": r}) for i, j, r in iter_pairs_above(want, c)]
     if not parts:
         return pl.DataFrame(schema={"i": pl.Int32, "j": pl.Int32, "r": pl.Float32})
     out = pl.concat(parts)
@@ -120,5 +124,5 @@ def assemble(index: pl.DataFrame, dtype=np.float32) -> np.ndarray:
     return r
 
 
-__all__ = ["assemble", "is_tiled", "layer_block", "neuron_row", "neuron_statistics", "pairs_above", "submatrix",
-           "tile_index"]
+__all__ = ["assemble", "is_tiled", "iter_pairs_above", "layer_block", "neuron_row", "neuron_statistics",
+           "pairs_above", "submatrix", "tile_index"]
