@@ -253,27 +253,8 @@ def prune_curves(rows: list[dict], title: str, default: str | None = None):
     ``rows``: ``{criterion, n, blocks, <metric>: value}``; the full model is criterion
     ``none`` at n = 0. Accuracies are drawn in %, perplexity on a log scale.
     """
-    full = next((r for r in rows if r["criterion"] == "none"), {})
-    metrics = [m for m in PRUNE_METRICS if any(m in r for r in rows)]
-    criteria = sorted({r["criterion"] for r in rows} - {"none"})
-    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.2 * max(len(metrics), 1), 3.4), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        scale = 1.0 if m == "ppl" else 100.0
-        for c in criteria:
-            pts = sorted((r["n"], r[m]) for r in rows if r["criterion"] == c and m in r)
-            if m in full:
-                pts = [(0, full[m])] + pts
-            ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], marker="o",
-                    linewidth=2.5 if c == default else 1.2, label=c + (" (default)" if c == default else ""))
-        ax.set_xlabel("blocks removed")
-        ax.set_ylabel(PRUNE_METRICS[m])
-        if m == "ppl":
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _removal_curves(rows, "criterion", "n", PRUNE_METRICS, "blocks removed", title, default=default,
+                           y_scale={m: 100.0 for m in PRUNE_METRICS if m != "ppl"})
 
 
 #: Axis labels of the width-pruning panels (``raydund.prune``'s ``prune_width_results.metric``).
@@ -286,18 +267,28 @@ def width_curves(rows: list[dict], title: str):
     ``rows``: ``{method, fraction, <metric>: value}``; the full model is method ``none``
     at fraction 0, where every line starts. Perplexity is drawn on a log scale.
     """
-    full = next((r for r in rows if r["method"] == "none"), {})
-    metrics = [m for m in WIDTH_METRICS if any(m in r for r in rows)]
-    methods = sorted({r["method"] for r in rows} - {"none"})
+    return _removal_curves(rows, "method", "fraction", WIDTH_METRICS, "MLP neurons removed (%)", title, x_scale=100.0)
+
+
+def _removal_curves(rows: list[dict], key: str, amount: str, labels: dict, xlabel: str, title: str,
+                    default: str | None = None, x_scale: float = 1.0, y_scale: dict | None = None):
+    """A panel per metric of ``labels`` present in ``rows``, a line per value of ``rows[key]`` (the
+    default one drawn thicker), each from the full model (``key`` ``none``) at ``amount`` 0;
+    perplexity on a log scale."""
+    full = next((r for r in rows if r[key] == "none"), {})
+    metrics = [m for m in labels if any(m in r for r in rows)]
+    names = sorted({r[key] for r in rows} - {"none"})
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.2 * max(len(metrics), 1), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics):
-        for method in methods:
-            pts = sorted((r["fraction"], r[m]) for r in rows if r["method"] == method and m in r)
+        scale = (y_scale or {}).get(m, 1.0)
+        for name in names:
+            pts = sorted((r[amount], r[m]) for r in rows if r[key] == name and m in r)
             if m in full:
-                pts = [(0.0, full[m])] + pts
-            ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-        ax.set_xlabel("MLP neurons removed (%)")
-        ax.set_ylabel(WIDTH_METRICS[m])
+                pts = [(0, full[m])] + pts
+            ax.plot([x_scale * p[0] for p in pts], [scale * p[1] for p in pts], marker="o",
+                    linewidth=2.5 if name == default else 1.2, label=name + (" (default)" if name == default else ""))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(labels[m])
         if m == "ppl":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)

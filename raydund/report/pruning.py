@@ -95,22 +95,23 @@ def _as_list(value) -> list:
 
 def latest(lake: Lake, model: str, corpus: str) -> tuple[runs.Run | None, list[dict]]:
     """The latest completed pruning run of (model, corpus) and its rows (:func:`to_rows`); ``(None, [])`` if none."""
-    run = runs.latest(lake, "prune", model, corpus, PRUNE_RESULTS)
+    return _latest(lake, "prune", PRUNE_RESULTS, model, corpus, to_rows)
+
+
+def _latest(lake: Lake, stage: str, table: str, model: str, corpus: str, rows_of) -> tuple[runs.Run | None, list]:
+    """The latest completed ``stage`` run of (model, corpus) that wrote ``table``, and ``rows_of`` its rows
+    of (model, corpus) at the snapshot it recorded (narrowed to its scope)."""
+    run = runs.latest(lake, stage, model, corpus, table)
     if run is None:
         return None, []
-    scan = lake.table(PRUNE_RESULTS).scan(row_filter=condition({"model": model, "corpus": corpus}),
-                                          snapshot_id=run.snapshot(PRUNE_RESULTS))
-    return run, to_rows(pl.from_arrow(scan.to_arrow()), run.scope)
+    scan = lake.table(table).scan(row_filter=condition({"model": model, "corpus": corpus}),
+                                  snapshot_id=run.snapshot(table))
+    return run, rows_of(pl.from_arrow(scan.to_arrow()), run.scope)
 
 
 def width_latest(lake: Lake, model: str, corpus: str) -> tuple[runs.Run | None, list[dict]]:
     """The latest completed width-pruning run of (model, corpus) and its rows (:func:`width_to_rows`)."""
-    run = runs.latest(lake, "prune-width", model, corpus, PRUNE_WIDTH_RESULTS)
-    if run is None:
-        return None, []
-    scan = lake.table(PRUNE_WIDTH_RESULTS).scan(row_filter=condition({"model": model, "corpus": corpus}),
-                                                snapshot_id=run.snapshot(PRUNE_WIDTH_RESULTS))
-    return run, width_to_rows(pl.from_arrow(scan.to_arrow()), run.scope)
+    return _latest(lake, "prune-width", PRUNE_WIDTH_RESULTS, model, corpus, width_to_rows)
 
 
 def default_criterion() -> str | None:
