@@ -360,6 +360,13 @@ def sparse_average_linkage(pairs: tuple, groups: np.ndarray, K: int, sizes: np.n
     return roots(np.arange(K))
 
 
+def _components(i: np.ndarray, j: np.ndarray, d: np.ndarray, t: float, N: int) -> np.ndarray:
+    """Connected component of each of the ``N`` neurons in the graph of the pairs ``(i, j)`` with ``d <= t``."""
+    keep = d <= t
+    graph = sp.coo_matrix((np.ones(int(keep.sum()), np.int8), (i[keep], j[keep])), shape=(N, N))
+    return connected_components(graph, directed=False)[1]
+
+
 def missing_fill(source, i: np.ndarray, j: np.ndarray, d: np.ndarray, live: np.ndarray, bound: float) -> np.ndarray:
     """Per neuron, the mean distance ``1 - |r|`` of its pairs outside the graph (``|r| < bound``).
 
@@ -425,9 +432,7 @@ class OutOfCoreClustering:
         resolved = ~live
         blocks: list[tuple[np.ndarray, float]] = []
         for t in reversed(ts):
-            keep = d <= t
-            graph = sp.coo_matrix((np.ones(int(keep.sum()), np.int8), (i[keep], j[keep])), shape=(N, N))
-            _, comp = connected_components(graph, directed=False)
+            comp = _components(i, j, d, t, N)
             sizes = np.bincount(comp)
             new = ~resolved & (sizes[comp] <= self.max_exact)
             order_c = np.argsort(comp[new], kind="stable")
@@ -466,9 +471,7 @@ class OutOfCoreClustering:
         for t in ts:
             todo = live & (labels[t] < 0)
             if todo.any():
-                keep = d <= t
-                graph = sp.coo_matrix((np.ones(int(keep.sum()), np.int8), (i[keep], j[keep])), shape=(N, N))
-                _, comp = connected_components(graph, directed=False)
+                comp = _components(i, j, d, t, N)
                 for c in np.unique(comp[todo]):
                     members = np.flatnonzero(comp == c)
                     start = np.arange(len(members)) if prev is None else prev[members]
